@@ -1,0 +1,35 @@
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+
+from accounts.models import AccessToken, Namespace, OrganizationMembership, Team, User
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    fieldsets = BaseUserAdmin.fieldsets + (("MSR", {"fields": ("full_name",)}),)
+
+
+class MembershipInline(admin.TabularInline):
+    model = OrganizationMembership
+    extra = 0
+
+
+@admin.register(Namespace)
+class NamespaceAdmin(admin.ModelAdmin):
+    list_display = ("name", "is_org", "user", "created_at")
+    list_filter = ("is_org",)
+    search_fields = ("name",)
+    inlines = [MembershipInline]
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ("name", "organization")
+    search_fields = ("name", "organization__name")
+
+
+@admin.register(AccessToken)
+class AccessTokenAdmin(admin.ModelAdmin):
+    list_display = ("user", "kind", "name", "hint", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("kind",)
+    readonly_fields = ("token_hash", "hint")

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class MsrConfig(AppConfig):
+    name = "msr"
+    verbose_name = "Registry"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,140 @@
+"""The registry's content: repositories, blobs, manifests, tags and uploads.
+
+Storage is content-addressed: a blob's bytes are stored once, whatever the number of
+repositories that hold it. Which repositories may serve a blob is recorded by
+`RepositoryBlob` links, created when a blob is pushed or mounted into a repository: a
+blob is never served from a repository that has no link to it, so nobody reads another
+private repository's layer by guessing its digest.
+
+Manifests are small documents (at most MAX_MANIFEST_BYTES) and are stored in the database,
+byte for byte, with their digest; a tag points at one manifest of its repository.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from accounts.models import Namespace
+
+
+class Repository(models.Model):
+    PUBLIC, PRIVATE = "public", "private"
+    VISIBILITIES = [(PUBLIC, "Public"), (PRIVATE, "Private")]
+
+    namespace = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="repositories")
+    # The path below the namespace: "app" or "team/app" (the registry name grammar).
+    name = models.CharField(max_length=255)
+    visibility = models.CharField(max_length=7, choices=VISIBILITIES, default=PRIVATE)
+    short_description = models.CharField(max_length=140, blank=True)
+    long_description = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "repositories"
+        default_permissions = ()
+        # Object permissions granted to teams (django-guardian); see accounts.permissions.
+        permissions = [
+            ("pull_repository", "Pull"),
+            ("push_repository", "Push"),
+            ("delete_repository", "Delete content"),
+            ("admin_repository", "Administer"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["namespace", "name"], name="unique_repository_name")
+        ]
+
+    def __str__(self):
+        return self.full_name
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace.name}/{self.name}"
+
+
+class Blob(models.Model):
+    """Bytes in the content-addressed store, known by digest (`sha256:<hex>`)."""
+
+    digest = models.CharField(max_length=150, primary_key=True)
+    size = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return self.digest
+
+
+class RepositoryBlob(models.Model):
+    """A blob pushed or mounted into a repository: only then may the repository serve it."""
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="blob_links")
+    blob = models.ForeignKey(Blob, on_delete=models.PROTECT, related_name="repository_links")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "blob"], name="unique_repository_blob")
+        ]
+
+
+class Manifest(models.Model):
+    """An image manifest or index (OCI or Docker schema 2) in one repository."""
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="manifests")
+    digest = models.CharField(max_length=150)
+    media_type = models.CharField(max_length=255)
+    content = models.BinaryField()
+    size = models.BigIntegerField()
+    # For referrers: the manifest this one refers to (`subject`), and its artifact type
+    # (artifactType, or the config's media type for an image manifest).
+    subject_digest = models.CharField(max_length=150, blank=True, db_index=True)
+    artifact_type = models.CharField(max_length=255, blank=True)
+    annotations = models.JSONField(default=dict, blank=True)
+    # Blobs (config and layers) and child manifests (of an index) it references.
+    blobs = models.ManyToManyField(Blob, related_name="manifests", blank=True)
+    children = models.ManyToManyField("self", symmetrical=False, related_name="parents", blank=True)
+    pushed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "digest"], name="unique_manifest_digest")
+        ]
+
+    def __str__(self):
+        return f"{self.repository}@{self.digest}"
+
+
+class Tag(models.Model):
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="tags")
+    name = models.CharField(max_length=128)
+    manifest = models.ForeignKey(Manifest, on_delete=models.CASCADE, related_name="tags")
+    pushed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "name"], name="unique_tag_name")
+        ]
+
+    def __str__(self):
+        return f"{self.repository}:{self.name}"
+
+
+class Upload(models.Model):
+    """A blob upload in progress. Its bytes are in the store's upload area until the
+    client completes it with the digest; then they are verified and published."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="uploads")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    started_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return str(self.id)

@@ -1,0 +1,50 @@
+"""The distribution spec's grammars for repository names, tags and digests."""
+
+import hashlib
+import re
+
+# One path component, then more separated by "/" (distribution reference grammar).
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+NAME_MAX_LENGTH = 255
+TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+
+# Algorithms MSR computes, with the length of their hex encoding.
+ALGORITHMS = {"sha256": 64, "sha512": 128}
+_HEX_RE = re.compile(r"^[a-f0-9]+$")
+
+
+def is_valid_name(name: str) -> bool:
+    return len(name) <= NAME_MAX_LENGTH and NAME_RE.match(name) is not None
+
+
+def is_valid_tag(tag: str) -> bool:
+    return TAG_RE.match(tag) is not None
+
+
+def is_digest(reference: str) -> bool:
+    """True if `reference` looks like a digest (has an algorithm), valid or not."""
+    return ":" in reference
+
+
+def is_valid_digest(digest: str) -> bool:
+    """A well-formed digest whose algorithm MSR can verify."""
+    if not DIGEST_RE.match(digest):
+        return False
+    algorithm, _, encoded = digest.partition(":")
+    return ALGORITHMS.get(algorithm) == len(encoded) and _HEX_RE.match(encoded) is not None
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """`org/team/app` → (`org`, `team/app`); a name with one component has no namespace."""
+    namespace, _, rest = name.partition("/")
+    return namespace, rest
+
+
+def new_hasher(digest_or_algorithm: str = "sha256"):
+    return hashlib.new(digest_or_algorithm.partition(":")[0])
+
+
+def digest_of(data: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"

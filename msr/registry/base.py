@@ -1,0 +1,129 @@
+"""Protocol chrome shared by every /v2/ endpoint: authentication from the bearer token,
+authorization against the token's `access` claim, the API version header and OCI error
+rendering. Endpoints raise `RegistryError`s and never build error responses themselves."""
+
+import logging
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpResponse
+from django.views import View
+
+from msr.references import is_valid_name
+from msr.registry import errors
+from msr.tokens import InvalidToken, granted_actions, verify_access_token
+from msr.storage import CHUNK_SIZE
+
+log = logging.getLogger(__name__)
+
+
+def public_url(request) -> str:
+    return settings.PUBLIC_URL or f"{request.scheme}://{request.get_host()}"
+
+
+def challenge(request, scope=None, error=None) -> str:
+    header = f'Bearer realm="{public_url(request)}/auth/token",service="{settings.TOKEN_SERVICE}"'
+    if scope:
+        header += f',scope="{scope}"'
+    if error:
+        header += f',error="{error}"'
+    return header
+
+
+class RegistryView(View):
+    http_method_names = ["get", "head", "post", "put", "patch", "delete"]
+
+    def dispatch(self, request, *args, **kwargs):
+        self.claims = None
+        try:
+            name = kwargs.get("name")
+            if name is not None and not is_valid_name(name):
+                raise errors.NameInvalid(detail={"name": name})
+            self.claims = self._authenticate(request)
+            response = super().dispatch(request, *args, **kwargs)
+        except errors.Unauthorized as e:
+            response = errors.error_response(e, challenge(request, e.scope, e.error))
+        except errors.RegistryError as e:
+            response = errors.error_response(e)
+        except DatabaseError:
+            log.exception("database error on %s %s", request.method, request.path)
+            response = errors.error_response(
+                errors.RegistryError("the registry's database is unavailable, try again")
+            )
+            response.status_code = 503
+            response["Retry-After"] = "5"
+        response["Docker-Distribution-Api-Version"] = "registry/2.0"
+        response["X-Content-Type-Options"] = "nosniff"
+        if not response.has_header("Content-Length") and not response.streaming:
+            response["Content-Length"] = str(len(response.content))
+        return response
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        raise errors.Unsupported(f"{request.method} is not supported here")
+
+    # -- authentication and authorization ---------------------------------------------
+
+    def _authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer" or not credentials:
+            return None
+        try:
+            return verify_access_token(credentials.strip())
+        except InvalidToken as e:
+            raise errors.Unauthorized("invalid or expired token", detail=str(e), error="invalid_token")
+
+    @property
+    def username(self) -> str:
+        return (self.claims or {}).get("sub") or ""
+
+    def require_token(self) -> None:
+        if self.claims is None:
+            raise errors.Unauthorized()
+
+    def authorize(self, name: str, *actions: str) -> None:
+        """Raise 401 unless the token grants every one of `actions` on repository `name`."""
+        scope = f"repository:{name}:{','.join(actions)}"
+        if self.claims is None:
+            raise errors.Unauthorized(scope=scope)
+        granted = granted_actions(self.claims, "repository", name)
+        if "*" not in granted and not set(actions) <= granted:
+            raise errors.Unauthorized(
+                "insufficient scope: the token does not grant " + ",".join(actions) + " on " + name,
+                detail=[{"Type": "repository", "Name": name, "Action": a} for a in actions],
+                scope=scope, error="insufficient_scope",
+            )
+
+    def may(self, name: str, action: str) -> bool:
+        granted = granted_actions(self.claims or {}, "repository", name)
+        return "*" in granted or action in granted
+
+
+def request_body(request):
+    """The request body in chunks of at most CHUNK_SIZE, read straight from the WSGI
+    stream so that memory stays constant whatever the blob size. Handles both a
+    Content-Length and a chunked transfer encoding (Docker sends chunked PATCHes)."""
+    stream = request.environ["wsgi.input"]
+    length = request.META.get("CONTENT_LENGTH")
+    if length:
+        try:
+            remaining = int(length)
+        except ValueError:
+            raise errors.SizeInvalid("invalid Content-Length") from None
+        while remaining > 0:
+            chunk = stream.read(min(CHUNK_SIZE, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk
+    elif "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        while chunk := stream.read(CHUNK_SIZE):
+            yield chunk
+
+
+def empty_response(status: int, headers: dict | None = None) -> HttpResponse:
+    response = HttpResponse(status=status)
+    response["Content-Length"] = "0"
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response

@@ -1,0 +1,363 @@
+"""The OCI Distribution API v1.1 endpoints under /v2/."""
+
+import json
+import re
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.http import FileResponse, HttpResponse
+
+from accounts.models import User
+from accounts.permissions import readable_repositories
+from msr import services, uploads
+from msr.models import Manifest, Repository, Tag
+from msr.references import is_valid_digest, is_valid_name, split_name
+from msr.registry import errors
+from msr.registry.base import RegistryView, empty_response, request_body
+from msr.storage import CHUNK_SIZE, get_storage
+
+RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _user(view) -> User | None:
+    return User.objects.filter(username=view.username).first() if view.username else None
+
+
+def _page_size(request) -> int | None:
+    n = request.GET.get("n")
+    if n is None or n == "":
+        return None
+    if not n.isdigit():
+        raise errors.PaginationNumberInvalid(detail={"n": n})
+    return int(n)
+
+
+class BaseView(RegistryView):
+    """`GET /v2/`: tells clients this is a v2 registry and whether their token is valid."""
+
+    def get(self, request):
+        self.require_token()
+        return HttpResponse(b"{}", content_type="application/json")
+
+    head = get
+
+
+class ManifestView(RegistryView):
+    def _fetch(self, request, name, reference):
+        self.authorize(name, "pull")
+        digest, media_type, content = services.resolve_manifest(name, reference)
+        accept = request.META.get("HTTP_ACCEPT", "")
+        if accept and not _accepts(accept, media_type):
+            raise errors.ManifestUnknown(
+                f"manifest is {media_type}, which the Accept header does not include",
+                detail={"mediaType": media_type},
+            )
+        response = HttpResponse(content, content_type=media_type)
+        response["Docker-Content-Digest"] = digest
+        response["ETag"] = f'"{digest}"'
+        response["Content-Length"] = str(len(content))
+        return response
+
+    get = _fetch
+
+    def head(self, request, name, reference):
+        response = self._fetch(request, name, reference)
+        response.content = b""
+        return response
+
+    def put(self, request, name, reference):
+        self.authorize(name, "pull", "push")
+        body = _read_limited(request, settings.MAX_MANIFEST_BYTES)
+        repository = services.ensure_repository(name)
+        content_type = request.META.get("CONTENT_TYPE", "").split(";")[0].strip()
+        manifest = services.put_manifest(repository, reference, body, content_type, _user(self))
+        headers = {
+            "Location": f"/v2/{name}/manifests/{manifest.digest}",
+            "Docker-Content-Digest": manifest.digest,
+        }
+        if manifest.subject_digest:
+            headers["OCI-Subject"] = manifest.subject_digest
+        return empty_response(201, headers)
+
+    def delete(self, request, name, reference):
+        self.authorize(name, "delete")
+        services.delete_manifest(name, reference, _user(self))
+        return empty_response(202)
+
+
+def _accepts(accept: str, media_type: str) -> bool:
+    for item in accept.split(","):
+        value = item.split(";")[0].strip()
+        if value in (media_type, "*/*", "application/*", "application/json"):
+            return True
+    return False
+
+
+def _read_limited(request, limit: int) -> bytes:
+    parts, total = [], 0
+    for chunk in request_body(request):
+        total += len(chunk)
+        if total > limit:
+            raise errors.TooLarge(f"manifest larger than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class BlobView(RegistryView):
+    def get(self, request, name, digest):
+        self.authorize(name, "pull")
+        size = services.linked_blob_size(name, digest)
+        try:
+            blob = get_storage().open_blob(digest)
+        except FileNotFoundError:
+            raise errors.BlobUnknown("blob missing from storage", detail={"digest": digest}) from None
+        start, end = 0, size - 1
+        status = 200
+        range_header = request.META.get("HTTP_RANGE")
+        if range_header:
+            start, end = _parse_range(range_header, size, blob)
+            status = 206
+        blob.seek(start)
+        response = FileResponse(
+            _LimitedFile(blob, end - start + 1), status=status,
+            content_type="application/octet-stream",
+        )
+        response.block_size = CHUNK_SIZE
+        response["Content-Length"] = str(end - start + 1)
+        response["Docker-Content-Digest"] = digest
+        response["ETag"] = f'"{digest}"'
+        response["Accept-Ranges"] = "bytes"
+        response["Cache-Control"] = "max-age=31536000"
+        if status == 206:
+            response["Content-Range"] = f"bytes {start}-{end}/{size}"
+        return response
+
+    def head(self, request, name, digest):
+        self.authorize(name, "pull")
+        size = services.linked_blob_size(name, digest)
+        return empty_response(200, {
+            "Content-Length": str(size),
+            "Docker-Content-Digest": digest,
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{digest}"',
+        })
+
+    def delete(self, request, name, digest):
+        self.authorize(name, "delete")
+        services.unlink_blob(name, digest)
+        return empty_response(202)
+
+
+def _parse_range(header: str, size: int, blob) -> tuple[int, int]:
+    match = RANGE_RE.match(header.strip())
+    unsatisfiable = errors.RangeInvalid(
+        "requested range not satisfiable", detail={"Range": header},
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+    if not match or (match.group(1) == "" and match.group(2) == ""):
+        blob.close()
+        raise unsatisfiable
+    first, last = match.group(1), match.group(2)
+    if first == "":  # suffix range: the last N bytes
+        start, end = max(size - int(last), 0), size - 1
+    else:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        blob.close()
+        raise unsatisfiable
+    return start, end
+
+
+class _LimitedFile:
+    """A file positioned at the range start that reads at most `length` bytes.
+
+    fileno() stays available, so gunicorn sends it with sendfile(2) from the current
+    offset for exactly Content-Length bytes."""
+
+    def __init__(self, file, length):
+        self._file, self._remaining = file, length
+
+    def read(self, size=-1):
+        if self._remaining <= 0:
+            return b""
+        if size < 0 or size > self._remaining:
+            size = self._remaining
+        data = self._file.read(size)
+        self._remaining -= len(data)
+        return data
+
+    def fileno(self):
+        return self._file.fileno()
+
+    def tell(self):
+        return self._file.tell()
+
+    def close(self):
+        self._file.close()
+
+
+def _upload_headers(name: str, upload_id, offset: int) -> dict:
+    return {
+        "Location": f"/v2/{name}/blobs/uploads/{upload_id}",
+        "Range": f"0-{max(offset - 1, 0)}",
+        "Docker-Upload-UUID": str(upload_id),
+    }
+
+
+def _content_length(request) -> int | None:
+    value = request.META.get("CONTENT_LENGTH")
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise errors.SizeInvalid("invalid Content-Length") from None
+
+
+class UploadStartView(RegistryView):
+    """`POST /v2/<name>/blobs/uploads/`: start an upload, upload whole (`?digest=`) or
+    mount a blob from another repository (`?mount=&from=`)."""
+
+    def post(self, request, name):
+        self.authorize(name, "pull", "push")
+        mount, source = request.GET.get("mount"), request.GET.get("from")
+        if mount and source:
+            if not is_valid_digest(mount):
+                raise errors.DigestInvalid("invalid digest", detail={"digest": mount})
+            # Mount only what the caller may pull from the source; otherwise fall back to
+            # an ordinary upload, as the spec allows.
+            if is_valid_name(source) and self.may(source, "pull"):
+                repository = services.ensure_repository(name)
+                if services.mount_blob(source, repository, mount):
+                    return empty_response(201, {
+                        "Location": f"/v2/{name}/blobs/{mount}",
+                        "Docker-Content-Digest": mount,
+                    })
+        repository = services.ensure_repository(name)
+        upload = uploads.start_upload(repository, _user(self))
+        digest = request.GET.get("digest")
+        if digest:
+            uploads.complete_upload(upload, digest, request_body(request))
+            return empty_response(201, {
+                "Location": f"/v2/{name}/blobs/{digest}",
+                "Docker-Content-Digest": digest,
+            })
+        return empty_response(202, {**_upload_headers(name, upload.id, 0),
+                                    "OCI-Chunk-Min-Length": "0"})
+
+
+class UploadView(RegistryView):
+    def get(self, request, name, upload_id):
+        self.authorize(name, "pull", "push")
+        upload = uploads.find_upload(name, upload_id)
+        return empty_response(204, _upload_headers(name, upload.id, uploads.upload_offset(upload)))
+
+    def patch(self, request, name, upload_id):
+        self.authorize(name, "pull", "push")
+        upload = uploads.find_upload(name, upload_id)
+        try:
+            offset = uploads.append_chunk(
+                upload, request_body(request), request.META.get("HTTP_CONTENT_RANGE"),
+                _content_length(request),
+            )
+        except errors.RangeInvalid as e:
+            e.headers.update(_upload_headers(name, upload.id, uploads.upload_offset(upload)))
+            raise
+        return empty_response(202, _upload_headers(name, upload.id, offset))
+
+    def put(self, request, name, upload_id):
+        self.authorize(name, "pull", "push")
+        upload = uploads.find_upload(name, upload_id)
+        digest = request.GET.get("digest")
+        if not digest:
+            raise errors.DigestInvalid("the digest query parameter is required")
+        uploads.complete_upload(upload, digest, request_body(request))
+        return empty_response(201, {
+            "Location": f"/v2/{name}/blobs/{digest}",
+            "Docker-Content-Digest": digest,
+        })
+
+    def delete(self, request, name, upload_id):
+        self.authorize(name, "pull", "push")
+        uploads.cancel_upload(uploads.find_upload(name, upload_id))
+        return empty_response(204)
+
+
+def _paginate(request, path: str, items: list[str]) -> tuple[list[str], str | None]:
+    """Lexically ordered list, `n` results after `last`, with a Link to the next page."""
+    n = _page_size(request)
+    last = request.GET.get("last")
+    if last:
+        items = [item for item in items if item > last]
+    link = None
+    if n is not None and len(items) > n:
+        items = items[:n]
+        if items:
+            link = f'<{path}?{urlencode({"n": n, "last": items[-1]})}>; rel="next"'
+    elif n is not None:
+        items = items[:n]
+    return items, link
+
+
+class TagsListView(RegistryView):
+    def get(self, request, name):
+        self.authorize(name, "pull")
+        repository = services.get_repository(name)
+        tags = sorted(Tag.objects.filter(repository=repository).values_list("name", flat=True))
+        tags, link = _paginate(request, f"/v2/{name}/tags/list", tags)
+        response = HttpResponse(json.dumps({"name": name, "tags": tags}),
+                                content_type="application/json")
+        if link:
+            response["Link"] = link
+        return response
+
+
+class CatalogView(RegistryView):
+    """`GET /v2/_catalog`: the repositories the caller may pull, and only those."""
+
+    def get(self, request):
+        self.require_token()
+        queryset = readable_repositories(_user(self), Repository.objects.all())
+        names = sorted(f"{ns}/{repo}" for ns, repo in queryset.values_list("namespace__name", "name"))
+        names, link = _paginate(request, "/v2/_catalog", names)
+        response = HttpResponse(json.dumps({"repositories": names}), content_type="application/json")
+        if link:
+            response["Link"] = link
+        return response
+
+
+class ReferrersView(RegistryView):
+    """`GET /v2/<name>/referrers/<digest>`: manifests whose subject is `digest`, as an
+    OCI image index, optionally filtered by artifactType."""
+
+    def get(self, request, name, digest):
+        self.authorize(name, "pull")
+        if not is_valid_digest(digest):
+            raise errors.DigestInvalid("invalid digest", detail={"digest": digest})
+        repository = services.get_repository(name)
+        referrers = Manifest.objects.filter(repository=repository, subject_digest=digest).order_by("digest")
+        artifact_type = request.GET.get("artifactType")
+        if artifact_type:
+            referrers = referrers.filter(artifact_type=artifact_type)
+        manifests = []
+        for m in referrers:
+            descriptor = {"mediaType": m.media_type, "digest": m.digest, "size": m.size}
+            if m.artifact_type:
+                descriptor["artifactType"] = m.artifact_type
+            if m.annotations:
+                descriptor["annotations"] = m.annotations
+            manifests.append(descriptor)
+        body = json.dumps({"schemaVersion": 2, "mediaType": services.OCI_INDEX, "manifests": manifests})
+        response = HttpResponse(body, content_type=services.OCI_INDEX)
+        if artifact_type:
+            response["OCI-Filters-Applied"] = "artifactType"
+        return response
+
+
+class NotFoundView(RegistryView):
+    def get(self, request, *args, **kwargs):
+        raise errors.EndpointUnknown(detail={"path": request.path})
+
+    head = post = put = patch = delete = get

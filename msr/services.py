@@ -1,0 +1,295 @@
+"""The registry's service layer: repositories, manifests and tags.
+
+Views call these functions; they raise `msr.registry.errors` exceptions for anything a
+client did wrong and never return half a result.
+"""
+
+import json
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import Namespace, User
+from accounts.permissions import repository_actions
+from msr import signals
+from msr.models import Blob, Manifest, Repository, RepositoryBlob, Tag
+from msr.references import digest_of, is_valid_digest, is_valid_tag, split_name
+from msr.registry import errors
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+IMAGE_MANIFEST_TYPES = {OCI_MANIFEST, DOCKER_MANIFEST}
+INDEX_TYPES = {OCI_INDEX, DOCKER_LIST}
+MANIFEST_TYPES = IMAGE_MANIFEST_TYPES | INDEX_TYPES
+# Layers that live outside the registry (Windows base layers): not required to be pushed.
+FOREIGN_LAYER_TYPES = {
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+}
+
+
+# -- repositories ----------------------------------------------------------------------
+
+
+def find_repository(name: str) -> Repository | None:
+    namespace, rest = split_name(name)
+    if not rest:
+        return None
+    return (
+        Repository.objects.select_related("namespace")
+        .filter(namespace__name=namespace, name=rest).first()
+    )
+
+
+def get_repository(name: str) -> Repository:
+    repository = find_repository(name)
+    if repository is None:
+        raise errors.NameUnknown(detail={"name": name})
+    return repository
+
+
+def ensure_repository(name: str) -> Repository:
+    """The repository `name`, created (private) on first push. The caller has checked
+    that the pusher may create it."""
+    repository = find_repository(name)
+    if repository is not None:
+        return repository
+    namespace_name, rest = split_name(name)
+    namespace = Namespace.objects.filter(name=namespace_name).first()
+    if namespace is None or not rest:
+        raise errors.NameUnknown(detail={"name": name})
+    try:
+        with transaction.atomic():
+            return Repository.objects.create(namespace=namespace, name=rest)
+    except IntegrityError:  # created concurrently by another push
+        return Repository.objects.select_related("namespace").get(namespace=namespace, name=rest)
+
+
+def actions_for(user: User | None, name: str) -> frozenset[str]:
+    """What `user` may do on the repository called `name` (which may not exist yet)."""
+    namespace_name, rest = split_name(name)
+    if not rest:
+        return frozenset()
+    namespace = Namespace.objects.filter(name=namespace_name).first()
+    repository = None
+    if namespace is not None:
+        repository = Repository.objects.filter(namespace=namespace, name=rest).first()
+    return repository_actions(user, namespace, repository)
+
+
+# -- manifests -------------------------------------------------------------------------
+
+
+def _descriptor(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise errors.ManifestInvalid(detail=f"{where}: a descriptor must be an object")
+    if not isinstance(value.get("mediaType"), str) or not value["mediaType"]:
+        raise errors.ManifestInvalid(detail=f"{where}: mediaType is required")
+    if not isinstance(value.get("digest"), str) or not is_valid_digest(value["digest"]):
+        raise errors.ManifestInvalid(detail=f"{where}: invalid digest {value.get('digest')!r}")
+    size = value.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise errors.ManifestInvalid(detail=f"{where}: size must be a non-negative integer")
+    return value
+
+
+class ParsedManifest:
+    """A validated manifest document and what it references."""
+
+    def __init__(self, body: bytes, content_type: str):
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise errors.ManifestInvalid(detail=f"not valid JSON: {e}") from None
+        if not isinstance(document, dict):
+            raise errors.ManifestInvalid(detail="a manifest is a JSON object")
+        declared = document.get("mediaType")
+        media_type = content_type or declared
+        if not media_type:
+            raise errors.ManifestInvalid(detail="no Content-Type and no mediaType in the manifest")
+        if media_type not in MANIFEST_TYPES:
+            raise errors.ManifestInvalid(detail=f"unsupported manifest media type {media_type!r}")
+        if declared is not None and declared != media_type:
+            raise errors.ManifestInvalid(
+                detail=f"mediaType {declared!r} does not match Content-Type {media_type!r}"
+            )
+        if document.get("schemaVersion") != 2:
+            raise errors.ManifestInvalid(detail="schemaVersion must be 2")
+        self.media_type = media_type
+        self.blob_digests: list[str] = []
+        self.child_digests: list[str] = []
+        self.artifact_type = document.get("artifactType") or ""
+        if not isinstance(self.artifact_type, str):
+            raise errors.ManifestInvalid(detail="artifactType must be a string")
+        if media_type in IMAGE_MANIFEST_TYPES:
+            config = _descriptor(document.get("config"), "config")
+            layers = document.get("layers", [])
+            if not isinstance(layers, list):
+                raise errors.ManifestInvalid(detail="layers must be an array")
+            self.blob_digests.append(config["digest"])
+            for i, layer in enumerate(layers):
+                layer = _descriptor(layer, f"layers[{i}]")
+                if layer["mediaType"] in FOREIGN_LAYER_TYPES and layer.get("urls"):
+                    continue
+                self.blob_digests.append(layer["digest"])
+            self.artifact_type = self.artifact_type or config["mediaType"]
+        else:
+            children = document.get("manifests")
+            if not isinstance(children, list):
+                raise errors.ManifestInvalid(detail="manifests must be an array")
+            for i, child in enumerate(children):
+                self.child_digests.append(_descriptor(child, f"manifests[{i}]")["digest"])
+        subject = document.get("subject")
+        self.subject_digest = _descriptor(subject, "subject")["digest"] if subject is not None else ""
+        annotations = document.get("annotations") or {}
+        if not isinstance(annotations, dict):
+            raise errors.ManifestInvalid(detail="annotations must be an object")
+        self.annotations = annotations
+
+
+def resolve_manifest(name: str, reference: str) -> tuple[str, str, bytes]:
+    """(digest, media type, content) of a manifest by tag or digest; one query."""
+    namespace, rest = split_name(name)
+    if ":" in reference:
+        if not is_valid_digest(reference):
+            raise errors.DigestInvalid("invalid digest", detail={"digest": reference})
+        row = (
+            Manifest.objects.filter(repository__namespace__name=namespace, repository__name=rest,
+                                    digest=reference)
+            .values_list("digest", "media_type", "content").first()
+        )
+    else:
+        if not is_valid_tag(reference):
+            raise errors.TagInvalid("invalid tag", detail={"tag": reference})
+        row = (
+            Tag.objects.filter(repository__namespace__name=namespace, repository__name=rest,
+                               name=reference)
+            .values_list("manifest__digest", "manifest__media_type", "manifest__content").first()
+        )
+    if row is None:
+        get_repository(name)  # NAME_UNKNOWN before MANIFEST_UNKNOWN
+        raise errors.ManifestUnknown(detail={"name": name, "reference": reference})
+    digest, media_type, content = row
+    return digest, media_type, bytes(content)
+
+
+def put_manifest(repository: Repository, reference: str, body: bytes, content_type: str,
+                 user: User | None) -> Manifest:
+    """Store a manifest and, for a tag reference, point the tag at it.
+
+    Every blob and child manifest it references must already be in the repository, so a
+    tag never shows an image whose parts are missing."""
+    by_digest = ":" in reference
+    if by_digest and not is_valid_digest(reference):
+        raise errors.DigestInvalid("invalid digest", detail={"digest": reference})
+    if not by_digest and not is_valid_tag(reference):
+        raise errors.TagInvalid("invalid tag", detail={"tag": reference})
+    parsed = ParsedManifest(body, content_type)
+    digest = digest_of(body, reference.partition(":")[0] if by_digest else "sha256")
+    if by_digest and digest != reference:
+        raise errors.DigestInvalid(detail={"expected": reference, "computed": digest})
+
+    with transaction.atomic():
+        linked = set(
+            RepositoryBlob.objects.filter(repository=repository, blob_id__in=parsed.blob_digests)
+            .values_list("blob_id", flat=True)
+        )
+        missing = [d for d in parsed.blob_digests if d not in linked]
+        if missing:
+            raise errors.ManifestBlobUnknown(detail={"missing": missing})
+        children = list(Manifest.objects.filter(repository=repository, digest__in=parsed.child_digests))
+        found = {child.digest for child in children}
+        missing = [d for d in parsed.child_digests if d not in found]
+        if missing:
+            raise errors.ManifestBlobUnknown(detail={"missing": missing})
+        manifest, created = Manifest.objects.get_or_create(
+            repository=repository, digest=digest,
+            defaults=dict(media_type=parsed.media_type, content=body, size=len(body),
+                          subject_digest=parsed.subject_digest,
+                          artifact_type=parsed.artifact_type,
+                          annotations=parsed.annotations, pushed_by=user),
+        )
+        if created:
+            manifest.blobs.set(set(parsed.blob_digests))
+            manifest.children.set(children)
+        tag = None
+        if not by_digest:
+            tag = reference
+            Tag.objects.update_or_create(
+                repository=repository, name=reference,
+                defaults={"manifest": manifest, "pushed_by": user, "updated_at": timezone.now()},
+            )
+        transaction.on_commit(lambda: signals.manifest_pushed.send(
+            sender=Manifest, repository=repository, manifest=manifest, tag=tag, user=user))
+    return manifest
+
+
+def delete_manifest(name: str, reference: str, user: User | None) -> None:
+    """By digest: delete the manifest and every tag on it. By tag: delete the tag only."""
+    repository = get_repository(name)
+    with transaction.atomic():
+        if ":" in reference:
+            if not is_valid_digest(reference):
+                raise errors.DigestInvalid("invalid digest", detail={"digest": reference})
+            deleted, _ = Manifest.objects.filter(repository=repository, digest=reference).delete()
+            tag = None
+        else:
+            if not is_valid_tag(reference):
+                raise errors.TagInvalid("invalid tag", detail={"tag": reference})
+            deleted, _ = Tag.objects.filter(repository=repository, name=reference).delete()
+            tag = reference
+        if not deleted:
+            raise errors.ManifestUnknown(detail={"name": name, "reference": reference})
+        transaction.on_commit(lambda: signals.manifest_deleted.send(
+            sender=Manifest, repository=repository, digest=reference if tag is None else None,
+            tag=tag, user=user))
+
+
+# -- blobs -----------------------------------------------------------------------------
+
+
+def linked_blob_size(name: str, digest: str) -> int:
+    """Size of a blob that repository `name` may serve; BLOB_UNKNOWN otherwise."""
+    if not is_valid_digest(digest):
+        raise errors.DigestInvalid("invalid digest", detail={"digest": digest})
+    namespace, rest = split_name(name)
+    size = (
+        RepositoryBlob.objects.filter(repository__namespace__name=namespace,
+                                      repository__name=rest, blob_id=digest)
+        .values_list("blob__size", flat=True).first()
+    )
+    if size is None:
+        raise errors.BlobUnknown(detail={"digest": digest})
+    return size
+
+
+def link_blob(repository: Repository, digest: str, size: int) -> None:
+    with transaction.atomic():
+        blob, _ = Blob.objects.get_or_create(digest=digest, defaults={"size": size})
+        RepositoryBlob.objects.get_or_create(repository=repository, blob=blob)
+
+
+def mount_blob(source_name: str, repository: Repository, digest: str) -> bool:
+    """Link a blob of `source_name` into `repository`; False if the source lacks it."""
+    namespace, rest = split_name(source_name)
+    blob = Blob.objects.filter(
+        digest=digest, repository_links__repository__namespace__name=namespace,
+        repository_links__repository__name=rest,
+    ).first()
+    if blob is None:
+        return False
+    RepositoryBlob.objects.get_or_create(repository=repository, blob=blob)
+    return True
+
+
+def unlink_blob(name: str, digest: str) -> None:
+    if not is_valid_digest(digest):
+        raise errors.DigestInvalid("invalid digest", detail={"digest": digest})
+    repository = get_repository(name)
+    deleted, _ = RepositoryBlob.objects.filter(repository=repository, blob_id=digest).delete()
+    if not deleted:
+        raise errors.BlobUnknown(detail={"digest": digest})

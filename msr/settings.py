@@ -1,0 +1,127 @@
+"""MSR settings, read from the environment (see README, "Configuration")."""
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from msr.config import create_once, env_bool, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = Path(env_str("MSR_DATA_DIR", "./var")).resolve()
+
+SECRET_KEY = env_str("MSR_SECRET_KEY") or create_once(
+    DATA_DIR / "secret_key", lambda: secrets.token_urlsafe(50).encode()
+).decode()
+
+DEBUG = env_bool("MSR_DEBUG", False)
+ALLOWED_HOSTS = env_list("MSR_ALLOWED_HOSTS", ["*"])
+
+# The address clients use to reach MSR, e.g. https://registry.example.com. Token realms
+# and redirects are built from it; when unset they are built from the request's Host.
+PUBLIC_URL = (env_str("MSR_PUBLIC_URL") or "").rstrip("/")
+# The `service` of Docker token authentication (the token's audience).
+TOKEN_SERVICE = env_str("MSR_TOKEN_SERVICE", "msr")
+TOKEN_ISSUER = env_str("MSR_TOKEN_ISSUER", "msr")
+TOKEN_TTL_SECONDS = env_int("MSR_TOKEN_TTL", 300)
+REFRESH_TOKEN_TTL_SECONDS = env_int("MSR_REFRESH_TOKEN_TTL", 30 * 24 * 3600)
+# PEM file with the Ed25519 private key that signs tokens; generated in the data dir when
+# unset. Every web process of a deployment must use the same key.
+TOKEN_KEY_FILE = Path(env_str("MSR_TOKEN_KEY_FILE") or DATA_DIR / "token_key.pem")
+
+STORAGE_DIR = Path(env_str("MSR_STORAGE_DIR") or DATA_DIR / "storage")
+# fsync a blob before it becomes visible, so a crash cannot leave a published blob with
+# missing bytes.
+STORAGE_FSYNC = env_bool("MSR_STORAGE_FSYNC", True)
+MAX_MANIFEST_BYTES = env_int("MSR_MAX_MANIFEST_BYTES", 4 * 1024 * 1024)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "guardian",
+    "accounts",
+    "msr",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "msr.urls"
+WSGI_APPLICATION = "msr.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'msr.sqlite3'}",
+        conn_max_age=env_int("MSR_DB_CONN_MAX_AGE", 600),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers go on while one writer commits; IMMEDIATE takes the write lock at
+    # BEGIN so concurrent pushes queue on the timeout instead of failing with "database
+    # is locked" halfway through a transaction.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row; anonymous pull is decided by visibility
+GUARDIAN_MONKEY_PATCH_USER = False
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+WHITENOISE_USE_FINDERS = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("MSR_LOG_LEVEL", "INFO")},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}

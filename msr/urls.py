@@ -1,0 +1,11 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from msr import auth_views
+
+urlpatterns = [
+    path("auth/token", auth_views.token, name="token"),
+    path("auth/jwks.json", auth_views.jwks_view, name="jwks"),
+    path("admin/", admin.site.urls),
+    path("", include("msr.registry.urls")),
+]

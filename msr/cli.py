@@ -60,13 +60,15 @@ def _gunicorn_argv(args) -> list[str]:
         "--graceful-timeout", "30",
         "--preload",
         "--name", "msr-web",
+        # A per-host control socket would collide between several MSRs on one machine.
+        "--no-control-socket",
         "--forwarded-allow-ips", os.environ.get("MSR_FORWARDED_ALLOW_IPS", "127.0.0.1"),
     ]
     if os.environ.get("MSR_ACCESS_LOG", "").lower() in ("1", "true", "yes"):
         argv += ["--access-logfile", "-"]
     if os.path.isdir("/dev/shm"):
         argv += ["--worker-tmp-dir", "/dev/shm"]
-    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+    settings.STATIC_ROOT.mkdir(parents=True, exist_ok=True)
     return argv
 
 

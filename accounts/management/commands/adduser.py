@@ -1,0 +1,25 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from django.core.exceptions import ValidationError
+
+from accounts.services import AccountError, create_user
+
+
+class Command(BaseCommand):
+    help = "Create a user (and the user's namespace)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("username")
+        parser.add_argument("--password", help="default: the MSR_NEW_USER_PASSWORD environment variable")
+        parser.add_argument("--admin", action="store_true", help="make the user a system admin")
+        parser.add_argument("--full-name", default="")
+
+    def handle(self, username, password, admin, full_name, **options):
+        import os
+
+        try:
+            create_user(username, password or os.environ.get("MSR_NEW_USER_PASSWORD"),
+                        is_admin=admin, full_name=full_name)
+        except (AccountError, ValidationError) as e:
+            raise CommandError(str(e)) from e
+        self.stdout.write(f"created user {username}")

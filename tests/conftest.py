@@ -1,0 +1,123 @@
+"""Shared fixtures.
+
+The test database is created once per session (PostgreSQL when DATABASE_URL points at
+it, else SQLite in a temporary data dir) and data is committed for real, because real
+MSR processes read it. Tests therefore use unique repository names (`unique`).
+
+Personas, in the organization `acme`:
+    admin  system admin
+    alice  owner of acme
+    bob    member of team `readers`  (read-only on acme/public-app and acme/private-app)
+    wanda  member of team `writers`  (read-write on both)
+    adam   member of team `admins`   (admin on both)
+    mel    member of acme without any team grant
+    carol  outsider: not a member of acme
+Each persona has a personal access token (`personas[name].token`) and the password
+`<name>-password`.
+"""
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.client import Registry
+from tests.processes import database_url, start_msr
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_test_environment, django_db_blocker):
+    """Create the test database for every session: the tests use it through real
+    processes, not through pytest-django's per-test markers."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(config, verbosity=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def committed_db(django_db_setup, django_db_blocker):
+    """Every test may use the (committed, shared) database."""
+    with django_db_blocker.unblock():
+        yield
+
+
+@pytest.fixture(scope="session")
+def db_url(committed_db) -> str:
+    from django.db import connection
+
+    return database_url(connection.settings_dict)
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def msr(db_url, artifacts_dir):
+    """A real `msr serve` (gunicorn, 2 workers) on the test database and data dir."""
+    process, url = start_msr("serve", settings.DATA_DIR, db_url, artifacts_dir / "logs")
+    yield url
+    process.stop()
+
+
+@dataclass
+class Persona:
+    name: str
+    password: str
+    token: str | None
+    user: object
+
+
+PERSONA_NAMES = ["admin", "alice", "bob", "wanda", "adam", "mel", "carol"]
+
+
+@pytest.fixture(scope="session")
+def personas(committed_db) -> dict[str, Persona]:
+    from accounts.models import AccessToken, User
+    from accounts.services import add_member, add_team_member, create_organization, create_team, create_user, set_team_access
+    from msr.models import Repository
+
+    result = {}
+    for name in PERSONA_NAMES:
+        user = User.objects.filter(username=name).first() or create_user(
+            name, f"{name}-password", is_admin=(name == "admin"))
+        _, secret = AccessToken.issue(user, AccessToken.PERSONAL, "tests")
+        result[name] = Persona(name, f"{name}-password", secret, user)
+    from accounts.models import Namespace
+
+    acme = Namespace.objects.filter(name="acme").first() or create_organization(
+        "acme", owner=result["alice"].user)
+    add_member(acme, result["mel"].user)
+    repositories = [
+        Repository.objects.get_or_create(namespace=acme, name="public-app", defaults={"visibility": "public"})[0],
+        Repository.objects.get_or_create(namespace=acme, name="private-app")[0],
+    ]
+    for team_name, member, level in [("readers", "bob", "read-only"), ("writers", "wanda", "read-write"),
+                                     ("admins", "adam", "admin")]:
+        team = acme.teams.filter(name=team_name).first() or create_team(acme, team_name)
+        add_team_member(team, result[member].user)
+        for repository in repositories:
+            set_team_access(team, repository, level)
+    return result
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def registry(msr):
+    """Make a client for a persona (by name) or anonymous (None)."""
+    def make(persona=None, personas_map=None):
+        if persona is None:
+            return Registry(msr)
+        return Registry(msr, persona.name, persona.token)
+    return make

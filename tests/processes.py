@@ -1,0 +1,104 @@
+"""Start and stop real MSR processes on free ports of 127.0.0.1, and run registry clients."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+MSR = str(Path(sys.executable).with_name("msr"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A child process with its output in a log file, stopped by process id."""
+
+    def __init__(self, argv, env, log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_http(self, url: str, timeout=60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"process exited with {self.popen.returncode}:\n{self.log()}")
+            try:
+                requests.get(url, timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{url} did not answer in {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        self._log.close()
+
+
+def database_url(settings_dict) -> str:
+    if settings_dict["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{settings_dict['NAME']}"
+    user = settings_dict.get("USER") or ""
+    password = settings_dict.get("PASSWORD") or ""
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = settings_dict.get("HOST") or "127.0.0.1"
+    port = settings_dict.get("PORT") or 5432
+    return f"postgres://{auth}{host}:{port}/{settings_dict['NAME']}"
+
+
+def start_msr(command: str, data_dir: Path, db_url: str | None, log_dir: Path, extra_env=None,
+              workers=2) -> tuple[Process, str]:
+    """Run `msr serve` or `msr up` on a free port; returns the process and its URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env["MSR_DATA_DIR"] = str(data_dir)
+    if db_url:
+        env["DATABASE_URL"] = db_url
+    else:
+        env.pop("DATABASE_URL", None)
+    env.update(extra_env or {})
+    log_dir.mkdir(parents=True, exist_ok=True)
+    process = Process(
+        [MSR, command, "--bind", f"127.0.0.1:{port}", "--workers", str(workers)], env,
+        log_dir / f"msr-{command}-{port}.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{url}/v2/")
+    return process, url
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def run(argv, timeout=300, check=True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result

@@ -1,0 +1,26 @@
+"""Settings for the test process. MSR server processes started by the tests use the
+production settings (msr.settings) with the same data dir and database."""
+
+import os
+import tempfile
+
+os.environ.setdefault("MSR_DATA_DIR", tempfile.mkdtemp(prefix="msr-test-"))
+
+from django.contrib.auth.hashers import PBKDF2PasswordHasher  # noqa: E402
+
+from msr.settings import *  # noqa: E402,F401,F403
+from msr.settings import DATA_DIR, DATABASES  # noqa: E402
+
+
+class FastPBKDF2PasswordHasher(PBKDF2PasswordHasher):
+    """Same algorithm name, so the servers verify these hashes; far fewer iterations,
+    so creating the test personas takes milliseconds."""
+
+    iterations = 1000
+
+
+PASSWORD_HASHERS = ["tests.settings.FastPBKDF2PasswordHasher"]
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not pytest-django's in-memory default: the MSR processes open it too.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}

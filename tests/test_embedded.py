@@ -1,0 +1,41 @@
+"""`msr up`, the embedded default: SQLite and filesystem storage in a fresh data dir,
+nothing else to install, whatever DATABASE_URL the test session itself uses."""
+
+import re
+
+from tests.images import make_image_layout
+from tests.processes import run, start_msr
+from tests.test_clients import _need
+
+
+def test_msr_up_on_a_fresh_data_dir_serves_skopeo_and_keeps_data_across_restarts(tmp_path):
+    _need("skopeo")
+    data_dir = tmp_path / "data"
+    process, url = start_msr("up", data_dir, None, tmp_path / "logs")
+    try:
+        match = re.search(r"Created the admin user 'admin' with password: (\S+)", process.log())
+        assert match, process.log()
+        password = match.group(1)
+        assert (data_dir / "msr.sqlite3").exists()
+        host = url.removeprefix("http://")
+        source = tmp_path / "image"
+        digest = make_image_layout(source, layer_sizes=(100_000, 200_000))
+        run(["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"admin:{password}",
+             f"oci:{source}:v1", f"docker://{host}/admin/embedded:v1"])
+    finally:
+        process.stop()
+
+    process, url = start_msr("up", data_dir, None, tmp_path / "logs")
+    try:
+        assert "Created the admin user" not in process.log()
+        host = url.removeprefix("http://")
+        inspected = run(["skopeo", "inspect", "--tls-verify=false", "--creds", f"admin:{password}",
+                         f"docker://{host}/admin/embedded:v1"]).stdout
+        assert digest in inspected
+        back = tmp_path / "back"
+        run(["skopeo", "copy", "--src-tls-verify=false", "--src-creds", f"admin:{password}",
+             f"docker://{host}/admin/embedded:v1", f"oci:{back}:v1"])
+        assert sorted(p.name for p in (back / "blobs/sha256").iterdir()) == \
+            sorted(p.name for p in (source / "blobs/sha256").iterdir())
+    finally:
+        process.stop()

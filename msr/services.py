@@ -13,6 +13,7 @@ from accounts.models import Namespace, User
 from accounts.permissions import repository_actions
 from msr import signals
 from msr.models import Blob, Manifest, Repository, RepositoryBlob, Tag
+from msr.prepared import prepared
 from msr.references import digest_of, is_valid_digest, is_valid_tag, split_name
 from msr.registry import errors
 
@@ -151,25 +152,38 @@ class ParsedManifest:
         self.annotations = annotations
 
 
+@prepared
+def _manifest_by_digest(namespace, repository, digest):
+    return Manifest.objects.filter(
+        repository__namespace__name=namespace, repository__name=repository, digest=digest
+    ).values_list("digest", "media_type", "content")[:1]
+
+
+@prepared
+def _manifest_by_tag(namespace, repository, tag):
+    return Tag.objects.filter(
+        repository__namespace__name=namespace, repository__name=repository, name=tag
+    ).values_list("manifest__digest", "manifest__media_type", "manifest__content")[:1]
+
+
+@prepared
+def _linked_blob_size(namespace, repository, digest):
+    return RepositoryBlob.objects.filter(
+        repository__namespace__name=namespace, repository__name=repository, blob_id=digest
+    ).values_list("blob__size")[:1]
+
+
 def resolve_manifest(name: str, reference: str) -> tuple[str, str, bytes]:
     """(digest, media type, content) of a manifest by tag or digest; one query."""
     namespace, rest = split_name(name)
     if ":" in reference:
         if not is_valid_digest(reference):
             raise errors.DigestInvalid("invalid digest", detail={"digest": reference})
-        row = (
-            Manifest.objects.filter(repository__namespace__name=namespace, repository__name=rest,
-                                    digest=reference)
-            .values_list("digest", "media_type", "content").first()
-        )
+        row = _manifest_by_digest(namespace, rest, reference)
     else:
         if not is_valid_tag(reference):
             raise errors.TagInvalid("invalid tag", detail={"tag": reference})
-        row = (
-            Tag.objects.filter(repository__namespace__name=namespace, repository__name=rest,
-                               name=reference)
-            .values_list("manifest__digest", "manifest__media_type", "manifest__content").first()
-        )
+        row = _manifest_by_tag(namespace, rest, reference)
     if row is None:
         get_repository(name)  # NAME_UNKNOWN before MANIFEST_UNKNOWN
         raise errors.ManifestUnknown(detail={"name": name, "reference": reference})
@@ -256,15 +270,10 @@ def linked_blob_size(name: str, digest: str) -> int:
     """Size of a blob that repository `name` may serve; BLOB_UNKNOWN otherwise."""
     if not is_valid_digest(digest):
         raise errors.DigestInvalid("invalid digest", detail={"digest": digest})
-    namespace, rest = split_name(name)
-    size = (
-        RepositoryBlob.objects.filter(repository__namespace__name=namespace,
-                                      repository__name=rest, blob_id=digest)
-        .values_list("blob__size", flat=True).first()
-    )
-    if size is None:
+    row = _linked_blob_size(*split_name(name), digest)
+    if row is None:
         raise errors.BlobUnknown(detail={"digest": digest})
-    return size
+    return row[0]
 
 
 def link_blob(repository: Repository, digest: str, size: int) -> None:

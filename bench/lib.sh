@@ -47,6 +47,12 @@ COMMON_HELP='Common options (all scripts):
   --keep               keep the scratch dir (also KEEP_TMP=1)
 Env: BENCH_TMPDIR (where the scratch dir goes; default $TMPDIR or /tmp).'
 
+usage() {  # the calling script's leading comment block, then the common options
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  echo
+  echo "$COMMON_HELP"
+}
+
 # common_opt "$@": consumes one common option; sets COMMON_SHIFT; returns 1 if unknown
 common_opt() {
   COMMON_SHIFT=2

@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     --layer-mb) LAYER_MB=$2; shift 2;;
     --rounds) ROUNDS=$2; shift 2;;
     --gzip-level) GZIP_LEVEL=$2; shift 2;;
-    -h|--help) sed -n '2,27p' "$0"; echo "$COMMON_HELP"; exit 0;;
+    -h|--help) usage; exit 0;;
     *) common_opt "$@" || die "unknown argument $1 (see --help)"; shift "$COMMON_SHIFT";;
   esac
 done
@@ -137,8 +137,10 @@ declare -A M
 for reg in "${REGS[@]}"; do
   for k in push_big pull_big push_multi pull_multi; do M[$reg,$k]=$(med "$reg,$k"); done
 done
-M[msr,rss_total]=$(rss_field msr peak_total_kb); M[msr,rss_max]=$(rss_field msr peak_max_kb)
-M[dist,rss_total]=$(rss_field dist peak_total_kb); M[dist,rss_max]=$(rss_field dist peak_max_kb)
+for reg in msr dist; do
+  M[$reg,rss_total]=$(rss_field $reg peak_total_kb); M[$reg,rss_max]=$(rss_field $reg peak_max_kb)
+  M[$reg,pss]=$(rss_field $reg peak_pss_kb)
+done
 
 echo "## push/pull with skopeo ($(skopeo --version | awk '{print $3}'))"
 echo
@@ -147,16 +149,17 @@ echo "random data, gzip level $GZIP_LEVEL layers. Wall time of \`skopeo copy oci
 echo "\`skopeo copy docker://... dir:...\` (pull, same disk), median of $ROUNDS rounds, fresh blobs and"
 echo "repository each round. Peak RSS: VmRSS of the server's process tree sampled every 50 ms over"
 echo "the whole run; total = sum over the tree (counts pages shared by forked workers once per"
-echo "process), max proc = largest single process. MB = MiB. Machine: $(host_summary)."
+echo "process), max proc = largest single process; PSS total = sum of Pss over the tree (shared"
+echo "pages divided among their sharers: the real footprint). MB = MiB. Machine: $(host_summary)."
 echo
-echo "| registry | push $BIG_LABEL s | pull $BIG_LABEL s | push $MULTI_LABEL s | pull $MULTI_LABEL s | peak RSS total MB | peak RSS max proc MB |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| registry | push $BIG_LABEL s | pull $BIG_LABEL s | push $MULTI_LABEL s | pull $MULTI_LABEL s | peak RSS total MB | peak RSS max proc MB | peak PSS total MB |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for reg in "${REGS[@]}"; do
   if [ "$reg" = msr ]; then label=$MSR_LABEL; else label=$DIST_LABEL; fi
-  echo "| $label | $(fmt_s "${M[$reg,push_big]}") | $(fmt_s "${M[$reg,pull_big]}") | $(fmt_s "${M[$reg,push_multi]}") | $(fmt_s "${M[$reg,pull_multi]}") | ${M[$reg,rss_total]} | ${M[$reg,rss_max]} |"
+  echo "| $label | $(fmt_s "${M[$reg,push_big]}") | $(fmt_s "${M[$reg,pull_big]}") | $(fmt_s "${M[$reg,push_multi]}") | $(fmt_s "${M[$reg,pull_multi]}") | ${M[$reg,rss_total]} | ${M[$reg,rss_max]} | ${M[$reg,pss]} |"
 done
 printf '| MSR / Distribution |'
-for k in push_big pull_big push_multi pull_multi rss_total rss_max; do printf ' %s |' "$(ratio "${M[msr,$k]}" "${M[dist,$k]}")"; done
+for k in push_big pull_big push_multi pull_multi rss_total rss_max pss; do printf ' %s |' "$(ratio "${M[msr,$k]}" "${M[dist,$k]}")"; done
 echo
 echo
 echo "Per-round seconds (push/pull):"

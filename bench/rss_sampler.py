@@ -14,6 +14,9 @@ single process. On SIGTERM/SIGINT, or when PID exits, writes a JSON summary to -
     first_total_kb  sum at the first sample (the idle size before the run)
     max_procs       most processes seen in the tree at once
     samples         number of samples taken
+    peak_pss_kb     highest sum of Pss (/proc/<pid>/smaps_rollup) over the tree: shared
+                    pages divided among the processes that share them, i.e. the tree's
+                    real memory footprint
 
 VmRSS counts pages shared between processes (gunicorn workers forked from a --preload
 master share the code and the imported modules) once per process, so the sum
@@ -76,6 +79,17 @@ def rss_kb(pid):
     return None  # gone, or a zombie (no VmRSS line)
 
 
+def pss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pid", type=int, required=True, help="root of the process tree")
@@ -95,7 +109,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, on_signal)
 
     res = {"pid": args.pid, "interval_s": args.interval, "samples": 0, "peak_total_kb": 0,
-           "peak_max_kb": 0, "peak_max_pid": None, "first_total_kb": None, "max_procs": 0}
+           "peak_max_kb": 0, "peak_max_pid": None, "first_total_kb": None, "max_procs": 0, "peak_pss_kb": 0}
     pids, last_scan = [], 0.0
     t_start = time.monotonic()
     while not stop:
@@ -119,6 +133,8 @@ def main(argv=None):
         if big > res["peak_max_kb"]:
             res["peak_max_kb"], res["peak_max_pid"] = big, big_pid
         res["max_procs"] = max(res["max_procs"], len(values))
+        pss = sum(v for v in (pss_kb(p) for _, p in values) if v is not None)
+        res["peak_pss_kb"] = max(res["peak_pss_kb"], pss)
         # sleep to the next tick, in small steps so that a signal ends it quickly
         deadline = now + args.interval
         while not stop:

@@ -17,11 +17,11 @@ import logging
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
-from django.contrib.auth import authenticate
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
+from accounts.credentials import check_credentials
 from accounts.models import AccessToken
 from msr.references import is_valid_name
 from msr.services import actions_for
@@ -30,19 +30,6 @@ from msr.tokens import issue_access_token, jwks
 log = logging.getLogger(__name__)
 
 TOKEN_ACTIONS = frozenset({"pull", "push", "delete"})
-
-
-def check_credentials(username: str, password: str):
-    """The active user these credentials belong to, or None. A personal access token
-    works as the password of its owner."""
-    if password.startswith(AccessToken.PREFIXES[AccessToken.PERSONAL]):
-        token = AccessToken.find(password, AccessToken.PERSONAL)
-        if token is None or token.user.username != username:
-            return None
-        AccessToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-        return token.user
-    user = authenticate(username=username, password=password)
-    return user if user is not None and user.is_active else None
 
 
 def _basic_credentials(request) -> tuple[str, str] | None:

@@ -158,3 +158,35 @@ def test_missing_token_gets_a_challenge_naming_the_scope(msr):
     assert response.headers["WWW-Authenticate"] == (
         f'Bearer realm="{msr}/auth/token",service="msr",scope="repository:acme/private-app:pull"'
     )
+
+
+def test_a_remembered_login_ends_when_the_password_changes(msr, unique):
+    from accounts.services import create_user
+
+    user = create_user(f"pat{unique}", "first-password")
+    def login(password):
+        return requests.get(f"{msr}/auth/token", auth=(user.username, password)).status_code
+
+    # Several logins so that both web workers remember the password.
+    assert [login("first-password") for _ in range(4)] == [200] * 4
+    user.set_password("second-password")
+    user.save()
+    assert [login("first-password") for _ in range(4)] == [401] * 4
+    assert login("second-password") == 200
+    user.is_active = False
+    user.save()
+    assert login("second-password") == 401
+
+
+def test_head_errors_have_headers_but_no_body(msr):
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(msr)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    connection.request("HEAD", "/v2/acme/private-app/manifests/latest")
+    response = connection.getresponse()
+    assert response.status == 401
+    assert response.read() == b""
+    assert int(response.headers["Content-Length"]) > 0
+    assert response.headers["WWW-Authenticate"].startswith("Bearer ")

@@ -56,6 +56,8 @@ class RegistryView(View):
         response["X-Content-Type-Options"] = "nosniff"
         if not response.has_header("Content-Length") and not response.streaming:
             response["Content-Length"] = str(len(response.content))
+        if request.method == "HEAD" and not response.streaming:
+            response.content = b""  # Content-Length stays that of the GET
         return response
 
     def http_method_not_allowed(self, request, *args, **kwargs):

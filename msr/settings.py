@@ -81,7 +81,10 @@ DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'msr.sqlite3'}",
         conn_max_age=env_int("MSR_DB_CONN_MAX_AGE", 600),
-        conn_health_checks=True,
+        # Off by default: a check is one more round trip on every request. A connection
+        # broken by a database restart fails one request (503, Retry-After) and is
+        # replaced.
+        conn_health_checks=env_bool("MSR_DB_CONN_HEALTH_CHECKS", False),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -94,6 +97,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
     }
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
+
+# Server-side prepared statements for the hot-path lookups (msr/prepared.py). Turn off
+# behind a pooler in transaction mode (PgBouncer), which does not keep them.
+DB_PREPARED_STATEMENTS = env_bool("MSR_DB_PREPARED_STATEMENTS", True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"

@@ -39,6 +39,9 @@ class Namespace(models.Model):
         User, null=True, blank=True, on_delete=models.CASCADE, related_name="namespace"
     )
     full_name = models.CharField(max_length=200, blank=True)
+    # Visibility of repositories created by a push into this namespace.
+    default_visibility = models.CharField(
+        max_length=7, choices=[("public", "Public"), ("private", "Private")], default="private")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -1,16 +1,21 @@
 """The `msr` command.
 
-    msr up       the embedded default: migrate, create the admin, serve (SQLite,
-                 filesystem storage, nothing else to install)
+    msr up       the embedded default: migrate, create the admin, then run the web
+                 process and a worker (SQLite, filesystem storage and broker: nothing
+                 else to install)
     msr serve    the web process alone (production: behind a load balancer, migrations
                  run separately with `msr manage migrate`)
-    msr manage   Django management commands (migrate, createorg, createteam, ...)
+    msr worker   a Celery worker (webhooks; later mirroring, promotion, cache checks)
+    msr manage   Django management commands (migrate, adduser, addorg, ...)
 """
 
 import argparse
 import os
 import secrets
+import signal
+import subprocess
 import sys
+import time
 
 
 def _setup_django():
@@ -79,6 +84,53 @@ def cmd_serve(args) -> None:
     os.execv(sys.executable, argv)
 
 
+def _worker_argv(concurrency: int, pool: str, beat: bool) -> list[str]:
+    from django.conf import settings
+
+    argv = [sys.executable, "-m", "celery", "-A", "msr", "worker", "--loglevel", "INFO",
+            "--concurrency", str(concurrency), "--pool", pool,
+            "--hostname", f"msr-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
+    if beat:
+        argv += ["--beat", "--schedule", str(settings.DATA_DIR / "celerybeat-schedule")]
+    return argv
+
+
+def cmd_worker(args) -> None:
+    _setup_django()
+    os.execv(sys.executable, _worker_argv(args.concurrency, args.pool, args.beat))
+
+
+def supervise(children: dict[str, subprocess.Popen]) -> int:
+    """Run until a signal or until one child exits; then stop the others."""
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    exited = None
+    while not stopping and exited is None:
+        for name, child in children.items():
+            if child.poll() is not None:
+                exited = name
+                print(f"msr up: {name} exited with {child.returncode}; stopping", file=sys.stderr, flush=True)
+                break
+        time.sleep(0.2)
+    for child in children.values():
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + 30
+    for child in children.values():
+        try:
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return 0 if exited is None else 1
+
+
 def cmd_up(args) -> None:
     _setup_django()
     from django.conf import settings
@@ -89,7 +141,12 @@ def cmd_up(args) -> None:
     ensure_admin()
     _prepare_keys()
     print(f"MSR data in {settings.DATA_DIR}; serving on http://{args.bind}", flush=True)
-    os.execv(sys.executable, _gunicorn_argv(args))
+    children = {
+        # Threads keep the embedded worker to one process; its tasks wait on the network.
+        "worker": subprocess.Popen(_worker_argv(4, "threads", beat=True)),
+        "web": subprocess.Popen(_gunicorn_argv(args)),
+    }
+    sys.exit(supervise(children))
 
 
 def cmd_manage(args) -> None:
@@ -117,6 +174,12 @@ def main(argv=None) -> None:
     serve = sub.add_parser("serve", help="run the web process")
     _add_web_options(serve)
     serve.set_defaults(func=cmd_serve)
+    worker = sub.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--concurrency", type=int, default=int(os.environ.get("MSR_WORKER_CONCURRENCY", "2")))
+    worker.add_argument("--pool", default=os.environ.get("MSR_WORKER_POOL", "prefork"),
+                        choices=["prefork", "threads", "solo"])
+    worker.add_argument("--beat", action="store_true", help="also run the scheduler (one per deployment)")
+    worker.set_defaults(func=cmd_worker)
     manage = sub.add_parser("manage", help="run a Django management command")
     manage.add_argument("rest", nargs=argparse.REMAINDER)
     manage.set_defaults(func=cmd_manage)

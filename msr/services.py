@@ -65,7 +65,8 @@ def ensure_repository(name: str) -> Repository:
         raise errors.NameUnknown(detail={"name": name})
     try:
         with transaction.atomic():
-            return Repository.objects.create(namespace=namespace, name=rest)
+            return Repository.objects.create(namespace=namespace, name=rest,
+                                             visibility=namespace.default_visibility)
     except IntegrityError:  # created concurrently by another push
         return Repository.objects.select_related("namespace").get(namespace=namespace, name=rest)
 
@@ -237,8 +238,8 @@ def put_manifest(repository: Repository, reference: str, body: bytes, content_ty
                 repository=repository, name=reference,
                 defaults={"manifest": manifest, "pushed_by": user, "updated_at": timezone.now()},
             )
-        transaction.on_commit(lambda: signals.manifest_pushed.send(
-            sender=Manifest, repository=repository, manifest=manifest, tag=tag, user=user))
+        signals.manifest_pushed.send(
+            sender=Manifest, repository=repository, manifest=manifest, tag=tag, user=user)
     return manifest
 
 
@@ -258,9 +259,9 @@ def delete_manifest(name: str, reference: str, user: User | None) -> None:
             tag = reference
         if not deleted:
             raise errors.ManifestUnknown(detail={"name": name, "reference": reference})
-        transaction.on_commit(lambda: signals.manifest_deleted.send(
+        signals.manifest_deleted.send(
             sender=Manifest, repository=repository, digest=reference if tag is None else None,
-            tag=tag, user=user))
+            tag=tag, user=user)
 
 
 # -- blobs -----------------------------------------------------------------------------

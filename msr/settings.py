@@ -30,6 +30,10 @@ REFRESH_TOKEN_TTL_SECONDS = env_int("MSR_REFRESH_TOKEN_TTL", 30 * 24 * 3600)
 # unset. Every web process of a deployment must use the same key.
 TOKEN_KEY_FILE = Path(env_str("MSR_TOKEN_KEY_FILE") or DATA_DIR / "token_key.pem")
 
+# Fernet keys (comma-separated, newest first) encrypting stored secrets; generated into
+# the data dir when unset.
+ENCRYPTION_KEYS = env_list("MSR_ENCRYPTION_KEY", [])
+
 STORAGE_DIR = Path(env_str("MSR_STORAGE_DIR") or DATA_DIR / "storage")
 # fsync a blob before it becomes visible, so a crash cannot leave a published blob with
 # missing bytes.
@@ -44,6 +48,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "guardian",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "msr",
 ]
@@ -114,6 +122,59 @@ GUARDIAN_MONKEY_PATCH_USER = False
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "msr.api.auth.BasicCredentialsAuthentication",
+        "msr.api.auth.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
+                                 "rest_framework.renderers.BrowsableAPIRenderer"],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "MSR API",
+    "DESCRIPTION": "REST API of MSR for CI pipelines and operators. Authenticate with a "
+                   "personal access token (Basic username:token, or Bearer token).",
+    "VERSION": "0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"VisibilityEnum": ["public", "private"]},
+}
+
+# Celery: Redis in production; the embedded default needs no broker server (Kombu's
+# filesystem transport in the data dir).
+BROKER_DIR = DATA_DIR / "broker"
+CELERY_BROKER_URL = env_str("MSR_BROKER_URL") or "filesystem://"
+if CELERY_BROKER_URL == "filesystem://":
+    for _folder in ("queue", "processed"):
+        (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER = env_bool("MSR_TASKS_EAGER", False)
+
+WEBHOOK_MAX_ATTEMPTS = env_int("MSR_WEBHOOK_MAX_ATTEMPTS", 6)
+# Delay before retry n is WEBHOOK_RETRY_BASE_SECONDS * 2**(n-1).
+WEBHOOK_RETRY_BASE_SECONDS = float(env_str("MSR_WEBHOOK_RETRY_BASE_SECONDS", "10"))
+WEBHOOK_TIMEOUT_SECONDS = env_int("MSR_WEBHOOK_TIMEOUT", 10)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

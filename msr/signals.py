@@ -1,7 +1,9 @@
 """Events the registry core emits; webhooks, promotion and mirroring subscribe to them.
 
-Sent after the transaction that made the change has committed, so receivers only ever
-see content that is there.
+Sent inside the transaction that makes the change: receivers write their rows (audit
+events, webhook deliveries, jobs) atomically with it, and queue work with
+`transaction.on_commit`, so nothing is announced that did not happen and nothing that
+happened goes unannounced.
 """
 
 from django.dispatch import Signal

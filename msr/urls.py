@@ -7,5 +7,6 @@ urlpatterns = [
     path("auth/token", auth_views.token, name="token"),
     path("auth/jwks.json", auth_views.jwks_view, name="jwks"),
     path("admin/", admin.site.urls),
+    path("api/v0/", include("msr.api.urls")),
     path("", include("msr.registry.urls")),
 ]

@@ -1,0 +1,354 @@
+"""/api/v0/accounts: users, organizations, members, teams and settings (MSR's names)."""
+
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import services
+from accounts.models import NAMESPACE_PATTERN, Namespace, OrganizationMembership, Team, User
+from msr.api.common import (
+    is_org_member, is_org_owner, namespace_or_404, organization_or_404, require_namespace_admin,
+    team_or_404, user_or_404,
+)
+from msr.events import record
+from msr.models import Event
+
+
+class AccountSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.RegexField(NAMESPACE_PATTERN, max_length=100)
+    fullName = serializers.CharField(source="full_name", max_length=200, required=False, allow_blank=True)
+    isOrg = serializers.BooleanField(source="is_org", default=False)
+    isAdmin = serializers.SerializerMethodField()
+    isActive = serializers.SerializerMethodField()
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+
+    def get_isAdmin(self, namespace) -> bool:
+        return bool(namespace.user and namespace.user.is_superuser)
+
+    def get_isActive(self, namespace) -> bool:
+        return namespace.user.is_active if namespace.user else True
+
+
+class AccountCreateSerializer(serializers.Serializer):
+    name = serializers.RegexField(NAMESPACE_PATTERN, max_length=100)
+    password = serializers.CharField(write_only=True, required=False, style={"input_type": "password"})
+    isOrg = serializers.BooleanField(default=False)
+    isAdmin = serializers.BooleanField(default=False)
+    fullName = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+
+    def validate_name(self, value):
+        if Namespace.objects.filter(name=value).exists():
+            raise serializers.ValidationError("This name is taken.")
+        return value
+
+    def validate(self, data):
+        if data["isOrg"]:
+            if data.get("password") or data["isAdmin"]:
+                raise serializers.ValidationError({"isOrg": "An organization has no password and is not an admin."})
+        else:
+            if not data.get("password"):
+                raise serializers.ValidationError({"password": "A user needs a password."})
+            try:
+                validate_password(data["password"])
+            except DjangoValidationError as e:
+                raise serializers.ValidationError({"password": list(e.messages)}) from None
+        return data
+
+
+class AccountUpdateSerializer(serializers.Serializer):
+    fullName = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    password = serializers.CharField(write_only=True, required=False, style={"input_type": "password"})
+    isAdmin = serializers.BooleanField(required=False)
+    isActive = serializers.BooleanField(required=False)
+
+    def validate_password(self, value):
+        try:
+            validate_password(value)
+        except DjangoValidationError as e:
+            raise serializers.ValidationError(list(e.messages)) from None
+        return value
+
+
+def _accounts():
+    return Namespace.objects.select_related("user").order_by("name")
+
+
+class AccountList(generics.ListCreateAPIView):
+    """List accounts (any signed-in user); create users and organizations (system admins)."""
+
+    serializer_class = AccountSerializer
+    filterset_fields = {"name": ["exact", "startswith"], "is_org": ["exact"]}
+
+    def get_queryset(self):
+        return _accounts()
+
+    @extend_schema(request=AccountCreateSerializer, responses={201: AccountSerializer})
+    def post(self, request):
+        if not request.user.is_superuser:
+            raise PermissionDenied("Only system admins create accounts.")
+        form = AccountCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        with transaction.atomic():
+            if data["isOrg"]:
+                namespace = services.create_organization(data["name"], full_name=data["fullName"])
+            else:
+                user = services.create_user(data["name"], data["password"], is_admin=data["isAdmin"],
+                                            full_name=data["fullName"])
+                namespace = user.namespace
+            record(Event.ACCOUNT, request.user.username, detail={"action": "create", "account": data["name"]},
+                   request=request)
+        return Response(AccountSerializer(namespace).data, status=status.HTTP_201_CREATED)
+
+
+class AccountDetail(APIView):
+    serializer_class = AccountSerializer
+
+    @extend_schema(responses=AccountSerializer)
+    def get(self, request, name):
+        return Response(AccountSerializer(namespace_or_404(name)).data)
+
+    @extend_schema(request=AccountUpdateSerializer, responses=AccountSerializer)
+    def patch(self, request, name):
+        namespace = namespace_or_404(name)
+        require_namespace_admin(request.user, namespace)
+        form = AccountUpdateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        if ("isAdmin" in data or "isActive" in data) and not request.user.is_superuser:
+            raise PermissionDenied("Only system admins change isAdmin and isActive.")
+        if namespace.is_org and ({"password", "isAdmin", "isActive"} & data.keys()):
+            raise serializers.ValidationError({"isOrg": "These fields do not apply to an organization."})
+        with transaction.atomic():
+            if "fullName" in data:
+                namespace.full_name = data["fullName"]
+                namespace.save(update_fields=["full_name"])
+            user = namespace.user
+            if user is not None:
+                if "fullName" in data:
+                    user.full_name = data["fullName"]
+                if "password" in data:
+                    user.set_password(data["password"])
+                if "isAdmin" in data:
+                    user.is_superuser = user.is_staff = data["isAdmin"]
+                if "isActive" in data:
+                    user.is_active = data["isActive"]
+                user.save()
+            record(Event.ACCOUNT, request.user.username,
+                   detail={"action": "update", "account": name, "fields": sorted(data)}, request=request)
+        return Response(AccountSerializer(namespace).data)
+
+    def delete(self, request, name):
+        namespace = namespace_or_404(name)
+        if not request.user.is_superuser and not (namespace.is_org and is_org_owner(request.user, namespace)):
+            raise PermissionDenied("Only system admins and organization owners delete accounts.")
+        with transaction.atomic():
+            if namespace.user is not None:
+                namespace.user.delete()
+            else:
+                for team in namespace.teams.all():
+                    services.delete_team(team)
+                namespace.delete()
+            record(Event.ACCOUNT, request.user.username, detail={"action": "delete", "account": name},
+                   request=request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SettingsSerializer(serializers.Serializer):
+    defaultRepositoryVisibility = serializers.ChoiceField(
+        choices=["public", "private"], source="default_visibility", required=False)
+
+
+class AccountSettings(APIView):
+    """A user's or organization's settings (the default content cache joins them with
+    the caches)."""
+
+    serializer_class = SettingsSerializer
+
+    def get(self, request, name):
+        namespace = namespace_or_404(name)
+        require_namespace_admin(request.user, namespace)
+        return Response(SettingsSerializer(namespace).data)
+
+    def patch(self, request, name):
+        namespace = namespace_or_404(name)
+        require_namespace_admin(request.user, namespace)
+        form = SettingsSerializer(namespace, data=request.data, partial=True)
+        form.is_valid(raise_exception=True)
+        for field, value in form.validated_data.items():
+            setattr(namespace, field, value)
+        namespace.save()
+        return Response(SettingsSerializer(namespace).data)
+
+
+class MemberSerializer(serializers.Serializer):
+    name = serializers.CharField(source="user.username", read_only=True)
+    fullName = serializers.CharField(source="user.full_name", read_only=True)
+    isAdmin = serializers.BooleanField(source="is_owner", default=False)
+
+
+class OrganizationMembers(generics.ListAPIView):
+    """Members of an organization; `isAdmin` marks its owners."""
+
+    serializer_class = MemberSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return OrganizationMembership.objects.none()
+        org = organization_or_404(self.kwargs["org"])
+        if not is_org_member(self.request.user, org):
+            raise PermissionDenied("Only members see an organization's members.")
+        return org.memberships.select_related("user").order_by("user__username")
+
+
+class MembershipSerializer(serializers.Serializer):
+    isAdmin = serializers.BooleanField(default=False)
+
+
+class OrganizationMember(APIView):
+    serializer_class = MemberSerializer
+
+    @extend_schema(request=MembershipSerializer, responses=MemberSerializer)
+    def put(self, request, org, member):
+        organization = organization_or_404(org)
+        if not is_org_owner(request.user, organization):
+            raise PermissionDenied("Only organization owners manage members.")
+        form = MembershipSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        membership = services.add_member(organization, user_or_404(member),
+                                         is_owner=form.validated_data["isAdmin"])
+        record(Event.PERMISSION, request.user.username,
+               detail={"action": "member", "organization": org, "member": member,
+                       "isAdmin": membership.is_owner}, request=request)
+        return Response(MemberSerializer(membership).data)
+
+    def delete(self, request, org, member):
+        organization = organization_or_404(org)
+        if not is_org_owner(request.user, organization):
+            raise PermissionDenied("Only organization owners manage members.")
+        user = user_or_404(member)
+        if not OrganizationMembership.objects.filter(organization=organization, user=user).exists():
+            return Response({"detail": f"{member!r} is not a member of {org!r}."}, status=404)
+        services.remove_member(organization, user)
+        record(Event.PERMISSION, request.user.username,
+               detail={"action": "remove member", "organization": org, "member": member}, request=request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TeamSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.RegexField(NAMESPACE_PATTERN, max_length=100)
+    description = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+    membersCount = serializers.SerializerMethodField()
+
+    def get_membersCount(self, team) -> int:
+        return team.group.user_set.count()
+
+
+class TeamList(generics.ListCreateAPIView):
+    serializer_class = TeamSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Team.objects.none()
+        org = organization_or_404(self.kwargs["org"])
+        if not is_org_member(self.request.user, org):
+            raise PermissionDenied("Only members see an organization's teams.")
+        return org.teams.select_related("group").order_by("name")
+
+    def create(self, request, org):
+        organization = organization_or_404(org)
+        if not is_org_owner(request.user, organization):
+            raise PermissionDenied("Only organization owners create teams.")
+        form = TeamSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        if organization.teams.filter(name=form.validated_data["name"]).exists():
+            raise serializers.ValidationError({"name": ["A team with this name exists."]})
+        team = services.create_team(organization, form.validated_data["name"],
+                                    form.validated_data["description"])
+        return Response(TeamSerializer(team).data, status=status.HTTP_201_CREATED)
+
+
+class TeamUpdateSerializer(serializers.Serializer):
+    description = serializers.CharField(max_length=500, allow_blank=True)
+
+
+class TeamDetail(APIView):
+    serializer_class = TeamSerializer
+
+    def _team(self, request, org, team, manage=False):
+        organization = organization_or_404(org)
+        allowed = is_org_owner if manage else is_org_member
+        if not allowed(request.user, organization):
+            raise PermissionDenied("Only organization owners manage teams." if manage
+                                   else "Only members see an organization's teams.")
+        return team_or_404(organization, team)
+
+    def get(self, request, org, team):
+        return Response(TeamSerializer(self._team(request, org, team)).data)
+
+    @extend_schema(request=TeamUpdateSerializer, responses=TeamSerializer)
+    def patch(self, request, org, team):
+        found = self._team(request, org, team, manage=True)
+        form = TeamUpdateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        found.description = form.validated_data["description"]
+        found.save(update_fields=["description"])
+        return Response(TeamSerializer(found).data)
+
+    def delete(self, request, org, team):
+        services.delete_team(self._team(request, org, team, manage=True))
+        record(Event.PERMISSION, request.user.username,
+               detail={"action": "delete team", "organization": org, "team": team}, request=request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TeamMemberSerializer(serializers.Serializer):
+    name = serializers.CharField(source="username")
+    fullName = serializers.CharField(source="full_name")
+
+
+class TeamMembers(generics.ListAPIView):
+    serializer_class = TeamMemberSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return User.objects.none()
+        org = organization_or_404(self.kwargs["org"])
+        if not is_org_member(self.request.user, org):
+            raise PermissionDenied("Only members see an organization's teams.")
+        return team_or_404(org, self.kwargs["team"]).group.user_set.order_by("username")
+
+
+class TeamMember(APIView):
+    serializer_class = TeamMemberSerializer
+
+    def _target(self, request, org, team, member):
+        organization = organization_or_404(org)
+        if not is_org_owner(request.user, organization):
+            raise PermissionDenied("Only organization owners manage team members.")
+        return team_or_404(organization, team), user_or_404(member)
+
+    @extend_schema(request=None, responses=TeamMemberSerializer)
+    def put(self, request, org, team, member):
+        found, user = self._target(request, org, team, member)
+        services.add_team_member(found, user)
+        record(Event.PERMISSION, request.user.username,
+               detail={"action": "add team member", "team": f"{org}/{team}", "member": member}, request=request)
+        return Response(TeamMemberSerializer(user).data)
+
+    def delete(self, request, org, team, member):
+        found, user = self._target(request, org, team, member)
+        if not found.group.user_set.filter(pk=user.pk).exists():
+            return Response({"detail": f"{member!r} is not in team {team!r}."}, status=404)
+        services.remove_team_member(found, user)
+        record(Event.PERMISSION, request.user.username,
+               detail={"action": "remove team member", "team": f"{org}/{team}", "member": member},
+               request=request)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,308 @@
+"""/api/v0/repositories: repositories, team access and tags."""
+
+import json
+
+from django.db import transaction
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import generics, serializers, status
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.permissions import IsAuthenticatedOrReadOnly
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Namespace
+from accounts.permissions import ACCESS_LEVELS, DELETE, access_level_for, readable_repositories
+from accounts.services import set_team_access
+from guardian.shortcuts import get_perms
+from msr import services
+from msr.api.common import (
+    is_org_member, is_org_owner, may_create_in, namespace_or_404, organization_or_404,
+    repository_for, require_repository_admin, team_or_404,
+)
+from msr.events import record
+from msr.models import Event, Repository, Tag
+from msr.references import is_valid_name
+from msr.storage import get_storage
+
+REPOSITORY_NAME = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*"
+
+
+class RepositorySerializer(serializers.ModelSerializer):
+    namespace = serializers.CharField(source="namespace.name", read_only=True)
+    name = serializers.RegexField(REPOSITORY_NAME, max_length=200)
+    shortDescription = serializers.CharField(source="short_description", max_length=140, required=False,
+                                             allow_blank=True)
+    longDescription = serializers.CharField(source="long_description", required=False, allow_blank=True)
+    visibility = serializers.ChoiceField(choices=["public", "private"], required=False)
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+
+    class Meta:
+        model = Repository
+        fields = ["id", "namespace", "name", "visibility", "shortDescription", "longDescription", "createdAt"]
+
+
+class RepositoryUpdateSerializer(serializers.Serializer):
+    shortDescription = serializers.CharField(source="short_description", max_length=140, required=False,
+                                             allow_blank=True)
+    longDescription = serializers.CharField(source="long_description", required=False, allow_blank=True)
+    visibility = serializers.ChoiceField(choices=["public", "private"], required=False)
+
+
+def _repositories():
+    return Repository.objects.select_related("namespace").order_by("namespace__name", "name")
+
+
+class RepositoryList(generics.ListAPIView):
+    """Repositories the caller may pull, in every namespace."""
+
+    serializer_class = RepositorySerializer
+    permission_classes = [IsAuthenticatedOrReadOnly]
+    filterset_fields = {"name": ["exact", "startswith", "contains"], "visibility": ["exact"],
+                        "namespace__name": ["exact"]}
+
+    def get_queryset(self):
+        return readable_repositories(self.request.user, _repositories())
+
+
+@extend_schema_view(get=extend_schema(operation_id="repositories_namespace_list"))
+class NamespaceRepositories(generics.ListCreateAPIView):
+    serializer_class = RepositorySerializer
+    permission_classes = [IsAuthenticatedOrReadOnly]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Repository.objects.none()
+        namespace = namespace_or_404(self.kwargs["namespace"])
+        return readable_repositories(self.request.user, _repositories().filter(namespace=namespace))
+
+    def create(self, request, namespace):
+        if not request.user.is_authenticated:
+            raise PermissionDenied("Sign in to create repositories.")
+        found = namespace_or_404(namespace)
+        if not may_create_in(request.user, found):
+            raise PermissionDenied(f"You may not create repositories in {namespace!r}.")
+        form = RepositorySerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        name = form.validated_data["name"]
+        if not is_valid_name(f"{namespace}/{name}"):
+            raise serializers.ValidationError({"name": ["Not a valid repository name."]})
+        if Repository.objects.filter(namespace=found, name=name).exists():
+            raise serializers.ValidationError({"name": ["A repository with this name exists."]})
+        with transaction.atomic():
+            repository = form.save(namespace=found,
+                                   visibility=form.validated_data.get("visibility", found.default_visibility))
+            record(Event.REPOSITORY, request.user.username, repository.full_name,
+                   detail={"action": "create"}, request=request)
+        return Response(RepositorySerializer(repository).data, status=status.HTTP_201_CREATED)
+
+
+class RepositoryDetail(APIView):
+    serializer_class = RepositorySerializer
+    permission_classes = [IsAuthenticatedOrReadOnly]
+
+    def get(self, request, namespace, repository):
+        return Response(RepositorySerializer(repository_for(request.user, namespace, repository)).data)
+
+    @extend_schema(request=RepositoryUpdateSerializer, responses=RepositorySerializer)
+    def patch(self, request, namespace, repository):
+        found = repository_for(request.user, namespace, repository)
+        require_repository_admin(request.user, found)
+        form = RepositoryUpdateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        for field, value in form.validated_data.items():
+            setattr(found, field, value)
+        with transaction.atomic():
+            found.save()
+            if "visibility" in form.validated_data:
+                record(Event.PERMISSION, request.user.username, found.full_name,
+                       detail={"action": "visibility", "visibility": found.visibility}, request=request)
+        return Response(RepositorySerializer(found).data)
+
+    def delete(self, request, namespace, repository):
+        found = repository_for(request.user, namespace, repository)
+        require_repository_admin(request.user, found)
+        with transaction.atomic():
+            found.delete()
+            record(Event.REPOSITORY, request.user.username, f"{namespace}/{repository}",
+                   detail={"action": "delete"}, request=request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TeamAccessSerializer(serializers.Serializer):
+    team = serializers.CharField(source="team.name", read_only=True)
+    accessLevel = serializers.ChoiceField(choices=list(ACCESS_LEVELS))
+
+
+class AccessLevelSerializer(serializers.Serializer):
+    accessLevel = serializers.ChoiceField(choices=list(ACCESS_LEVELS))
+
+
+def _team_access(org: Namespace, obj) -> list[dict]:
+    rows = []
+    for team in org.teams.select_related("group").order_by("name"):
+        level = access_level_for(action.split("_")[0] for action in get_perms(team.group, obj))
+        if level:
+            rows.append({"team": {"name": team.name}, "accessLevel": level})
+    return rows
+
+
+class _TeamAccessBase(APIView):
+    serializer_class = TeamAccessSerializer
+
+    def target(self, request, namespace, repository=None, manage=False):
+        """(organization, object) for a repository's or a whole organization's access."""
+        if repository is None:
+            org = organization_or_404(namespace)
+            allowed = is_org_owner(request.user, org) if manage else is_org_member(request.user, org)
+            if not allowed:
+                raise PermissionDenied("Only organization owners manage organization-wide access.")
+            return org, org
+        found = repository_for(request.user, namespace, repository)
+        require_repository_admin(request.user, found)
+        if not found.namespace.is_org:
+            raise serializers.ValidationError({"team": ["Only an organization's repositories have team access."]})
+        return found.namespace, found
+
+    def list_access(self, request, namespace, repository=None):
+        org, obj = self.target(request, namespace, repository)
+        return Response(_team_access(org, obj))
+
+    def set_access(self, request, namespace, team, repository=None):
+        org, obj = self.target(request, namespace, repository, manage=True)
+        found = team_or_404(org, team)
+        form = AccessLevelSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        level = form.validated_data["accessLevel"]
+        with transaction.atomic():
+            set_team_access(found, obj, level)
+            record(Event.PERMISSION, request.user.username, getattr(obj, "full_name", ""),
+                   detail={"action": "team access", "team": f"{org.name}/{team}", "accessLevel": level,
+                           "scope": "repository" if repository else "organization"}, request=request)
+        return Response({"team": {"name": found.name}, "accessLevel": level})
+
+    def remove_access(self, request, namespace, team, repository=None):
+        org, obj = self.target(request, namespace, repository, manage=True)
+        found = team_or_404(org, team)
+        with transaction.atomic():
+            set_team_access(found, obj, None)
+            record(Event.PERMISSION, request.user.username, getattr(obj, "full_name", ""),
+                   detail={"action": "team access", "team": f"{org.name}/{team}", "accessLevel": None},
+                   request=request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RepositoryTeamAccessList(_TeamAccessBase):
+    @extend_schema(responses=TeamAccessSerializer(many=True))
+    def get(self, request, namespace, repository):
+        return self.list_access(request, namespace, repository)
+
+
+class RepositoryTeamAccess(_TeamAccessBase):
+    @extend_schema(request=AccessLevelSerializer, responses=TeamAccessSerializer)
+    def put(self, request, namespace, repository, team):
+        return self.set_access(request, namespace, team, repository)
+
+    def delete(self, request, namespace, repository, team):
+        return self.remove_access(request, namespace, team, repository)
+
+
+class NamespaceTeamAccessList(_TeamAccessBase):
+    @extend_schema(responses=TeamAccessSerializer(many=True))
+    def get(self, request, namespace):
+        return self.list_access(request, namespace)
+
+
+class NamespaceTeamAccess(_TeamAccessBase):
+    @extend_schema(request=AccessLevelSerializer, responses=TeamAccessSerializer)
+    def put(self, request, namespace, team):
+        return self.set_access(request, namespace, team)
+
+    def delete(self, request, namespace, team):
+        return self.remove_access(request, namespace, team)
+
+
+class PlatformSerializer(serializers.Serializer):
+    os = serializers.CharField()
+    architecture = serializers.CharField()
+    variant = serializers.CharField(required=False)
+
+
+class TagSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    digest = serializers.CharField()
+    mediaType = serializers.CharField()
+    size = serializers.IntegerField()
+    platforms = PlatformSerializer(many=True)
+    pushedAt = serializers.DateTimeField()
+    pushedBy = serializers.CharField(allow_blank=True)
+
+
+def _config_platform(digest: str) -> list[dict]:
+    try:
+        with get_storage().open_blob(digest) as f:
+            config = json.loads(f.read(1024 * 1024))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(config, dict) or "architecture" not in config:
+        return []
+    platform = {"os": str(config.get("os", "")), "architecture": str(config["architecture"])}
+    if config.get("variant"):
+        platform["variant"] = str(config["variant"])
+    return [platform]
+
+
+def describe_tag(tag: Tag) -> dict:
+    manifest = tag.manifest
+    document = json.loads(bytes(manifest.content))
+    size, platforms = manifest.size, []
+    if manifest.media_type in services.INDEX_TYPES:
+        for child in document.get("manifests", []):
+            size += child.get("size", 0)
+            platform = child.get("platform") or {}
+            if platform.get("architecture"):
+                platforms.append({k: platform[k] for k in ("os", "architecture", "variant") if k in platform})
+    else:
+        config = document.get("config", {})
+        size += config.get("size", 0) + sum(layer.get("size", 0) for layer in document.get("layers", []))
+        platforms = _config_platform(config.get("digest", ""))
+    return {
+        "name": tag.name, "digest": manifest.digest, "mediaType": manifest.media_type, "size": size,
+        "platforms": platforms, "pushedAt": tag.updated_at,
+        "pushedBy": tag.pushed_by.username if tag.pushed_by else "",
+    }
+
+
+class TagList(APIView):
+    serializer_class = TagSerializer
+    permission_classes = [IsAuthenticatedOrReadOnly]
+
+    @extend_schema(responses=TagSerializer(many=True),
+                   parameters=[OpenApiParameter("name", str, description="tags starting with this")])
+    def get(self, request, namespace, repository):
+        found = repository_for(request.user, namespace, repository)
+        tags = found.tags.select_related("manifest", "pushed_by").order_by("name")
+        if request.query_params.get("name"):
+            tags = tags.filter(name__startswith=request.query_params["name"])
+        return Response(TagSerializer([describe_tag(t) for t in tags[:1000]], many=True).data)
+
+
+class TagDetail(APIView):
+    serializer_class = TagSerializer
+    permission_classes = [IsAuthenticatedOrReadOnly]
+
+    def _tag(self, request, namespace, repository, tag, action="pull"):
+        found = repository_for(request.user, namespace, repository, action)
+        try:
+            return found, found.tags.select_related("manifest", "pushed_by").get(name=tag)
+        except Tag.DoesNotExist:
+            from django.http import Http404
+
+            raise Http404(f"no tag {tag!r}") from None
+
+    def get(self, request, namespace, repository, tag):
+        return Response(TagSerializer(describe_tag(self._tag(request, namespace, repository, tag)[1])).data)
+
+    def delete(self, request, namespace, repository, tag):
+        found, _ = self._tag(request, namespace, repository, tag, DELETE)
+        services.delete_manifest(found.full_name, tag, request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)

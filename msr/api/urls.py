@@ -1,0 +1,40 @@
+"""Routes of /api/v0/. Repository names may hold slashes, so repository routes are
+matched by their fixed suffix (the most specific first)."""
+
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from msr.api import accounts, events, repositories, tokens, webhooks
+
+NS = r"(?P<namespace>[^/]+)"
+REPO = r"(?P<repository>.+?)"
+
+urlpatterns = [
+    path("schema", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("accounts", accounts.AccountList.as_view()),
+    path("accounts/<str:name>", accounts.AccountDetail.as_view()),
+    path("accounts/<str:name>/settings", accounts.AccountSettings.as_view()),
+    path("accounts/<str:org>/members", accounts.OrganizationMembers.as_view()),
+    path("accounts/<str:org>/members/<str:member>", accounts.OrganizationMember.as_view()),
+    path("accounts/<str:org>/teams", accounts.TeamList.as_view()),
+    path("accounts/<str:org>/teams/<str:team>", accounts.TeamDetail.as_view()),
+    path("accounts/<str:org>/teams/<str:team>/members", accounts.TeamMembers.as_view()),
+    path("accounts/<str:org>/teams/<str:team>/members/<str:member>", accounts.TeamMember.as_view()),
+    path("repositories", repositories.RepositoryList.as_view()),
+    re_path(rf"^repositories/{NS}$", repositories.NamespaceRepositories.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}/teamAccess$", repositories.RepositoryTeamAccessList.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}/teamAccess/(?P<team>[^/]+)$", repositories.RepositoryTeamAccess.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}/tags$", repositories.TagList.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}/tags/(?P<tag>[^/]+)$", repositories.TagDetail.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}$", repositories.RepositoryDetail.as_view()),
+    re_path(rf"^repositoryNamespaces/{NS}/teamAccess$", repositories.NamespaceTeamAccessList.as_view()),
+    re_path(rf"^repositoryNamespaces/{NS}/teamAccess/(?P<team>[^/]+)$", repositories.NamespaceTeamAccess.as_view()),
+    path("tokens", tokens.TokenList.as_view()),
+    path("tokens/<int:token_id>", tokens.TokenDetail.as_view()),
+    path("webhooks", webhooks.WebhookList.as_view()),
+    path("webhooks/<int:webhook_id>", webhooks.WebhookDetail.as_view()),
+    path("webhooks/<int:webhook_id>/deliveries", webhooks.WebhookDeliveries.as_view()),
+    path("webhooks/<int:webhook_id>/test", webhooks.WebhookTest.as_view()),
+    path("events", events.EventList.as_view()),
+]

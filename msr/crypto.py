@@ -1,0 +1,35 @@
+"""Encryption at rest for secrets MSR must be able to read back (webhook HMAC keys,
+remote registry passwords): Fernet (AES-128-CBC + HMAC-SHA256) from `cryptography`.
+
+The key comes from MSR_ENCRYPTION_KEY (or _FILE), else it is generated into the data
+dir; every process of a deployment must use the same key.
+"""
+
+from functools import cache
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+
+from msr.config import create_once
+
+
+@cache
+def _fernet() -> MultiFernet:
+    keys = settings.ENCRYPTION_KEYS or [
+        create_once(settings.DATA_DIR / "encryption_key", Fernet.generate_key).decode()
+    ]
+    # The first key encrypts; all decrypt, so keys can be rotated.
+    return MultiFernet([Fernet(key.encode()) for key in keys])
+
+
+def encrypt(plaintext: str) -> str:
+    return _fernet().encrypt(plaintext.encode()).decode() if plaintext else ""
+
+
+def decrypt(ciphertext: str) -> str:
+    if not ciphertext:
+        return ""
+    try:
+        return _fernet().decrypt(ciphertext.encode()).decode()
+    except InvalidToken:
+        raise ValueError("cannot decrypt a stored secret: was MSR_ENCRYPTION_KEY changed?") from None

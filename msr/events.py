@@ -1,0 +1,142 @@
+"""The audit trail (`Event` rows) and what turns registry changes into webhook
+deliveries.
+
+Pushes, deletes, logins and permission changes are written in the transaction of the
+change. Pulls are many and small: they are buffered in the process and written in
+batches by a background thread (at most a second late; lost only if the process dies
+within that second), so that auditing does not halve the manifest GET rate.
+"""
+
+import logging
+import queue
+import threading
+
+from django.db import close_old_connections, connection, transaction
+from django.dispatch import receiver
+from django.utils import timezone
+
+from msr import signals
+from msr.models import Event, Webhook, WebhookDelivery
+
+log = logging.getLogger(__name__)
+
+
+def client_ip(request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None if request is not None else None
+
+
+def record(type, actor="", repository="", tag="", digest="", detail=None, request=None) -> Event:
+    return Event.objects.create(
+        type=type, actor=actor or "", repository=repository, tag=tag or "", digest=digest or "",
+        detail=detail or {}, client_ip=client_ip(request),
+    )
+
+
+class _PullRecorder:
+    def __init__(self, flush_seconds=1.0, capacity=100_000):
+        self._queue: queue.Queue[Event] = queue.Queue(maxsize=capacity)
+        self._flush_seconds = flush_seconds
+        self._thread = None
+        self._lock = threading.Lock()
+
+    def add(self, event: Event) -> None:
+        self._start()
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            log.warning("pull audit buffer full: a pull event was dropped")
+
+    def _start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="msr-pull-audit", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            deadline = timezone.now().timestamp() + self._flush_seconds
+            while len(batch) < 1000:
+                remaining = deadline - timezone.now().timestamp()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(self._queue.get(timeout=remaining))
+                except queue.Empty:
+                    break
+            self.flush(batch)
+
+    def flush(self, batch) -> None:
+        try:
+            close_old_connections()
+            Event.objects.bulk_create(batch)
+        except Exception:  # the audit must never take the registry down
+            log.exception("could not write %d pull events", len(batch))
+            connection.close()
+
+
+_pulls = _PullRecorder()
+
+
+def record_pull(actor: str, repository: str, reference: str, digest: str, request=None) -> None:
+    tag = "" if ":" in reference else reference
+    _pulls.add(Event(type=Event.PULL, actor=actor, repository=repository, tag=tag, digest=digest,
+                     client_ip=client_ip(request), created_at=timezone.now()))
+
+
+# -- registry changes → audit and webhook deliveries -------------------------------------
+
+
+def _subscribers(repository, event_type):
+    from django.db.models import Q
+
+    return Webhook.objects.filter(
+        Q(repository=repository) | Q(repository__isnull=True, namespace_id=repository.namespace_id),
+        event_type=event_type, enabled=True,
+    )
+
+
+def enqueue_deliveries(repository, event_type: str, contents: dict) -> list[int]:
+    """Write one delivery per matching webhook (in the caller's transaction) and queue
+    them once it commits."""
+    payload = {"type": event_type, "createdAt": timezone.now().isoformat(), "contents": contents}
+    ids = [
+        WebhookDelivery.objects.create(webhook=webhook, event_type=event_type, payload=payload).pk
+        for webhook in _subscribers(repository, event_type)
+    ]
+    if ids:
+        from msr.tasks import deliver_webhook
+
+        transaction.on_commit(lambda: [deliver_webhook.delay(i) for i in ids])
+    return ids
+
+
+@receiver(signals.manifest_pushed)
+def on_manifest_pushed(sender, repository, manifest, tag, user, **kwargs):
+    actor = user.username if user else ""
+    record(Event.PUSH, actor, repository.full_name, tag or "", manifest.digest,
+           {"mediaType": manifest.media_type})
+    base = {"namespace": repository.namespace.name, "repository": repository.name,
+            "digest": manifest.digest, "mediaType": manifest.media_type, "author": actor,
+            "pushedAt": timezone.now().isoformat()}
+    enqueue_deliveries(repository, Webhook.MANIFEST_PUSH,
+                       {**base, "imageName": f"{repository.full_name}@{manifest.digest}"})
+    if tag:
+        enqueue_deliveries(repository, Webhook.TAG_PUSH,
+                           {**base, "tag": tag, "imageName": f"{repository.full_name}:{tag}"})
+
+
+@receiver(signals.manifest_deleted)
+def on_manifest_deleted(sender, repository, digest, tag, user, **kwargs):
+    actor = user.username if user else ""
+    record(Event.DELETE, actor, repository.full_name, tag or "", digest or "")
+    base = {"namespace": repository.namespace.name, "repository": repository.name, "author": actor,
+            "deletedAt": timezone.now().isoformat()}
+    if tag:
+        enqueue_deliveries(repository, Webhook.TAG_DELETE,
+                           {**base, "tag": tag, "imageName": f"{repository.full_name}:{tag}"})
+    else:
+        enqueue_deliveries(repository, Webhook.MANIFEST_DELETE,
+                           {**base, "digest": digest, "imageName": f"{repository.full_name}@{digest}"})

@@ -31,8 +31,9 @@ _ACTION_BY_CODENAME = {codename: action for action, codename in PERMISSION_CODEN
 
 def access_level_for(actions) -> str | None:
     """The named access level that a set of actions amounts to (None if none)."""
+    actions = set(actions)
     for level in ("admin", "read-write", "read-only"):
-        if ACCESS_LEVELS[level] <= set(actions):
+        if ACCESS_LEVELS[level] <= actions:
             return level
     return None
 

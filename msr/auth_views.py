@@ -23,6 +23,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.credentials import check_credentials
 from accounts.models import AccessToken
+from msr.events import record
+from msr.models import Event
 from msr.references import is_valid_name
 from msr.services import actions_for
 from msr.tokens import issue_access_token, jwks
@@ -30,6 +32,17 @@ from msr.tokens import issue_access_token, jwks
 log = logging.getLogger(__name__)
 
 TOKEN_ACTIONS = frozenset({"pull", "push", "delete"})
+
+
+def _login(request, username: str, password: str):
+    """Check credentials and write the login (or the refusal) to the audit trail."""
+    user = check_credentials(username, password)
+    method = "token" if password.startswith(AccessToken.PREFIXES[AccessToken.PERSONAL]) else "password"
+    record(Event.LOGIN, username[:150], detail={"succeeded": user is not None, "method": method},
+           request=request)
+    if user is None:
+        log.info("token refused: bad credentials for %r", username)
+    return user
 
 
 def _basic_credentials(request) -> tuple[str, str] | None:
@@ -122,9 +135,8 @@ def token(request):
         user = None
         credentials = _basic_credentials(request)
         if credentials is not None:
-            user = check_credentials(*credentials)
+            user = _login(request, *credentials)
             if user is None:
-                log.info("token refused: bad credentials for %r", credentials[0])
                 return _unauthorized("invalid username, password or token", oauth=False)
         scopes = parse_scopes(request.GET.getlist("scope"))
         offline = request.GET.get("offline_token", "").lower() == "true"
@@ -133,9 +145,8 @@ def token(request):
     grant_type = request.POST.get("grant_type")
     scopes = parse_scopes([request.POST.get("scope", "")])
     if grant_type == "password":
-        user = check_credentials(request.POST.get("username", ""), request.POST.get("password", ""))
+        user = _login(request, request.POST.get("username", ""), request.POST.get("password", ""))
         if user is None:
-            log.info("token refused: bad credentials for %r", request.POST.get("username", ""))
             return _unauthorized("invalid username, password or token", oauth=True)
         offline = request.POST.get("access_type") == "offline"
         return _token_response(user, scopes, offline, None, oauth=True)

@@ -140,7 +140,7 @@ class AccessLevelSerializer(serializers.Serializer):
 def _team_access(org: Namespace, obj) -> list[dict]:
     rows = []
     for team in org.teams.select_related("group").order_by("name"):
-        level = access_level_for(action.split("_")[0] for action in get_perms(team.group, obj))
+        level = access_level_for({codename.split("_")[0] for codename in get_perms(team.group, obj)})
         if level:
             rows.append({"team": {"name": team.name}, "accessLevel": level})
     return rows

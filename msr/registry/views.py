@@ -10,6 +10,7 @@ from django.http import FileResponse, HttpResponse
 from accounts.models import User
 from accounts.permissions import readable_repositories
 from msr import services, uploads
+from msr.events import record_pull
 from msr.models import Manifest, Repository, Tag
 from msr.references import is_valid_digest, is_valid_name, split_name
 from msr.registry import errors
@@ -58,7 +59,10 @@ class ManifestView(RegistryView):
         response["Content-Length"] = str(len(content))
         return response
 
-    get = _fetch
+    def get(self, request, name, reference):
+        response = self._fetch(request, name, reference)
+        record_pull(self.username, name, reference, response["Docker-Content-Digest"], request)
+        return response
 
     def head(self, request, name, reference):
         response = self._fetch(request, name, reference)

@@ -149,6 +149,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {"VisibilityEnum": ["public", "private"]},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "msr.api.schema.add_error_responses",
+    ],
 }
 
 # Celery: Redis in production; the embedded default needs no broker server (Kombu's

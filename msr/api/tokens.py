@@ -16,9 +16,9 @@ from msr.api.common import user_or_404
 class TokenSerializer(serializers.ModelSerializer):
     user = serializers.CharField(source="user.username", read_only=True)
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
-    lastUsedAt = serializers.DateTimeField(source="last_used_at", read_only=True)
-    expiresAt = serializers.DateTimeField(source="expires_at", read_only=True)
-    revokedAt = serializers.DateTimeField(source="revoked_at", read_only=True)
+    lastUsedAt = serializers.DateTimeField(allow_null=True, source="last_used_at", read_only=True)
+    expiresAt = serializers.DateTimeField(allow_null=True, source="expires_at", read_only=True)
+    revokedAt = serializers.DateTimeField(allow_null=True, source="revoked_at", read_only=True)
 
     class Meta:
         model = AccessToken

@@ -1,10 +1,18 @@
 """Routes of /api/v0/. Repository names may hold slashes, so repository routes are
 matched by their fixed suffix (the most specific first)."""
 
+from django.http import JsonResponse
 from django.urls import path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from msr.api import accounts, events, repositories, tokens, webhooks
+
+@csrf_exempt
+def not_found(request, *args, **kwargs):
+    """Unknown API paths answer JSON, like every other API error."""
+    return JsonResponse({"detail": "Not found."}, status=404)
+
 
 NS = r"(?P<namespace>[^/]+)"
 REPO = r"(?P<repository>.+?)"
@@ -37,4 +45,5 @@ urlpatterns = [
     path("webhooks/<int:webhook_id>/deliveries", webhooks.WebhookDeliveries.as_view()),
     path("webhooks/<int:webhook_id>/test", webhooks.WebhookTest.as_view()),
     path("events", events.EventList.as_view()),
+    re_path(r"^", not_found),
 ]

@@ -2,10 +2,14 @@
 nothing else to install, whatever DATABASE_URL the test session itself uses."""
 
 import re
+import time
+
+import requests
 
 from tests.images import make_image_layout
 from tests.processes import run, start_msr
 from tests.test_clients import _need
+from tests.test_webhooks import Receiver
 
 
 def test_msr_up_on_a_fresh_data_dir_serves_skopeo_and_keeps_data_across_restarts(tmp_path):
@@ -20,8 +24,17 @@ def test_msr_up_on_a_fresh_data_dir_serves_skopeo_and_keeps_data_across_restarts
         host = url.removeprefix("http://")
         source = tmp_path / "image"
         digest = make_image_layout(source, layer_sizes=(100_000, 200_000))
+        # The embedded worker delivers webhooks through the filesystem broker.
+        receiver = Receiver(failures=0)
+        hook = requests.post(f"{url}/api/v0/webhooks", auth=("admin", password), json={
+            "type": "TAG_PUSH", "key": "admin", "endpoint": receiver.url})
+        assert hook.status_code == 201, hook.text
         run(["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"admin:{password}",
              f"oci:{source}:v1", f"docker://{host}/admin/embedded:v1"])
+        receiver.wait_for(1, timeout=30)
+        time.sleep(0.3)
+        assert [body for _, body in receiver.requests if b'"tag":"v1"' in body]
+        assert process.popen.poll() is None
     finally:
         process.stop()
 

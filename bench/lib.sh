@@ -3,7 +3,7 @@
 # Everything started here binds to 127.0.0.1 on a free port, lives in one scratch dir
 # from mktemp, is recorded by PID and stopped by PID in bench_cleanup (install it with
 # `trap bench_cleanup EXIT`). Adapted from the team's shared bench/lib.sh, plus helpers
-# to start MSR (`msr up`, fresh data dir), get registry tokens from it and sample the
+# to start MSR (`msr serve`, fresh data dir), get registry tokens from it and sample the
 # resident memory of a server's process tree.
 
 export LC_ALL=C   # '.' as decimal point for awk/printf/sort, whatever the user's locale
@@ -266,7 +266,13 @@ setup_msr() {
   envargs+=("MSR_DATA_DIR=$data" "MSR_ADMIN_PASSWORD=$pw")
   [ -n "$MSR_WORKERS" ] && opts+=(--workers "$MSR_WORKERS")
   [ -n "$MSR_THREADS" ] && opts+=(--threads "$MSR_THREADS")
-  env "${envargs[@]}" "$MSR_BIN" up --bind "127.0.0.1:$port" "${opts[@]}" >"$BENCH_TMP/msr.log" 2>&1 &
+  # The web process alone (`msr serve`), as in production: `msr up` would add a worker
+  # and a supervisor to the process tree whose memory is measured.
+  env "${envargs[@]}" "$MSR_BIN" manage migrate -v 0 >"$BENCH_TMP/msr.log" 2>&1 \
+    || die "msr manage migrate failed (see $BENCH_TMP/msr.log)"
+  env "${envargs[@]}" "$MSR_BIN" manage adduser admin --admin --password "$pw" >>"$BENCH_TMP/msr.log" 2>&1 \
+    || die "msr manage adduser failed (see $BENCH_TMP/msr.log)"
+  env "${envargs[@]}" "$MSR_BIN" serve --bind "127.0.0.1:$port" "${opts[@]}" >>"$BENCH_TMP/msr.log" 2>&1 &
   MSR_PID=$!; MSR_OWNED=1
   MSR_URL="http://127.0.0.1:$port"; MSR_HOSTPORT="127.0.0.1:$port"
   MSR_CREDS="admin:$pw"; MSR_USER=admin

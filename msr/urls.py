@@ -9,4 +9,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v0/", include("msr.api.urls")),
     path("", include("msr.registry.urls")),
+    path("", include("msr.ui.urls")),
 ]
+
+handler403 = "msr.ui.views.error_403"
+handler404 = "msr.ui.views.error_404"

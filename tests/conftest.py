@@ -121,3 +121,10 @@ def registry(msr):
             return Registry(msr)
         return Registry(msr, persona.name, persona.token)
     return make
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.test_ui import SCREENSHOTS
+
+    if SCREENSHOTS.exists() and any(SCREENSHOTS.iterdir()):
+        terminalreporter.write_line(f"UI screenshots: {SCREENSHOTS}")

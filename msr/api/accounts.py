@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from accounts import services
 from accounts.models import NAMESPACE_PATTERN, Namespace, OrganizationMembership, Team, User
-from msr.api.common import (
+from msr.access import (
     is_org_member, is_org_owner, namespace_or_404, organization_or_404, require_namespace_admin,
     team_or_404, user_or_404,
 )

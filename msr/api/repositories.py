@@ -15,7 +15,7 @@ from accounts.permissions import ACCESS_LEVELS, DELETE, access_level_for, readab
 from accounts.services import set_team_access
 from guardian.shortcuts import get_perms
 from msr import services
-from msr.api.common import (
+from msr.access import (
     is_org_member, is_org_owner, may_create_in, namespace_or_404, organization_or_404,
     repository_for, require_repository_admin, team_or_404,
 )

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import AccessToken
-from msr.api.common import user_or_404
+from msr.access import user_or_404
 
 
 class TokenSerializer(serializers.ModelSerializer):

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import ADMIN, repository_actions
-from msr.api.common import require_namespace_admin
+from msr.access import require_namespace_admin
 from msr.crypto import encrypt
 from msr.models import Repository, Webhook, WebhookDelivery
 from accounts.models import Namespace

@@ -1,9 +1,9 @@
-"""Lookups shared by the API views. Every permission question goes to
+"""Lookups shared by the REST API and the web UI. Every permission question goes to
 accounts.permissions.repository_actions; a repository the caller may not read is
 answered 404, exactly like one that does not exist."""
 
 from django.http import Http404
-from rest_framework.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied
 
 from accounts.models import Namespace, OrganizationMembership, Team, User
 from accounts.permissions import ADMIN, PULL, repository_actions

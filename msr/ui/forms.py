@@ -1,0 +1,53 @@
+from django import forms
+
+from accounts.models import NAMESPACE_PATTERN
+from accounts.permissions import ACCESS_LEVELS
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=100, label="Token name",
+                           help_text="What the token is for, e.g. “CI pipeline”.")
+    expires_in_days = forms.IntegerField(min_value=1, max_value=3650, required=False,
+                                         label="Expires after (days)", help_text="Empty: never.")
+
+
+class SettingsForm(forms.Form):
+    full_name = forms.CharField(max_length=200, required=False, label="Full name")
+    default_content_cache = forms.ChoiceField(
+        choices=[("", "MSR (no cache)")], required=False, label="Default content cache",
+        help_text="Where your layer pulls are served from. Regional caches appear here once an "
+                  "administrator adds them.")
+    default_visibility = forms.ChoiceField(
+        choices=[("private", "Private"), ("public", "Public")], label="Visibility of repositories you create by pushing")
+
+
+class TeamAccessForm(forms.Form):
+    team = forms.ChoiceField(label="Team")
+    access_level = forms.ChoiceField(choices=[(level, level) for level in ACCESS_LEVELS], label="Access level")
+
+    def __init__(self, *args, teams=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["team"].choices = [(t.name, t.name) for t in teams]
+
+
+class RepositoryTeamAccessForm(TeamAccessForm):
+    repository = forms.ChoiceField(label="Repository")
+
+    def __init__(self, *args, repositories=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["repository"].choices = [(r.name, r.name) for r in repositories]
+
+
+class MemberForm(forms.Form):
+    username = forms.CharField(max_length=150, label="Username")
+    is_owner = forms.BooleanField(required=False, label="Owner (administers the organization)")
+
+
+class TeamForm(forms.Form):
+    name = forms.RegexField(NAMESPACE_PATTERN, max_length=100, label="Team name",
+                            error_messages={"invalid": "Use lowercase letters, digits and . _ - between them."})
+    description = forms.CharField(max_length=500, required=False, label="Description")
+
+
+class TeamMemberForm(forms.Form):
+    username = forms.CharField(max_length=150, label="Username")

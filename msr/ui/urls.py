@@ -1,0 +1,25 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path, re_path
+
+from msr.ui import views
+
+app_name = "ui"
+
+REPO = r"(?P<namespace>[^/]+)/(?P<repository>.+?)"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("repositories/", views.repositories, name="repositories"),
+    re_path(rf"^repositories/{REPO}/tags/(?P<tag>[^/]+)/delete/$", views.delete_tag, name="delete-tag"),
+    re_path(rf"^repositories/{REPO}/access/$", views.repository_access, name="repository-access"),
+    re_path(rf"^repositories/{REPO}/$", views.repository, name="repository"),
+    path("orgs/", views.organizations, name="organizations"),
+    path("orgs/<str:org>/", views.organization, name="organization"),
+    path("orgs/<str:org>/<str:action>/", views.organization_action, name="organization-action"),
+    path("tokens/", views.tokens, name="tokens"),
+    path("tokens/<int:token_id>/revoke/", views.revoke_token, name="revoke-token"),
+    path("settings/", views.profile, name="profile"),
+    path("console/", views.console, name="console"),
+]

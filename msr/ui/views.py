@@ -1,0 +1,280 @@
+"""The web UI: server-rendered pages that work without JavaScript; htmx only makes the
+repository search answer as you type. Every decision goes through the same permission
+function as the registry and the API (via msr.access)."""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import Count, Sum
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from accounts import services as account_services
+from accounts.models import AccessToken, Namespace, OrganizationMembership, User
+from accounts.permissions import ADMIN, DELETE, access_level_for, readable_repositories, repository_actions
+from accounts.services import set_team_access
+from guardian.shortcuts import get_perms
+from msr import services
+from msr.access import is_org_member, is_org_owner, organization_or_404, repository_for, team_or_404
+from msr.api.repositories import describe_tag
+from msr.events import record
+from msr.models import Blob, Event, Repository
+from msr.ui import forms
+
+
+def public_host(request) -> str:
+    url = settings.PUBLIC_URL or f"{request.scheme}://{request.get_host()}"
+    return url.split("://", 1)[1]
+
+
+def home(request):
+    return redirect("ui:repositories")
+
+
+def repositories(request):
+    query = request.GET.get("q", "").strip()
+    visibility = request.GET.get("visibility", "")
+    found = readable_repositories(request.user, Repository.objects.select_related("namespace"))
+    if query:
+        found = found.filter(name__icontains=query) | found.filter(namespace__name__icontains=query)
+    if visibility in ("public", "private"):
+        found = found.filter(visibility=visibility)
+    found = found.annotate(tag_count=Count("tags")).order_by("namespace__name", "name")[:500]
+    template = "ui/_repository_list.html" if request.headers.get("HX-Request") else "ui/repositories.html"
+    return render(request, template, {"repositories": found, "q": query, "visibility": visibility})
+
+
+def _team_access_rows(org, obj):
+    rows = []
+    for team in org.teams.select_related("group").order_by("name"):
+        level = access_level_for({c.split("_")[0] for c in get_perms(team.group, obj)})
+        if level:
+            rows.append((team, level))
+    return rows
+
+
+def repository(request, namespace, repository):
+    found = repository_for(request.user, namespace, repository)
+    actions = repository_actions(request.user, found.namespace, found)
+    tags = [describe_tag(t) for t in found.tags.select_related("manifest", "pushed_by").order_by("-updated_at")[:200]]
+    context = {
+        "repository": found, "tags": tags, "host": public_host(request),
+        "can_admin": ADMIN in actions, "can_delete": DELETE in actions,
+        "can_push": "push" in actions,
+    }
+    if found.namespace.is_org:
+        context["team_access"] = _team_access_rows(found.namespace, found)
+        if ADMIN in actions:
+            context["access_form"] = forms.TeamAccessForm(teams=found.namespace.teams.order_by("name"))
+    return render(request, "ui/repository.html", context)
+
+
+@login_required
+@require_POST
+def repository_access(request, namespace, repository):
+    found = repository_for(request.user, namespace, repository, ADMIN)
+    if not found.namespace.is_org:
+        raise Http404("only an organization's repositories have team access")
+    teams = found.namespace.teams.order_by("name")
+    if request.POST.get("remove"):
+        team = team_or_404(found.namespace, request.POST["remove"])
+        set_team_access(team, found, None)
+        messages.success(request, f"Removed the access of team {team.name}.")
+    else:
+        form = forms.TeamAccessForm(request.POST, teams=teams)
+        if not form.is_valid():
+            tags = [describe_tag(t) for t in found.tags.select_related("manifest", "pushed_by")[:200]]
+            return render(request, "ui/repository.html", {
+                "repository": found, "tags": tags, "host": public_host(request), "can_admin": True,
+                "can_delete": True, "team_access": _team_access_rows(found.namespace, found),
+                "access_form": form}, status=400)
+        team = team_or_404(found.namespace, form.cleaned_data["team"])
+        with transaction.atomic():
+            set_team_access(team, found, form.cleaned_data["access_level"])
+            record(Event.PERMISSION, request.user.username, found.full_name,
+                   detail={"action": "team access", "team": team.name,
+                           "accessLevel": form.cleaned_data["access_level"]}, request=request)
+        messages.success(request, f"Team {team.name} now has {form.cleaned_data['access_level']} access.")
+    return redirect("ui:repository", namespace=namespace, repository=repository)
+
+
+def delete_tag(request, namespace, repository, tag):
+    found = repository_for(request.user, namespace, repository, DELETE)
+    if not found.tags.filter(name=tag).exists():
+        raise Http404("no such tag")
+    if request.method == "POST":
+        services.delete_manifest(found.full_name, tag, request.user)
+        messages.success(request, f"Deleted tag {tag}.")
+        return redirect("ui:repository", namespace=namespace, repository=repository)
+    return render(request, "ui/confirm_delete_tag.html", {"repository": found, "tag": tag})
+
+
+@login_required
+def organizations(request):
+    orgs = Namespace.objects.filter(is_org=True).order_by("name")
+    if not request.user.is_superuser:
+        orgs = orgs.filter(memberships__user=request.user)
+    return render(request, "ui/organizations.html", {"organizations": orgs})
+
+
+@login_required
+def organization(request, org):
+    found = organization_or_404(org)
+    if not is_org_member(request.user, found):
+        raise Http404("no such organization")
+    owner = is_org_owner(request.user, found)
+    teams = []
+    repositories_ = found.repositories.order_by("name")
+    for team in found.teams.select_related("group").order_by("name"):
+        access = [(r, level) for r in repositories_ for t, level in _team_access_rows(found, r) if t == team]
+        org_wide = [level for t, level in _team_access_rows(found, found) if t == team]
+        teams.append({"team": team, "members": team.group.user_set.order_by("username"),
+                      "access": access, "org_wide": org_wide[0] if org_wide else None})
+    context = {
+        "org": found, "is_owner": owner, "teams": teams,
+        "members": found.memberships.select_related("user").order_by("user__username"),
+    }
+    if owner:
+        context.update(
+            member_form=forms.MemberForm(prefix="member"), team_form=forms.TeamForm(prefix="team"),
+            access_form=forms.RepositoryTeamAccessForm(prefix="access", teams=found.teams.order_by("name"),
+                                                       repositories=repositories_),
+        )
+    return render(request, "ui/organization.html", context)
+
+
+@login_required
+@require_POST
+def organization_action(request, org, action):
+    """The forms of the organization page, each a plain POST for owners."""
+    found = organization_or_404(org)
+    if not is_org_owner(request.user, found):
+        raise PermissionDenied("Only organization owners change an organization.")
+    post = request.POST
+    error = None
+    if action == "add-member":
+        form = forms.MemberForm(post, prefix="member")
+        user = User.objects.filter(username=post.get("member-username", "")).first() if form.is_valid() else None
+        if user is None:
+            error = "No user with that username."
+        else:
+            account_services.add_member(found, user, is_owner=form.cleaned_data["is_owner"])
+    elif action == "remove-member":
+        user = User.objects.filter(username=post.get("username", "")).first()
+        if user is not None:
+            account_services.remove_member(found, user)
+    elif action == "create-team":
+        form = forms.TeamForm(post, prefix="team")
+        if not form.is_valid():
+            error = "; ".join(e for errs in form.errors.values() for e in errs)
+        elif found.teams.filter(name=form.cleaned_data["name"]).exists():
+            error = "A team with that name exists."
+        else:
+            account_services.create_team(found, form.cleaned_data["name"], form.cleaned_data["description"])
+    elif action in ("add-team-member", "remove-team-member"):
+        team = team_or_404(found, post.get("team", ""))
+        user = User.objects.filter(username=post.get("username", "")).first()
+        if user is None:
+            error = "No user with that username."
+        elif action == "add-team-member":
+            account_services.add_team_member(team, user)
+        else:
+            account_services.remove_team_member(team, user)
+    elif action == "team-access":
+        form = forms.RepositoryTeamAccessForm(post, prefix="access", teams=found.teams.all(),
+                                              repositories=found.repositories.all())
+        if not form.is_valid():
+            error = "Choose a team, a repository and an access level."
+        else:
+            team = team_or_404(found, form.cleaned_data["team"])
+            target = found.repositories.get(name=form.cleaned_data["repository"])
+            with transaction.atomic():
+                set_team_access(team, target, form.cleaned_data["access_level"])
+                record(Event.PERMISSION, request.user.username, target.full_name,
+                       detail={"action": "team access", "team": team.name,
+                               "accessLevel": form.cleaned_data["access_level"]}, request=request)
+            messages.success(request, f"Team {team.name} now has {form.cleaned_data['access_level']} "
+                                      f"access to {target.full_name}.")
+    else:
+        raise Http404("no such action")
+    if error:
+        messages.error(request, error)
+    return redirect("ui:organization", org=org)
+
+
+@login_required
+def tokens(request):
+    # Post/redirect/get: the new secret rides in the session to the next page view only,
+    # so a reload neither shows it again nor creates another token.
+    new_secret = request.session.pop("new_token_secret", None)
+    form = forms.TokenForm()
+    if request.method == "POST":
+        form = forms.TokenForm(request.POST)
+        if form.is_valid():
+            days = form.cleaned_data["expires_in_days"]
+            expires = timezone.now() + timedelta(days=days) if days else None
+            _, secret = AccessToken.issue(request.user, AccessToken.PERSONAL, form.cleaned_data["name"], expires)
+            request.session["new_token_secret"] = secret
+            return redirect("ui:tokens")
+    listing = AccessToken.objects.filter(user=request.user, kind=AccessToken.PERSONAL).order_by("-created_at")
+    return render(request, "ui/tokens.html", {"form": form, "tokens": listing, "new_secret": new_secret,
+                                              "now": timezone.now()},
+                  status=400 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def revoke_token(request, token_id):
+    token = AccessToken.objects.filter(pk=token_id, user=request.user, kind=AccessToken.PERSONAL).first()
+    if token is None:
+        raise Http404("no such token")
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+    messages.success(request, f"Revoked the token “{token.name}”. It no longer works anywhere.")
+    return redirect("ui:tokens")
+
+
+@login_required
+def profile(request):
+    namespace = request.user.namespace
+    initial = {"full_name": request.user.full_name, "default_visibility": namespace.default_visibility}
+    form = forms.SettingsForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        request.user.full_name = form.cleaned_data["full_name"]
+        request.user.save(update_fields=["full_name"])
+        namespace.full_name = form.cleaned_data["full_name"]
+        namespace.default_visibility = form.cleaned_data["default_visibility"]
+        namespace.save(update_fields=["full_name", "default_visibility"])
+        messages.success(request, "Settings saved.")
+        return redirect("ui:profile")
+    return render(request, "ui/profile.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@login_required
+def console(request):
+    if not request.user.is_superuser:
+        raise PermissionDenied("The console is for system admins.")
+    stats = {
+        "users": User.objects.count(),
+        "organizations": Namespace.objects.filter(is_org=True).count(),
+        "repositories": Repository.objects.count(),
+        "blobs": Blob.objects.count(),
+        "stored_bytes": Blob.objects.aggregate(total=Sum("size"))["total"] or 0,
+    }
+    recent = Event.objects.exclude(type=Event.PULL).order_by("-created_at")[:15]
+    return render(request, "ui/console.html", {"stats": stats, "events": recent})
+
+
+def error_404(request, exception=None):
+    return render(request, "404.html", status=404)
+
+
+def error_403(request, exception=None):
+    return render(request, "403.html", {"reason": str(exception or "")}, status=403)

@@ -1,0 +1,202 @@
+"""The web UI in a real browser: Debian's Chromium driven by Playwright.
+
+Screenshots of each main page are written to the folder printed at the end of the run
+(MSR_SCREENSHOT_DIR, or a temporary folder), for a person to look at."""
+
+import os
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.images import make_image_layout
+from tests.processes import run
+from tests.test_clients import REQUIRE, _need
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(os.environ.get("MSR_SCREENSHOT_DIR") or "/tmp/msr-screenshots")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if REQUIRE:
+            pytest.fail("chromium is not installed (MSR_REQUIRE_CLIENTS=1)")
+        pytest.skip("chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def sign_in(browser, msr):
+    contexts = []
+
+    def open_as(persona: str | None):
+        context = browser.new_context(base_url=msr, viewport={"width": 1280, "height": 900})
+        contexts.append(context)
+        page = context.new_page()
+        if persona:
+            page.goto("/login/")
+            page.get_by_label("Username").fill(persona)
+            page.get_by_label("Password").fill(f"{persona}-password")
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url("**/repositories/")
+        return page
+
+    yield open_as
+    for context in contexts:
+        context.close()
+
+
+def shot(page, name):
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def check_accessibility_basics(page):
+    """Every visible form control has a label; headings start at h1 and never skip a level."""
+    unlabeled = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea')]
+        .filter(e => e.type !== 'hidden' && e.offsetParent !== null)
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+        .map(e => e.outerHTML)""")
+    assert unlabeled == [], unlabeled
+    levels = page.evaluate("() => [...document.querySelectorAll('h1,h2,h3,h4,h5,h6')].map(h => +h.tagName[1])")
+    assert levels and levels[0] == 1 and levels.count(1) == 1, levels
+    for before, after in zip(levels, levels[1:]):
+        assert after <= before + 1, levels
+
+
+def _push(msr, personas, name, tmp_path):
+    _need("skopeo")
+    source = tmp_path / name.replace("/", "_")
+    digest = make_image_layout(source, layer_sizes=(10_000, 20_000))
+    run(["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"alice:{personas['alice'].token}",
+         f"oci:{source}:v1", f"docker://{msr.removeprefix('http://')}/{name}:v1"])
+    return digest
+
+
+def test_sign_in_and_browse_to_a_repository_pushed_with_skopeo(sign_in, msr, personas, unique, tmp_path):
+    name = f"acme/ui-{unique}"
+    digest = _push(msr, personas, name, tmp_path)
+    login = sign_in(None)
+    login.goto("/login/")
+    check_accessibility_basics(login)
+    shot(login, "01-sign-in")
+    page = sign_in("alice")
+    page.get_by_label("Search").fill(f"ui-{unique}")
+    page.get_by_role("button", name="Filter").click()
+    check_accessibility_basics(page)
+    shot(page, "02-repositories")
+    page.get_by_role("link", name=name).click()
+    page.wait_for_url(f"**/repositories/{name}/")
+    assert page.get_by_role("heading", level=1).inner_text().startswith(name)
+    row = page.get_by_role("row").filter(has_text="v1")
+    assert digest[:19] in row.inner_text()
+    assert "linux/amd64" in row.inner_text() and "alice" in row.inner_text()
+    assert f"docker pull {msr.removeprefix('http://')}/{name}:v1" in page.locator("pre.command").first.inner_text()
+    check_accessibility_basics(page)
+    shot(page, "03-repository")
+
+
+def test_a_bad_password_shows_an_error_next_to_the_form(sign_in):
+    page = sign_in(None)
+    page.goto("/login/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("wrong")
+    page.get_by_role("button", name="Sign in").click()
+    assert "correct username and password" in page.get_by_role("alert").first.inner_text()
+
+
+def test_an_owner_grants_a_team_read_only_and_its_member_then_sees_the_repository(sign_in, msr, personas, unique, tmp_path):
+    name = f"acme/granted-{unique}"
+    _push(msr, personas, name, tmp_path)
+    bob = sign_in("bob")
+    bob.goto(f"/repositories/?q=granted-{unique}")
+    assert bob.get_by_role("link", name=name).count() == 0
+    assert bob.goto(f"/repositories/{name}/").status == 404
+
+    alice = sign_in("alice")
+    alice.goto("/orgs/acme/")
+    check_accessibility_basics(alice)
+    form = alice.locator("form", has=alice.get_by_role("heading", name="Grant a team access to a repository"))
+    form.get_by_label("Team").select_option("readers")
+    form.get_by_label("Repository").select_option(f"granted-{unique}")
+    form.get_by_label("Access level").select_option("read-only")
+    form.get_by_role("button", name="Grant access").click()
+    assert f"Team readers now has read-only access to {name}" in alice.get_by_role("status").inner_text()
+    shot(alice, "04-organization")
+
+    bob.goto(f"/repositories/?q=granted-{unique}")
+    bob.get_by_role("link", name=name).click()
+    assert bob.get_by_role("heading", level=1).inner_text().startswith(name)
+    assert bob.get_by_role("link", name="Delete tag v1").count() == 0  # read-only
+
+
+def test_create_and_revoke_a_token_and_the_revoked_token_no_longer_logs_in(sign_in, msr, unique):
+    page = sign_in("carol")
+    page.goto("/tokens/")
+    page.get_by_label("Token name").fill(f"laptop-{unique}")
+    page.get_by_role("button", name="Create token").click()
+    secret = page.locator("#new-token").inner_text().strip()
+    assert secret.startswith("msrpat_")
+    check_accessibility_basics(page)
+    shot(page, "05-tokens")
+    assert requests.get(f"{msr}/auth/token", auth=("carol", secret)).status_code == 200
+    page.reload()
+    assert page.locator("#new-token").count() == 0  # shown once
+    page.get_by_role("button", name=f"Revoke token laptop-{unique}").click()
+    assert "no longer works" in page.get_by_role("status").inner_text()
+    assert requests.get(f"{msr}/auth/token", auth=("carol", secret)).status_code == 401
+    page.get_by_role("button", name="Create token").click()  # empty name
+    assert page.get_by_role("alert").first.inner_text() == "This field is required."
+
+
+def test_a_user_without_access_gets_a_404_for_a_private_repository(sign_in):
+    page = sign_in("carol")
+    response = page.goto("/repositories/acme/private-app/")
+    assert response.status == 404
+    assert page.get_by_role("heading", level=1).inner_text() == "Not found"
+    shot(page, "06-not-found")
+    anonymous = sign_in(None)
+    assert anonymous.goto("/repositories/acme/private-app/").status == 404
+    assert anonymous.goto("/repositories/acme/public-app/").status == 200
+
+
+def test_settings_console_and_delete_with_confirmation(sign_in, msr, personas, unique, tmp_path):
+    name = f"acme/doomed-{unique}"
+    _push(msr, personas, name, tmp_path)
+    page = sign_in("alice")
+    page.goto("/settings/")
+    assert page.get_by_label("Default content cache").inner_text().strip() == "MSR (no cache)"
+    check_accessibility_basics(page)
+    shot(page, "07-settings")
+    page.goto(f"/repositories/{name}/")
+    page.get_by_role("link", name="Delete tag v1").click()
+    check_accessibility_basics(page)
+    page.get_by_role("button", name="Delete tag v1").click()
+    assert "Deleted tag v1" in page.get_by_role("status").inner_text()
+    assert "No tags yet" in page.content()
+    assert sign_in("mel").goto("/console/").status == 403
+    admin = sign_in("admin")
+    admin.goto("/console/")
+    assert admin.get_by_role("heading", name="Admin console").is_visible()
+    check_accessibility_basics(admin)
+    shot(admin, "08-console")
+
+
+def test_keyboard_reaches_the_skip_link_navigation_and_forms(sign_in):
+    page = sign_in("carol")
+    page.goto("/tokens/")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    reached = []
+    for _ in range(15):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.textContent || document.activeElement.name"))
+    assert "Repositories" in reached and "Create token" in reached, reached

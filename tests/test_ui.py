@@ -35,7 +35,7 @@ def browser():
 
 
 @pytest.fixture
-def sign_in(browser, msr):
+def sign_in(browser, msr, personas):
     contexts = []
 
     def open_as(persona: str | None):
@@ -200,3 +200,23 @@ def test_keyboard_reaches_the_skip_link_navigation_and_forms(sign_in):
         page.keyboard.press("Tab")
         reached.append(page.evaluate("document.activeElement.textContent || document.activeElement.name"))
     assert "Repositories" in reached and "Create token" in reached, reached
+
+
+def test_the_basic_flows_work_without_javascript(browser, msr, personas):
+    context = browser.new_context(base_url=msr, java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto("/login/")
+        page.get_by_label("Username").fill("bob")
+        page.get_by_label("Password").fill("bob-password")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_label("Search").fill("private-app")
+        page.get_by_label("Visibility").select_option("private")
+        page.get_by_role("button", name="Filter").click()
+        assert "visibility=private" in page.url
+        page.get_by_role("link", name="acme/private-app").click()
+        assert page.get_by_role("heading", level=1).inner_text().startswith("acme/private-app")
+        page.get_by_role("button", name="Sign out").click()
+        assert page.url.endswith("/login/")
+    finally:
+        context.close()

@@ -34,6 +34,10 @@ TOKEN_KEY_FILE = Path(env_str("MSR_TOKEN_KEY_FILE") or DATA_DIR / "token_key.pem
 # the data dir when unset.
 ENCRYPTION_KEYS = env_list("MSR_ENCRYPTION_KEY", [])
 
+# Lifetime of the grant in a redirect to a cache: long enough to start the download.
+CACHE_GRANT_TTL_SECONDS = env_int("MSR_CACHE_GRANT_TTL", 300)
+CACHE_HEALTH_INTERVAL_SECONDS = env_int("MSR_CACHE_HEALTH_INTERVAL", 15)
+
 STORAGE_DIR = Path(env_str("MSR_STORAGE_DIR") or DATA_DIR / "storage")
 # fsync a blob before it becomes visible, so a crash cannot leave a published blob with
 # missing bytes.
@@ -54,6 +58,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "accounts",
     "msr",
+    "caches",
 ]
 
 MIDDLEWARE = [

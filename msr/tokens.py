@@ -127,3 +127,16 @@ def granted_actions(claims: dict, resource_type: str, name: str) -> set[str]:
         if isinstance(entry, dict) and entry.get("type") == resource_type and entry.get("name") == name:
             actions.update(entry.get("actions") or ())
     return actions
+
+
+def verify_grant(grant: str) -> dict:
+    """Claims of a valid cache grant signed by this MSR (any audience: MSR is the origin
+    every cache of the chain fetches from)."""
+    try:
+        claims = jwt.decode(grant, _keys()[1], algorithms=[ALGORITHM], issuer=settings.TOKEN_ISSUER,
+                            options={"require": ["exp", "aud"], "verify_aud": False})
+    except jwt.PyJWTError as e:
+        raise InvalidToken(str(e)) from None
+    if claims.get("typ") != "blob-grant":
+        raise InvalidToken("not a blob grant")
+    return claims

@@ -16,6 +16,7 @@ from msr.references import is_valid_digest, is_valid_name, split_name
 from msr.registry import errors
 from msr.registry.base import RegistryView, empty_response, request_body
 from msr.storage import CHUNK_SIZE, get_storage
+from msr.tokens import InvalidToken, verify_grant
 
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -109,8 +110,34 @@ def _read_limited(request, limit: int) -> bytes:
 
 class BlobView(RegistryView):
     def get(self, request, name, digest):
-        self.authorize(name, "pull")
-        size = services.linked_blob_size(name, digest)
+        grant = request.GET.get("grant")
+        if grant and self.claims is None:
+            self._check_grant(grant, name, digest)  # a cache fetching for a user
+            size = services.linked_blob_size(name, digest)
+        else:
+            self.authorize(name, "pull")
+            size = services.linked_blob_size(name, digest)
+            location = self._cache_location(request, name, digest)
+            if location:
+                return empty_response(307, {"Location": location, "Docker-Content-Digest": digest})
+        return self._serve(request, digest, size)
+
+    def _check_grant(self, grant, name, digest):
+        try:
+            claims = verify_grant(grant)
+        except InvalidToken as e:
+            raise errors.Unauthorized("invalid or expired grant", detail=str(e))
+        if claims.get("repo") != name or claims.get("digest") != digest:
+            raise errors.Denied("the grant is for another blob")
+
+    def _cache_location(self, request, name, digest) -> str | None:
+        """Where this client should fetch the layer: its cache, or None for MSR itself."""
+        from caches.grants import choose_cache, redirect_url
+
+        cache = choose_cache(_user(self), request.META.get("REMOTE_ADDR"))
+        return redirect_url(cache, name, digest, self.username) if cache else None
+
+    def _serve(self, request, digest, size):
         try:
             blob = get_storage().open_blob(digest)
         except FileNotFoundError:

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class CachesConfig(AppConfig):
+    name = "caches"
+    verbose_name = "Content caches"
+    default_auto_field = "django.db.models.BigAutoField"

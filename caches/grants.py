@@ -1,0 +1,52 @@
+"""Grants: short-lived tokens, signed with MSR's token key, that let a cache (and the
+caches above it) fetch and serve one blob of one repository for one user. They travel
+in the redirect URL because clients do not send their Authorization header to another
+host."""
+
+import ipaddress
+
+from django.conf import settings
+
+from caches.models import ContentCache, NetworkRule, UserCacheChoice
+from msr.tokens import sign
+
+GRANT_TYPE = "blob-grant"
+
+
+def issue_grant(cache: ContentCache, repository: str, digest: str, username: str) -> str:
+    audience = [c.name for c in cache.chain()]
+    return sign({"typ": GRANT_TYPE, "aud": audience, "sub": username, "repo": repository,
+                 "digest": digest}, settings.CACHE_GRANT_TTL_SECONDS)
+
+
+def choose_cache(user, client_ip: str | None) -> ContentCache | None:
+    """The cache this client's layer pulls go to: the user's choice, else the most
+    specific network rule matching the client's address; only if enabled and healthy."""
+    cache = None
+    if user is not None and user.is_authenticated:
+        choice = UserCacheChoice.objects.select_related("cache").filter(user=user).first()
+        cache = choice.cache if choice else None
+    if cache is None and client_ip:
+        cache = _cache_for_address(client_ip)
+    if cache is None or not cache.enabled or not cache.healthy:
+        return None
+    return cache
+
+
+def _cache_for_address(client_ip: str) -> ContentCache | None:
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return None
+    best = None
+    for rule in NetworkRule.objects.select_related("cache"):
+        network = ipaddress.ip_network(rule.cidr, strict=False)
+        if address.version == network.version and address in network:
+            if best is None or network.prefixlen > best[0].prefixlen:
+                best = (network, rule.cache)
+    return best[1] if best else None
+
+
+def redirect_url(cache: ContentCache, repository: str, digest: str, username: str) -> str:
+    grant = issue_grant(cache, repository, digest, username)
+    return f"{cache.url.rstrip('/')}/v2/{repository}/blobs/{digest}?grant={grant}"

@@ -1,0 +1,72 @@
+"""Regional content caches as MSR knows them (the cache node itself is caches/node.py
+and uses no database)."""
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+cache_name_validator = RegexValidator(r"^[a-z0-9][a-z0-9-]{0,62}$", "Lowercase letters, digits and dashes.")
+
+
+class ContentCache(models.Model):
+    """A cache node in a region. MSR redirects layer pulls of users who chose it (or
+    whose network maps to it) to `url`, with a signed grant, while it is enabled and
+    healthy. A cache may fetch from a parent cache instead of from MSR."""
+
+    name = models.CharField(max_length=63, unique=True, validators=[cache_name_validator])
+    region = models.CharField(max_length=100, blank=True)
+    url = models.URLField(max_length=500, help_text="the address clients use to reach the cache")
+    enabled = models.BooleanField(default=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    healthy = models.BooleanField(default=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return self.name
+
+    def chain(self) -> list["ContentCache"]:
+        """This cache and its ancestors, nearest first (a cycle is cut)."""
+        caches, seen, node = [], set(), self
+        while node is not None and node.pk not in seen:
+            caches.append(node)
+            seen.add(node.pk)
+            node = node.parent
+        return caches
+
+
+class CacheMetrics(models.Model):
+    """Counters a cache reported at one health check (cumulative since the node
+    started); the series is the chart of the console."""
+
+    cache = models.ForeignKey(ContentCache, on_delete=models.CASCADE, related_name="metrics")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    hits = models.BigIntegerField(default=0)
+    misses = models.BigIntegerField(default=0)
+    bytes_from_disk = models.BigIntegerField(default=0)
+    bytes_from_upstream = models.BigIntegerField(default=0)
+    upstream_fetches = models.BigIntegerField(default=0)
+    disk_used = models.BigIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["cache", "-at"], name="cache_metrics_idx")]
+
+
+class UserCacheChoice(models.Model):
+    """A user's default content cache (chosen by the user or set by an admin)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="cache_choice")
+    cache = models.ForeignKey(ContentCache, on_delete=models.CASCADE, related_name="+")
+
+
+class NetworkRule(models.Model):
+    """Clients from `cidr` use `cache` unless they chose a cache themselves; the most
+    specific network wins."""
+
+    cidr = models.CharField(max_length=50, unique=True)
+    cache = models.ForeignKey(ContentCache, on_delete=models.CASCADE, related_name="network_rules")
+
+    def __str__(self):
+        return f"{self.cidr} → {self.cache}"

@@ -149,6 +149,37 @@ def cmd_up(args) -> None:
     sys.exit(supervise(children))
 
 
+def _cache_argv(args) -> tuple[list[str], dict]:
+    env = {
+        "MSR_CACHE_NAME": args.name, "MSR_CACHE_MSR_URL": args.msr,
+        "MSR_CACHE_UPSTREAM": args.upstream or args.msr, "MSR_CACHE_DATA_DIR": args.data,
+        "MSR_CACHE_MAX_SIZE": args.max_size, "MSR_CACHE_TTL": args.ttl,
+    }
+    argv = [sys.executable, "-m", "gunicorn", "caches.node:application", "--bind", args.bind,
+            "--workers", str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
+            "--keep-alive", "5", "--timeout", "300", "--name", f"msr-cache-{args.name}",
+            "--no-control-socket"]
+    if os.path.isdir("/dev/shm"):
+        argv += ["--worker-tmp-dir", "/dev/shm"]
+    return argv, env
+
+
+def cmd_cache(args) -> None:
+    """A cache node: no database, only a data dir, its upstream and MSR's public keys."""
+    from caches.node import parse_duration, parse_size
+
+    for value, parse in ((args.max_size, parse_size), (args.ttl, parse_duration)):
+        try:
+            parse(value)
+        except ValueError as e:
+            sys.exit(f"msr cache: {e}")
+    if not args.name or not args.msr:
+        sys.exit("msr cache: --name and --msr (or MSR_CACHE_NAME and MSR_CACHE_MSR_URL) are required")
+    argv, env = _cache_argv(args)
+    os.environ.update(env)
+    os.execv(sys.executable, argv)
+
+
 def cmd_manage(args) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.settings")
     from django.core.management import execute_from_command_line
@@ -174,6 +205,18 @@ def main(argv=None) -> None:
     serve = sub.add_parser("serve", help="run the web process")
     _add_web_options(serve)
     serve.set_defaults(func=cmd_serve)
+    cache = sub.add_parser("cache", help="run a regional cache node")
+    env = os.environ.get
+    cache.add_argument("--name", default=env("MSR_CACHE_NAME"), help="the cache's name, as registered in MSR")
+    cache.add_argument("--msr", default=env("MSR_CACHE_MSR_URL"), help="MSR's URL (public keys)")
+    cache.add_argument("--upstream", default=env("MSR_CACHE_UPSTREAM"), help="MSR (default) or a parent cache")
+    cache.add_argument("--data", default=env("MSR_CACHE_DATA_DIR", "./cache-data"), help="where blobs are kept")
+    cache.add_argument("--bind", default=env("MSR_CACHE_BIND", "127.0.0.1:5100"))
+    cache.add_argument("--max-size", default=env("MSR_CACHE_MAX_SIZE", "50G"), help="size budget, e.g. 50G")
+    cache.add_argument("--ttl", default=env("MSR_CACHE_TTL", "24h"), help="evict blobs unused this long")
+    cache.add_argument("--workers", type=int, default=int(env("MSR_CACHE_WORKERS", "2")))
+    cache.add_argument("--threads", type=int, default=int(env("MSR_CACHE_THREADS", "16")))
+    cache.set_defaults(func=cmd_cache)
     worker = sub.add_parser("worker", help="run a Celery worker")
     worker.add_argument("--concurrency", type=int, default=int(os.environ.get("MSR_WORKER_CONCURRENCY", "2")))
     worker.add_argument("--pool", default=os.environ.get("MSR_WORKER_POOL", "prefork"),

@@ -1,7 +1,6 @@
 """The OCI Distribution API v1.1 endpoints under /v2/."""
 
 import json
-import re
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -9,6 +8,7 @@ from django.http import FileResponse, HttpResponse
 
 from accounts.models import User
 from accounts.permissions import readable_repositories
+from caches.files import LimitedFile, RangeNotSatisfiable, parse_range
 from msr import services, uploads
 from msr.events import record_pull
 from msr.models import Manifest, Repository, Tag
@@ -18,7 +18,6 @@ from msr.registry.base import RegistryView, empty_response, request_body
 from msr.storage import CHUNK_SIZE, get_storage
 from msr.tokens import InvalidToken, verify_grant
 
-RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def _user(view) -> User | None:
@@ -146,11 +145,18 @@ class BlobView(RegistryView):
         status = 200
         range_header = request.META.get("HTTP_RANGE")
         if range_header:
-            start, end = _parse_range(range_header, size, blob)
+            try:
+                start, end = parse_range(range_header, size)
+            except RangeNotSatisfiable:
+                blob.close()
+                raise errors.RangeInvalid(
+                    "requested range not satisfiable", detail={"Range": range_header},
+                    headers={"Content-Range": f"bytes */{size}"},
+                ) from None
             status = 206
         blob.seek(start)
         response = FileResponse(
-            _LimitedFile(blob, end - start + 1), status=status,
+            LimitedFile(blob, end - start + 1), status=status,
             content_type="application/octet-stream",
         )
         response.block_size = CHUNK_SIZE
@@ -178,55 +184,6 @@ class BlobView(RegistryView):
         self.authorize(name, "delete")
         services.unlink_blob(name, digest)
         return empty_response(202)
-
-
-def _parse_range(header: str, size: int, blob) -> tuple[int, int]:
-    match = RANGE_RE.match(header.strip())
-    unsatisfiable = errors.RangeInvalid(
-        "requested range not satisfiable", detail={"Range": header},
-        headers={"Content-Range": f"bytes */{size}"},
-    )
-    if not match or (match.group(1) == "" and match.group(2) == ""):
-        blob.close()
-        raise unsatisfiable
-    first, last = match.group(1), match.group(2)
-    if first == "":  # suffix range: the last N bytes
-        start, end = max(size - int(last), 0), size - 1
-    else:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-    if start >= size or start > end:
-        blob.close()
-        raise unsatisfiable
-    return start, end
-
-
-class _LimitedFile:
-    """A file positioned at the range start that reads at most `length` bytes.
-
-    fileno() stays available, so gunicorn sends it with sendfile(2) from the current
-    offset for exactly Content-Length bytes."""
-
-    def __init__(self, file, length):
-        self._file, self._remaining = file, length
-
-    def read(self, size=-1):
-        if self._remaining <= 0:
-            return b""
-        if size < 0 or size > self._remaining:
-            size = self._remaining
-        data = self._file.read(size)
-        self._remaining -= len(data)
-        return data
-
-    def fileno(self):
-        return self._file.fileno()
-
-    def tell(self):
-        return self._file.tell()
-
-    def close(self):
-        self._file.close()
 
 
 def _upload_headers(name: str, upload_id, offset: int) -> dict:

@@ -1,0 +1,461 @@
+"""The cache node (`msr cache`): a small WSGI service in a region, with no database.
+
+It serves `GET/HEAD /v2/<name>/blobs/<digest>?grant=<grant>`:
+1. verify the grant offline: signature against MSR's JWKS, audience = this cache,
+   not expired, repository and digest equal to the path; refuse anything else (401/403);
+2. hit: send the file from disk (sendfile through gunicorn's file wrapper), with Range;
+3. miss: take the digest's lock (flock: one fetch per digest across the node's
+   processes); fetch from the upstream (MSR or a parent cache) presenting the same grant,
+   stream to the client while writing a temporary file and hashing it, and publish the
+   file by rename only if size and digest match. The last chunk is held back until the
+   digest is verified, so a client never receives a complete body of wrong bytes:
+   a mismatch or a cut upstream ends the response short. Requests that wait on the lock
+   then serve the published file.
+Also: `/healthz`, `/metrics` (Prometheus text), `/stats` (JSON, read by MSR's health
+check), `POST /purge` (a purge token from MSR), and eviction by TTL and LRU size budget.
+
+Configuration comes from the environment (set by `msr cache`): MSR_CACHE_NAME,
+MSR_CACHE_MSR_URL, MSR_CACHE_UPSTREAM, MSR_CACHE_DATA_DIR, MSR_CACHE_MAX_SIZE,
+MSR_CACHE_TTL.
+"""
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import jwt
+import requests
+
+from caches.files import LimitedFile, RangeNotSatisfiable, parse_range
+
+log = logging.getLogger("msr.cache")
+CHUNK = 1024 * 1024
+BLOB_PATH_RE = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}))$")
+COUNTERS = ("hits", "misses", "bytes_from_disk", "bytes_from_upstream", "upstream_fetches",
+            "upstream_failures", "refused")
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(value: str) -> int:
+    match = re.fullmatch(r"(\d+)([KMGT]?)i?B?", value.strip().upper())
+    if not match:
+        raise ValueError(f"not a size: {value!r} (e.g. 50G, 500M)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def parse_duration(value: str) -> int:
+    match = re.fullmatch(r"(\d+)([smhd]?)", value.strip())
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (e.g. 24h, 30m)")
+    return int(match.group(1)) * _TIME_UNITS[match.group(2) or "s"]
+
+
+class Config:
+    def __init__(self, env=os.environ):
+        self.name = env["MSR_CACHE_NAME"]
+        self.msr_url = env["MSR_CACHE_MSR_URL"].rstrip("/")
+        self.upstream = (env.get("MSR_CACHE_UPSTREAM") or self.msr_url).rstrip("/")
+        self.data_dir = Path(env.get("MSR_CACHE_DATA_DIR", "./cache-data")).resolve()
+        self.max_size = parse_size(env.get("MSR_CACHE_MAX_SIZE", "50G"))
+        self.ttl = parse_duration(env.get("MSR_CACHE_TTL", "24h"))
+        self.evict_interval = int(env.get("MSR_CACHE_EVICT_INTERVAL", "30"))
+
+
+class UpstreamError(Exception):
+    pass
+
+
+class Keys:
+    """MSR's public keys (JWKS), fetched on first use and again for an unknown key id."""
+
+    def __init__(self, msr_url: str):
+        self.url = f"{msr_url}/auth/jwks.json"
+        self._keys: dict[str, object] = {}
+        self._fetched_at = 0.0
+        self._lock = threading.Lock()
+
+    def get(self, kid: str | None):
+        key = self._keys.get(kid)
+        if key is None:
+            with self._lock:
+                if kid not in self._keys and time.monotonic() - self._fetched_at > 5:
+                    self._fetch()
+            key = self._keys.get(kid)
+        return key
+
+    def _fetch(self) -> None:
+        self._fetched_at = time.monotonic()
+        try:
+            response = requests.get(self.url, timeout=5)
+            response.raise_for_status()
+            self._keys = {k["kid"]: jwt.PyJWK(k).key for k in response.json()["keys"]}
+        except (requests.RequestException, ValueError, KeyError, jwt.PyJWTError) as e:
+            log.warning("cannot fetch MSR's keys from %s: %s", self.url, e)
+
+
+class Metrics:
+    """Counters of this process, written to <data>/metrics/<pid>.json so that /metrics
+    can add up every process of the node."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.values = dict.fromkeys(COUNTERS, 0)
+        self._lock = threading.Lock()
+        self._dirty = True
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self.values[name] += amount
+            self._dirty = True
+
+    def save(self) -> None:
+        path = self.directory / f"{os.getpid()}.json"
+        tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+        with self._lock:
+            if not self._dirty and path.exists():
+                return
+            tmp.write_text(json.dumps(self.values))
+            self._dirty = False
+        os.replace(tmp, path)
+
+    def total(self) -> dict:
+        self.save()
+        totals = dict.fromkeys(COUNTERS, 0)
+        for path in self.directory.glob("*.json"):
+            try:
+                values = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            for name in COUNTERS:
+                totals[name] += int(values.get(name, 0))
+        return totals
+
+
+def _error(start_response, status: str, code: str, message: str, extra_headers=()):
+    body = json.dumps({"errors": [{"code": code, "message": message}]}).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                            *extra_headers])
+    return [body]
+
+
+class CacheNode:
+    def __init__(self, config: Config):
+        self.config = config
+        self.blobs = config.data_dir / "blobs"
+        self.tmp = config.data_dir / "tmp"
+        self.locks = config.data_dir / "locks"
+        for directory in (self.blobs, self.tmp, self.locks):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.keys = Keys(config.msr_url)
+        self.metrics = Metrics(config.data_dir / "metrics")
+        self.session = requests.Session()
+        threading.Thread(target=self._housekeeping, name="cache-housekeeping", daemon=True).start()
+
+    # -- WSGI ---------------------------------------------------------------------------
+
+    def __call__(self, environ, start_response):
+        path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
+        if path == "/healthz":
+            return self._json(start_response, {"status": "ok", "name": self.config.name})
+        if path == "/stats":
+            return self._json(start_response, {**self.metrics.total(), "disk_used": self.disk_used(),
+                                               "name": self.config.name})
+        if path == "/metrics":
+            return self._prometheus(start_response)
+        if path == "/purge" and method == "POST":
+            return self._purge(environ, start_response)
+        match = BLOB_PATH_RE.match(path)
+        if match is None or method not in ("GET", "HEAD"):
+            return _error(start_response, "404 Not Found", "UNSUPPORTED", "no such endpoint on a cache")
+        name, digest = match.group("name"), match.group("digest")
+        refusal = self._check_grant(environ, name, digest)
+        if refusal:
+            self.metrics.add("refused")
+            return _error(start_response, *refusal)
+        return self._blob(environ, start_response, name, digest)
+
+    def _json(self, start_response, value):
+        body = json.dumps(value).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _prometheus(self, start_response):
+        totals = self.metrics.total()
+        lines = []
+        for name in COUNTERS:
+            metric = f"msr_cache_{name}_total"
+            lines += [f"# TYPE {metric} counter", f'{metric}{{cache="{self.config.name}"}} {totals[name]}']
+        lines += ["# TYPE msr_cache_disk_used_bytes gauge",
+                  f'msr_cache_disk_used_bytes{{cache="{self.config.name}"}} {self.disk_used()}']
+        body = ("\n".join(lines) + "\n").encode()
+        start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    # -- grants -------------------------------------------------------------------------
+
+    def _verify(self, token: str, typ: str) -> dict:
+        header = jwt.get_unverified_header(token)
+        key = self.keys.get(header.get("kid"))
+        if key is None:
+            raise jwt.InvalidSignatureError("unknown signing key")
+        claims = jwt.decode(token, key, algorithms=["EdDSA"], audience=self.config.name,
+                            options={"require": ["exp", "aud"]})
+        if claims.get("typ") != typ:
+            raise jwt.InvalidTokenError(f"not a {typ}")
+        return claims
+
+    def _check_grant(self, environ, name, digest):
+        from urllib.parse import parse_qs
+
+        grant = (parse_qs(environ.get("QUERY_STRING", "")).get("grant") or [""])[0]
+        if not grant:
+            return ("401 Unauthorized", "UNAUTHORIZED", "a grant from MSR is required")
+        try:
+            claims = self._verify(grant, "blob-grant")
+        except jwt.InvalidAudienceError:
+            return ("403 Forbidden", "DENIED", "the grant is for another cache")
+        except jwt.PyJWTError as e:
+            return ("401 Unauthorized", "UNAUTHORIZED", f"invalid grant: {e}")
+        if claims.get("repo") != name or claims.get("digest") != digest:
+            return ("403 Forbidden", "DENIED", "the grant is for another blob")
+        environ["msr.grant"] = grant
+        return None
+
+    # -- blobs --------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        algorithm, _, encoded = digest.partition(":")
+        return self.blobs / algorithm / encoded[:2] / encoded
+
+    def _blob(self, environ, start_response, name, digest):
+        path = self.blob_path(digest)
+        if path.exists():
+            return self._serve(environ, start_response, path, digest)
+        lock_fd = os.open(self.locks / f"{digest.replace(':', '-')}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(lock_fd)
+                raise
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)  # another request is fetching it: wait
+        if path.exists():
+            os.close(lock_fd)
+            return self._serve(environ, start_response, path, digest)
+        return self._fetch(environ, start_response, name, digest, lock_fd)
+
+    def _serve(self, environ, start_response, path: Path, digest: str):
+        try:
+            blob = open(path, "rb")
+        except FileNotFoundError:  # evicted a moment ago
+            return _error(start_response, "503 Service Unavailable", "UNAVAILABLE", "retry")
+        size = os.fstat(blob.fileno()).st_size
+        os.utime(path)  # last access, for LRU eviction
+        start, end, status = 0, size - 1, "200 OK"
+        headers = [("Content-Type", "application/octet-stream"), ("Docker-Content-Digest", digest),
+                   ("Accept-Ranges", "bytes"), ("X-Cache", "HIT")]
+        if environ.get("HTTP_RANGE"):
+            try:
+                start, end = parse_range(environ["HTTP_RANGE"], size)
+            except RangeNotSatisfiable:
+                blob.close()
+                return _error(start_response, "416 Range Not Satisfiable", "RANGE_INVALID",
+                              "requested range not satisfiable", [("Content-Range", f"bytes */{size}")])
+            status = "206 Partial Content"
+            headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
+        length = end - start + 1
+        headers.append(("Content-Length", str(length)))
+        start_response(status, headers)
+        self.metrics.add("hits")
+        if environ["REQUEST_METHOD"] == "HEAD":
+            blob.close()
+            return []
+        self.metrics.add("bytes_from_disk", length)
+        blob.seek(start)
+        wrapper = environ.get("wsgi.file_wrapper")
+        limited = LimitedFile(blob, length)
+        return wrapper(limited, CHUNK) if wrapper else iter(lambda: limited.read(CHUNK), b"")
+
+    def _fetch(self, environ, start_response, name, digest, lock_fd):
+        """Fetch a missing blob from upstream while holding its lock (released when the
+        response ends, published or not)."""
+        url = f"{self.config.upstream}/v2/{name}/blobs/{digest}"
+        try:
+            upstream = self.session.get(url, params={"grant": environ["msr.grant"]}, stream=True,
+                                        timeout=(5, 60), allow_redirects=False)
+        except requests.RequestException as e:
+            os.close(lock_fd)
+            self.metrics.add("upstream_failures")
+            return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", f"upstream unreachable: {e}")
+        if upstream.status_code != 200:
+            os.close(lock_fd)
+            body = upstream.content[:10000]
+            upstream.close()
+            self.metrics.add("upstream_failures")
+            status = {401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found"}.get(
+                upstream.status_code, "502 Bad Gateway")
+            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        self.metrics.add("misses")
+        self.metrics.add("upstream_fetches")
+        length = int(upstream.headers.get("Content-Length", "-1"))
+        if environ.get("HTTP_RANGE") or environ["REQUEST_METHOD"] == "HEAD" or length < 0:
+            # Fetch whole, then answer from disk (ranges, HEAD, unknown length).
+            try:
+                for _ in self._download(upstream, digest, length):
+                    pass
+            except UpstreamError as e:
+                return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", str(e))
+            finally:
+                os.close(lock_fd)
+            return self._serve(environ, start_response, self.blob_path(digest), digest)
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(length)),
+                                  ("Docker-Content-Digest", digest), ("X-Cache", "MISS")])
+        return _ClosingStream(self._download(upstream, digest, length), lambda: os.close(lock_fd))
+
+    def _download(self, upstream, digest: str, length: int):
+        """Yield the upstream body while writing it to a temporary file; publish it only
+        if complete and its digest matches. The last chunk is yielded after that check."""
+        algorithm = digest.partition(":")[0]
+        hasher = hashlib.new(algorithm)
+        tmp = self.tmp / f"{digest.replace(':', '-')}.{secrets.token_hex(6)}"
+        written, pending = 0, None
+        try:
+            with open(tmp, "wb") as out:
+                try:
+                    for chunk in upstream.iter_content(CHUNK):
+                        out.write(chunk)
+                        hasher.update(chunk)
+                        written += len(chunk)
+                        self.metrics.add("bytes_from_upstream", len(chunk))
+                        if pending is not None:
+                            yield pending
+                        pending = chunk
+                except (requests.RequestException, OSError) as e:
+                    raise UpstreamError(f"upstream cut after {written} bytes: {e}") from None
+                if length >= 0 and written != length:
+                    raise UpstreamError(f"upstream sent {written} of {length} bytes")
+                if f"{algorithm}:{hasher.hexdigest()}" != digest:
+                    raise UpstreamError("upstream content does not match the digest")
+                out.flush()
+                os.fsync(out.fileno())
+            target = self.blob_path(digest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+            if pending is not None:
+                yield pending
+        except UpstreamError as e:
+            self.metrics.add("upstream_failures")
+            log.warning("not publishing %s: %s", digest, e)
+            raise
+        finally:
+            upstream.close()
+            tmp.unlink(missing_ok=True)
+
+    # -- purge and eviction -------------------------------------------------------------
+
+    def _purge(self, environ, start_response):
+        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        try:
+            claims = self._verify(token.strip(), "cache-purge") if scheme.lower() == "bearer" else None
+        except jwt.PyJWTError as e:
+            claims, reason = None, str(e)
+        else:
+            reason = "a purge token from MSR is required"
+        if claims is None:
+            return _error(start_response, "401 Unauthorized", "UNAUTHORIZED", reason)
+        digest = claims.get("digest")
+        removed = 0
+        for path in ([self.blob_path(digest)] if digest else list(self.blobs.glob("*/*/*"))):
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return self._json(start_response, {"removed": removed})
+
+    def disk_used(self) -> int:
+        return sum(p.stat().st_size for p in self.blobs.glob("*/*/*") if p.is_file())
+
+    def evict(self) -> int:
+        """Remove blobs older than the TTL (by last access), then the least recently used
+        until the store fits the size budget. Returns the bytes freed."""
+        now, freed, entries = time.time(), 0, []
+        for path in self.blobs.glob("*/*/*"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if now - stat.st_mtime > self.config.ttl:
+                path.unlink(missing_ok=True)
+                freed += stat.st_size
+            else:
+                entries.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.config.max_size:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+            freed += size
+        return freed
+
+    def _housekeeping(self) -> None:
+        last_eviction = time.monotonic()
+        while True:
+            time.sleep(0.5)
+            try:
+                self.metrics.save()
+                if time.monotonic() - last_eviction >= self.config.evict_interval:
+                    last_eviction = time.monotonic()
+                    lock = os.open(self.locks / "evict.lock", os.O_CREAT | os.O_RDWR, 0o600)
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        self.evict()
+                    except OSError:
+                        pass  # another process of the node is evicting
+                    finally:
+                        os.close(lock)
+            except Exception:
+                log.exception("cache housekeeping failed")
+
+
+class _ClosingStream:
+    """A WSGI body that runs `on_close` (release the digest's lock) when the server is
+    done with it, whether the stream ended, failed or the client went away."""
+
+    def __init__(self, iterator, on_close):
+        self._iterator, self._on_close = iterator, on_close
+
+    def __iter__(self):
+        return self._iterator
+
+    def close(self):
+        try:
+            self._iterator.close()
+        finally:
+            self._on_close()
+
+
+_node = None
+_node_lock = threading.Lock()
+
+
+def application(environ, start_response):
+    global _node
+    if _node is None:
+        with _node_lock:
+            if _node is None:
+                _node = CacheNode(Config())
+    return _node(environ, start_response)

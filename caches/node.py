@@ -22,6 +22,7 @@ MSR_CACHE_TTL.
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -127,7 +128,7 @@ class Metrics:
                 return
             tmp.write_text(json.dumps(self.values))
             self._dirty = False
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # inside the lock: an older snapshot never lands last
 
     def total(self) -> dict:
         self.save()
@@ -280,8 +281,10 @@ class CacheNode:
         self.metrics.add("hits")
         if environ["REQUEST_METHOD"] == "HEAD":
             blob.close()
+            self.metrics.save()
             return []
         self.metrics.add("bytes_from_disk", length)
+        self.metrics.save()  # before sending: /stats read right after the response is exact
         blob.seek(start)
         wrapper = environ.get("wsgi.file_wrapper")
         limited = LimitedFile(blob, length)
@@ -320,9 +323,21 @@ class CacheNode:
             finally:
                 os.close(lock_fd)
             return self._serve(environ, start_response, self.blob_path(digest), digest)
+        def finished():
+            os.close(lock_fd)
+            self.metrics.save()
+
+        # Answer only once the first chunk is in hand: a failure before it (an upstream
+        # cut early, or a small blob that does not match) is a clean 502, not a cut body.
+        stream = self._download(upstream, digest, length)
+        try:
+            first = next(stream, b"")
+        except UpstreamError as e:
+            finished()
+            return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", str(e))
         start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(length)),
                                   ("Docker-Content-Digest", digest), ("X-Cache", "MISS")])
-        return _ClosingStream(self._download(upstream, digest, length), lambda: os.close(lock_fd))
+        return _ClosingStream(itertools.chain([first], stream), finished, stream)
 
     def _download(self, upstream, digest: str, length: int):
         """Yield the upstream body while writing it to a temporary file; publish it only
@@ -435,15 +450,15 @@ class _ClosingStream:
     """A WSGI body that runs `on_close` (release the digest's lock) when the server is
     done with it, whether the stream ended, failed or the client went away."""
 
-    def __init__(self, iterator, on_close):
-        self._iterator, self._on_close = iterator, on_close
+    def __init__(self, iterator, on_close, generator):
+        self._iterator, self._on_close, self._generator = iterator, on_close, generator
 
     def __iter__(self):
         return self._iterator
 
     def close(self):
         try:
-            self._iterator.close()
+            self._generator.close()
         finally:
             self._on_close()
 

@@ -102,3 +102,19 @@ def run(argv, timeout=300, check=True, **kwargs) -> subprocess.CompletedProcess:
             f"{' '.join(argv)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
+
+
+def start_cache(name: str, msr_url: str, data_dir: Path, log_dir: Path, upstream: str | None = None,
+                workers=2) -> tuple[Process, str]:
+    """Run `msr cache` (a cache node) on a free port; returns the process and its URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "MSR_", "DATABASE_URL"))}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    argv = [MSR, "cache", "--name", name, "--msr", msr_url, "--data", str(data_dir),
+            "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    if upstream:
+        argv += ["--upstream", upstream]
+    process = Process(argv, env, log_dir / f"cache-{name}-{port}.log")
+    url = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{url}/healthz")
+    return process, url

@@ -70,3 +70,24 @@ class NetworkRule(models.Model):
 
     def __str__(self):
         return f"{self.cidr} → {self.cache}"
+
+
+class PrewarmPolicy(models.Model):
+    """On a push of a tag matching `tag_pattern` (a regular expression) into the
+    repository (or any repository of the namespace), make `caches` fetch the image's
+    layers before anyone pulls them."""
+
+    namespace = models.CharField(max_length=100)
+    repository = models.CharField(max_length=255, blank=True, help_text="empty: every repository of the namespace")
+    tag_pattern = models.CharField(max_length=200, default=".*")
+    caches = models.ManyToManyField(ContentCache, related_name="prewarm_policies")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def matches(self, repository_full_name: str, tag: str) -> bool:
+        import re
+
+        namespace, _, name = repository_full_name.partition("/")
+        if namespace != self.namespace or (self.repository and self.repository != name):
+            return False
+        return re.fullmatch(self.tag_pattern, tag) is not None

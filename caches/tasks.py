@@ -37,3 +37,51 @@ def check_cache(cache: ContentCache) -> bool:
 @shared_task
 def check_caches() -> dict:
     return {cache.name: check_cache(cache) for cache in ContentCache.objects.filter(enabled=True)}
+
+
+def image_blobs(repository_name: str, reference: str) -> list[str]:
+    """Digests of every blob of an image or index (config and layers of each child)."""
+    import json
+
+    from msr.models import Manifest
+    from msr.services import INDEX_TYPES, resolve_manifest
+
+    digest, media_type, content = resolve_manifest(repository_name, reference)
+    document = json.loads(content)
+    if media_type in INDEX_TYPES:
+        namespace, _, name = repository_name.partition("/")
+        blobs = []
+        for child in Manifest.objects.filter(repository__namespace__name=namespace, repository__name=name,
+                                             digest__in=[m["digest"] for m in document.get("manifests", [])]):
+            blobs += image_blobs(repository_name, child.digest)
+        return list(dict.fromkeys(blobs))
+    return [document["config"]["digest"], *[layer["digest"] for layer in document.get("layers", [])]]
+
+
+@shared_task(autoretry_for=(requests.ConnectionError, requests.Timeout), retry_backoff=5, max_retries=5)
+def prewarm(cache_id: int, repository_name: str, reference: str) -> dict:
+    """Make a cache fetch every blob of an image: request each through the cache with a
+    grant (the body is read and dropped here). Already cached blobs cost a disk read."""
+    from caches.grants import redirect_url
+
+    cache = ContentCache.objects.get(pk=cache_id)
+    fetched = 0
+    for digest in image_blobs(repository_name, reference):
+        with requests.get(redirect_url(cache, repository_name, digest, "prewarm"), stream=True, timeout=(5, 300)) as r:
+            r.raise_for_status()
+            for _ in r.iter_content(1024 * 1024):
+                pass
+        fetched += 1
+    return {"cache": cache.name, "blobs": fetched}
+
+
+def purge(cache: ContentCache, digest: str | None = None) -> dict:
+    from django.conf import settings
+
+    from msr.tokens import sign
+
+    token = sign({"typ": "cache-purge", "aud": [cache.name], "digest": digest}, 60)
+    response = requests.post(f"{cache.url.rstrip('/')}/purge", headers={"Authorization": f"Bearer {token}"},
+                             timeout=30)
+    response.raise_for_status()
+    return response.json()

@@ -131,6 +131,29 @@ def supervise(children: dict[str, subprocess.Popen]) -> int:
     return 0 if exited is None else 1
 
 
+def _next_free_bind(bind: str) -> str:
+    """The first free port after the web port, on the same host."""
+    import socket
+
+    host, _, port = bind.rpartition(":")
+    for candidate in range(int(port) + 1, int(port) + 200):
+        with socket.socket() as s:
+            try:
+                s.bind((host, candidate))
+            except OSError:
+                continue
+            return f"{host}:{candidate}"
+    sys.exit(f"msr up: no free port after {bind} for the local cache; use --cache-bind")
+
+
+def _register_local_cache(url: str) -> None:
+    """The embedded cache is registered as `local`; nobody uses it until they choose it."""
+    from caches.models import ContentCache
+
+    ContentCache.objects.update_or_create(name="local", defaults={"url": url, "region": "this host",
+                                                                  "healthy": True})
+
+
 def cmd_up(args) -> None:
     _setup_django()
     from django.conf import settings
@@ -140,11 +163,19 @@ def cmd_up(args) -> None:
     call_command("migrate", interactive=False, verbosity=0)
     ensure_admin()
     _prepare_keys()
-    print(f"MSR data in {settings.DATA_DIR}; serving on http://{args.bind}", flush=True)
+    cache_bind = args.cache_bind or _next_free_bind(args.bind)
+    _register_local_cache(f"http://{cache_bind}")
+    print(f"MSR data in {settings.DATA_DIR}; serving on http://{args.bind}; "
+          f"local cache on http://{cache_bind}", flush=True)
+    cache_args = argparse.Namespace(
+        name="local", msr=f"http://{args.bind}", upstream=None, data=str(settings.DATA_DIR / "cache"),
+        bind=cache_bind, max_size="10G", ttl="7d", workers=1, threads=16)
+    cache_argv, cache_env = _cache_argv(cache_args)
     children = {
         # Threads keep the embedded worker to one process; its tasks wait on the network.
         "worker": subprocess.Popen(_worker_argv(4, "threads", beat=True)),
         "web": subprocess.Popen(_gunicorn_argv(args)),
+        "cache": subprocess.Popen(cache_argv, env={**os.environ, **cache_env}),
     }
     sys.exit(supervise(children))
 
@@ -201,6 +232,8 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run everything on the embedded default")
     _add_web_options(up)
+    up.add_argument("--cache-bind", default=os.environ.get("MSR_CACHE_BIND"),
+                    help="host:port of the local cache node (default: the next free port after --bind)")
     up.set_defaults(func=cmd_up)
     serve = sub.add_parser("serve", help="run the web process")
     _add_web_options(serve)

@@ -35,6 +35,15 @@ def test_msr_up_on_a_fresh_data_dir_serves_skopeo_and_keeps_data_across_restarts
         time.sleep(0.3)
         assert [body for _, body in receiver.requests if b'"tag":"v1"' in body]
         assert process.popen.poll() is None
+        # The local cache node runs and is registered; choosing it sends pulls through it.
+        local = re.search(r"local cache on (http://\S+)", process.log()).group(1)
+        assert requests.get(f"{local}/healthz").json()["name"] == "local"
+        settings_url = f"{url}/api/v0/accounts/admin/settings"
+        assert requests.patch(settings_url, auth=("admin", password),
+                              json={"defaultContentCache": "local"}).status_code == 200
+        run(["skopeo", "copy", "--src-tls-verify=false", "--src-creds", f"admin:{password}",
+             f"docker://{host}/admin/embedded:v1", f"oci:{tmp_path / 'via-local'}:v1"])
+        assert requests.get(f"{local}/stats").json()["upstream_fetches"] == 3  # config + 2 layers
     finally:
         process.stop()
 

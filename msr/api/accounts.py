@@ -161,30 +161,55 @@ class AccountDetail(APIView):
 
 
 class SettingsSerializer(serializers.Serializer):
-    defaultRepositoryVisibility = serializers.ChoiceField(
-        choices=["public", "private"], source="default_visibility", required=False)
+    defaultRepositoryVisibility = serializers.ChoiceField(choices=["public", "private"], required=False)
+    defaultContentCache = serializers.CharField(
+        required=False, allow_null=True, allow_blank=True,
+        help_text="a content cache's name; empty or null: pull layers from MSR (users only)")
+
+
+def _settings(namespace) -> dict:
+    from caches.models import UserCacheChoice
+
+    choice = UserCacheChoice.objects.select_related("cache").filter(user=namespace.user).first() \
+        if namespace.user else None
+    return {"defaultRepositoryVisibility": namespace.default_visibility,
+            "defaultContentCache": choice.cache.name if choice else None}
 
 
 class AccountSettings(APIView):
-    """A user's or organization's settings (the default content cache joins them with
-    the caches)."""
+    """A user's or organization's settings: the visibility of repositories created by
+    push and, for users, the default content cache (users set their own; admins anyone's)."""
 
     serializer_class = SettingsSerializer
 
     def get(self, request, name):
         namespace = namespace_or_404(name)
         require_namespace_admin(request.user, namespace)
-        return Response(SettingsSerializer(namespace).data)
+        return Response(_settings(namespace))
 
     def patch(self, request, name):
+        from caches.models import ContentCache, UserCacheChoice
+
         namespace = namespace_or_404(name)
         require_namespace_admin(request.user, namespace)
-        form = SettingsSerializer(namespace, data=request.data, partial=True)
+        form = SettingsSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        for field, value in form.validated_data.items():
-            setattr(namespace, field, value)
-        namespace.save()
-        return Response(SettingsSerializer(namespace).data)
+        data = form.validated_data
+        if "defaultContentCache" in data:
+            if namespace.user is None:
+                raise serializers.ValidationError({"defaultContentCache": ["Only users choose a cache."]})
+            wanted = data["defaultContentCache"]
+            if wanted:
+                cache = ContentCache.objects.filter(name=wanted).first()
+                if cache is None:
+                    raise serializers.ValidationError({"defaultContentCache": [f"No cache named {wanted!r}."]})
+                UserCacheChoice.objects.update_or_create(user=namespace.user, defaults={"cache": cache})
+            else:
+                UserCacheChoice.objects.filter(user=namespace.user).delete()
+        if "defaultRepositoryVisibility" in data:
+            namespace.default_visibility = data["defaultRepositoryVisibility"]
+            namespace.save(update_fields=["default_visibility"])
+        return Response(_settings(namespace))
 
 
 class MemberSerializer(serializers.Serializer):

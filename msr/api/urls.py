@@ -6,7 +6,7 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from msr.api import accounts, events, repositories, tokens, webhooks
+from msr.api import accounts, caches, events, repositories, tokens, webhooks
 
 @csrf_exempt
 def not_found(request, *args, **kwargs):
@@ -45,5 +45,14 @@ urlpatterns = [
     path("webhooks/<int:webhook_id>/deliveries", webhooks.WebhookDeliveries.as_view()),
     path("webhooks/<int:webhook_id>/test", webhooks.WebhookTest.as_view()),
     path("events", events.EventList.as_view()),
+    path("content_caches", caches.ContentCacheList.as_view()),
+    path("content_caches/<int:pk>", caches.ContentCacheDetail.as_view()),
+    path("content_caches/<int:pk>/metrics", caches.ContentCacheMetrics.as_view()),
+    path("content_caches/<int:pk>/purge", caches.ContentCachePurge.as_view()),
+    path("content_caches/<int:pk>/prewarm", caches.ContentCachePrewarm.as_view()),
+    path("cache_network_rules", caches.NetworkRuleList.as_view()),
+    path("cache_network_rules/<int:pk>", caches.NetworkRuleDetail.as_view()),
+    path("prewarm_policies", caches.PrewarmPolicyList.as_view()),
+    path("prewarm_policies/<int:pk>", caches.PrewarmPolicyDetail.as_view()),
     re_path(r"^", not_found),
 ]

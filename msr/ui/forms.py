@@ -12,11 +12,16 @@ class TokenForm(forms.Form):
 
 
 class SettingsForm(forms.Form):
+    def __init__(self, *args, caches=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["default_content_cache"].choices = [("", "MSR (no cache)")] + [
+            (c.name, f"{c.name} ({c.region})" if c.region else c.name) for c in caches]
+
     full_name = forms.CharField(max_length=200, required=False, label="Full name")
     default_content_cache = forms.ChoiceField(
         choices=[("", "MSR (no cache)")], required=False, label="Default content cache",
-        help_text="Where your layer pulls are served from. Regional caches appear here once an "
-                  "administrator adds them.")
+        help_text="Where your layer pulls are served from: the cache nearest to you. Regional "
+                  "caches appear here once an administrator adds them.")
     default_visibility = forms.ChoiceField(
         choices=[("private", "Private"), ("public", "Public")], label="Visibility of repositories you create by pushing")
 

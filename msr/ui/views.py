@@ -243,10 +243,21 @@ def revoke_token(request, token_id):
 
 @login_required
 def profile(request):
+    from caches.models import ContentCache, UserCacheChoice
+
     namespace = request.user.namespace
-    initial = {"full_name": request.user.full_name, "default_visibility": namespace.default_visibility}
-    form = forms.SettingsForm(request.POST or None, initial=initial)
+    choice = UserCacheChoice.objects.filter(user=request.user).select_related("cache").first()
+    initial = {"full_name": request.user.full_name, "default_visibility": namespace.default_visibility,
+               "default_content_cache": choice.cache.name if choice else ""}
+    form = forms.SettingsForm(request.POST or None, initial=initial,
+                              caches=ContentCache.objects.filter(enabled=True).order_by("name"))
     if request.method == "POST" and form.is_valid():
+        wanted = form.cleaned_data["default_content_cache"]
+        if wanted:
+            UserCacheChoice.objects.update_or_create(
+                user=request.user, defaults={"cache": ContentCache.objects.get(name=wanted)})
+        else:
+            UserCacheChoice.objects.filter(user=request.user).delete()
         request.user.full_name = form.cleaned_data["full_name"]
         request.user.save(update_fields=["full_name"])
         namespace.full_name = form.cleaned_data["full_name"]

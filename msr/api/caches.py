@@ -1,0 +1,200 @@
+"""/api/v0/content_caches (system admins): caches, their health and metrics, purge and
+pre-warm actions, network rules and pre-warming policies."""
+
+import ipaddress
+
+from django.db.models.deletion import ProtectedError
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.permissions import IsAdminUser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from caches.models import CacheMetrics, ContentCache, NetworkRule, PrewarmPolicy
+from msr.references import is_valid_name
+
+
+class ContentCacheSerializer(serializers.ModelSerializer):
+    parent = serializers.SlugRelatedField(slug_field="name", queryset=ContentCache.objects.all(),
+                                          allow_null=True, required=False)
+    lastCheckedAt = serializers.DateTimeField(source="last_checked_at", read_only=True, allow_null=True)
+    lastError = serializers.CharField(source="last_error", read_only=True)
+    metrics = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ContentCache
+        fields = ["id", "name", "region", "url", "enabled", "parent", "healthy", "lastCheckedAt", "lastError",
+                  "metrics"]
+        read_only_fields = ["healthy"]
+
+    def get_metrics(self, cache) -> dict | None:
+        latest = cache.metrics.order_by("-at").first()
+        if latest is None:
+            return None
+        served = latest.hits + latest.misses
+        return {"at": latest.at.isoformat(), "hits": latest.hits, "misses": latest.misses,
+                "hitRatio": round(latest.hits / served, 4) if served else None,
+                "bytesFromDisk": latest.bytes_from_disk, "bytesFromUpstream": latest.bytes_from_upstream,
+                "diskUsed": latest.disk_used}
+
+    def validate_url(self, value):
+        if not value.lower().startswith(("http://", "https://")):
+            raise serializers.ValidationError("Use an http or https URL.")
+        return value.rstrip("/")
+
+    def validate(self, data):
+        parent = data.get("parent")
+        if parent is not None and self.instance is not None and self.instance in parent.chain():
+            raise serializers.ValidationError({"parent": ["A cache cannot be its own ancestor."]})
+        return data
+
+
+class ContentCacheList(generics.ListCreateAPIView):
+    permission_classes = [IsAdminUser]
+    serializer_class = ContentCacheSerializer
+    queryset = ContentCache.objects.select_related("parent").order_by("name")
+
+
+class ContentCacheDetail(generics.RetrieveUpdateDestroyAPIView):
+    permission_classes = [IsAdminUser]
+    serializer_class = ContentCacheSerializer
+    queryset = ContentCache.objects.select_related("parent")
+    http_method_names = ["get", "patch", "delete"]
+
+    def destroy(self, request, *args, **kwargs):
+        try:
+            return super().destroy(request, *args, **kwargs)
+        except ProtectedError:
+            return Response({"detail": "Other caches use this cache as their parent."}, status=400)
+
+
+class MetricsSampleSerializer(serializers.ModelSerializer):
+    bytesFromDisk = serializers.IntegerField(source="bytes_from_disk")
+    bytesFromUpstream = serializers.IntegerField(source="bytes_from_upstream")
+    diskUsed = serializers.IntegerField(source="disk_used")
+
+    class Meta:
+        model = CacheMetrics
+        fields = ["at", "hits", "misses", "bytesFromDisk", "bytesFromUpstream", "diskUsed"]
+
+
+class ContentCacheMetrics(generics.ListAPIView):
+    """The counters the cache reported at each health check, newest first."""
+
+    permission_classes = [IsAdminUser]
+    serializer_class = MetricsSampleSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return CacheMetrics.objects.none()
+        return CacheMetrics.objects.filter(cache_id=self.kwargs["pk"]).order_by("-at")
+
+
+class PurgeSerializer(serializers.Serializer):
+    digest = serializers.RegexField(r"^sha(256:[a-f0-9]{64}|512:[a-f0-9]{128})$", required=False,
+                                    help_text="one blob; omit to empty the cache")
+
+
+class ContentCachePurge(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=PurgeSerializer, responses={200: dict})
+    def post(self, request, pk):
+        import requests
+
+        from caches.tasks import purge
+
+        cache = generics.get_object_or_404(ContentCache, pk=pk)
+        form = PurgeSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            return Response(purge(cache, form.validated_data.get("digest")))
+        except requests.RequestException as e:
+            return Response({"detail": f"the cache did not answer: {e}"}, status=502)
+
+
+class PrewarmSerializer(serializers.Serializer):
+    repository = serializers.CharField(help_text="namespace/repository")
+    tag = serializers.CharField(help_text="tag or digest")
+
+    def validate_repository(self, value):
+        if not is_valid_name(value):
+            raise serializers.ValidationError("Not a valid repository name.")
+        return value
+
+
+class ContentCachePrewarm(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=PrewarmSerializer, responses={202: dict})
+    def post(self, request, pk):
+        from caches.tasks import prewarm
+        from msr.registry.errors import RegistryError
+        from msr.services import resolve_manifest
+
+        cache = generics.get_object_or_404(ContentCache, pk=pk)
+        form = PrewarmSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            resolve_manifest(form.validated_data["repository"], form.validated_data["tag"])
+        except RegistryError:
+            raise serializers.ValidationError({"tag": ["No such image."]}) from None
+        prewarm.delay(cache.pk, form.validated_data["repository"], form.validated_data["tag"])
+        return Response({"queued": True, "cache": cache.name}, status=status.HTTP_202_ACCEPTED)
+
+
+class NetworkRuleSerializer(serializers.ModelSerializer):
+    cache = serializers.SlugRelatedField(slug_field="name", queryset=ContentCache.objects.all())
+
+    class Meta:
+        model = NetworkRule
+        fields = ["id", "cidr", "cache"]
+
+    def validate_cidr(self, value):
+        try:
+            return str(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise serializers.ValidationError("Not a network, e.g. 10.20.0.0/16.") from None
+
+
+class NetworkRuleList(generics.ListCreateAPIView):
+    permission_classes = [IsAdminUser]
+    serializer_class = NetworkRuleSerializer
+    queryset = NetworkRule.objects.select_related("cache").order_by("cidr")
+
+
+class NetworkRuleDetail(generics.RetrieveDestroyAPIView):
+    permission_classes = [IsAdminUser]
+    serializer_class = NetworkRuleSerializer
+    queryset = NetworkRule.objects.select_related("cache")
+
+
+class PrewarmPolicySerializer(serializers.ModelSerializer):
+    caches = serializers.SlugRelatedField(slug_field="name", many=True, queryset=ContentCache.objects.all())
+    tagPattern = serializers.CharField(source="tag_pattern", max_length=200, default=".*")
+
+    class Meta:
+        model = PrewarmPolicy
+        fields = ["id", "namespace", "repository", "tagPattern", "caches", "enabled"]
+
+    def validate_tagPattern(self, value):
+        import re
+
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise serializers.ValidationError(f"Not a regular expression: {e}") from None
+        return value
+
+
+class PrewarmPolicyList(generics.ListCreateAPIView):
+    permission_classes = [IsAdminUser]
+    serializer_class = PrewarmPolicySerializer
+    queryset = PrewarmPolicy.objects.prefetch_related("caches").order_by("id")
+
+
+class PrewarmPolicyDetail(generics.RetrieveUpdateDestroyAPIView):
+    permission_classes = [IsAdminUser]
+    serializer_class = PrewarmPolicySerializer
+    queryset = PrewarmPolicy.objects.prefetch_related("caches")
+    http_method_names = ["get", "patch", "delete"]

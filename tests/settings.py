@@ -5,6 +5,9 @@ import os
 import tempfile
 
 os.environ.setdefault("MSR_DATA_DIR", tempfile.mkdtemp(prefix="msr-test-"))
+# Playwright's sync API keeps an event loop running in the test thread; the ORM calls the
+# browser tests make are still synchronous (Django's documented escape hatch).
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 from django.contrib.auth.hashers import PBKDF2PasswordHasher  # noqa: E402
 

@@ -61,3 +61,19 @@ def test_msr_up_on_a_fresh_data_dir_serves_skopeo_and_keeps_data_across_restarts
             sorted(p.name for p in (source / "blobs/sha256").iterdir())
     finally:
         process.stop()
+
+
+def test_two_msr_up_side_by_side_do_not_collide(tmp_path):
+    first, first_url = start_msr("up", tmp_path / "one", None, tmp_path / "logs")
+    second, second_url = start_msr("up", tmp_path / "two", None, tmp_path / "logs")
+    try:
+        caches = [re.search(r"local cache on (http://\S+)", p.log()).group(1) for p in (first, second)]
+        assert first_url != second_url and caches[0] != caches[1]
+        for url in [first_url, second_url]:
+            assert requests.get(f"{url}/v2/").status_code == 401
+        for cache in caches:
+            assert requests.get(f"{cache}/healthz").status_code == 200
+        assert first.popen.poll() is None and second.popen.poll() is None
+    finally:
+        second.stop()
+        first.stop()

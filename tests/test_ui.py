@@ -222,3 +222,34 @@ def test_the_basic_flows_work_without_javascript(browser, msr, personas):
         assert page.url.endswith("/login/")
     finally:
         context.close()
+
+
+def test_console_shows_each_caches_health_hit_ratio_and_traffic(sign_in, unique):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from caches.models import CacheMetrics, ContentCache
+
+    cache = ContentCache.objects.create(name=f"ui{unique}", region="Antarctica", url="http://127.0.0.1:9",
+                                        healthy=False, last_error="ConnectionError: refused")
+    now = timezone.now()
+    for i, (hits, misses, disk, upstream) in enumerate([(0, 2, 0, 2000), (3, 2, 3000, 2000), (9, 3, 9000, 3000)]):
+        CacheMetrics.objects.create(cache=cache, at=now - timedelta(minutes=3 - i), hits=hits, misses=misses,
+                                    bytes_from_disk=disk, bytes_from_upstream=upstream, disk_used=5000)
+    page = sign_in("admin")
+    page.goto("/console/")
+    page.get_by_role("link", name="Content caches: health, hit ratio, traffic, pre-warming").click()
+    row = page.get_by_role("row").filter(has_text=f"ui{unique}")
+    text = row.inner_text()
+    assert "failing" in text and "refused" in text and "75%" in text and "Antarctica" in text
+    assert row.locator("svg polyline").count() == 1
+    check_accessibility_basics(page)
+    form = page.locator("form", has=page.get_by_role("heading", name="Pre-warm a cache"))
+    form.get_by_label("Cache").select_option(f"ui{unique}")
+    form.get_by_label("Repository").fill("acme/public-app")
+    form.get_by_label("Tag").fill(f"missing-{unique}")
+    form.get_by_role("button", name="Pre-warm").click()
+    assert page.get_by_role("alert").first.inner_text() == "No such image in this repository."
+    shot(page, "09-console-caches")
+    cache.delete()

@@ -56,3 +56,13 @@ class TeamForm(forms.Form):
 
 class TeamMemberForm(forms.Form):
     username = forms.CharField(max_length=150, label="Username")
+
+
+class PrewarmForm(forms.Form):
+    cache = forms.ChoiceField(label="Cache")
+    repository = forms.CharField(max_length=255, label="Repository", help_text="namespace/repository")
+    tag = forms.CharField(max_length=128, label="Tag")
+
+    def __init__(self, *args, caches=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["cache"].choices = [(c.name, c.name) for c in caches]

@@ -22,4 +22,5 @@ urlpatterns = [
     path("tokens/<int:token_id>/revoke/", views.revoke_token, name="revoke-token"),
     path("settings/", views.profile, name="profile"),
     path("console/", views.console, name="console"),
+    path("console/caches/", views.console_caches, name="console-caches"),
 ]

@@ -289,3 +289,59 @@ def error_404(request, exception=None):
 
 def error_403(request, exception=None):
     return render(request, "403.html", {"reason": str(exception or "")}, status=403)
+
+
+def _chart(samples, width=320, height=60) -> str:
+    """An inline SVG polyline of bytes served per interval (disk + upstream), oldest
+    first: a chart without JavaScript or a charting library."""
+    points = []
+    for previous, current in zip(samples, samples[1:]):
+        served = (current.bytes_from_disk - previous.bytes_from_disk) + \
+                 (current.bytes_from_upstream - previous.bytes_from_upstream)
+        points.append(max(served, 0))
+    if not points:
+        return ""
+    top = max(points) or 1
+    step = width / max(len(points) - 1, 1)
+    coordinates = " ".join(f"{i * step:.1f},{height - value / top * (height - 4) - 2:.1f}"
+                           for i, value in enumerate(points))
+    return (f'<svg role="img" aria-label="bytes served per health check, peak {top} bytes" '
+            f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+            f'<polyline fill="none" stroke="#1f5fbf" stroke-width="2" points="{coordinates}"/></svg>')
+
+
+@login_required
+def console_caches(request):
+    from django.utils.safestring import mark_safe
+
+    from caches.models import ContentCache
+    from caches.tasks import prewarm
+
+    if not request.user.is_superuser:
+        raise PermissionDenied("The console is for system admins.")
+    caches = list(ContentCache.objects.select_related("parent").order_by("name"))
+    form = forms.PrewarmForm(request.POST or None, caches=caches)
+    if request.method == "POST" and form.is_valid():
+        repository_name, tag = form.cleaned_data["repository"], form.cleaned_data["tag"]
+        try:
+            services.resolve_manifest(repository_name, tag)
+        except Exception:
+            form.add_error("tag", "No such image in this repository.")
+        else:
+            cache = next(c for c in caches if c.name == form.cleaned_data["cache"])
+            prewarm.delay(cache.pk, repository_name, tag)
+            messages.success(request, f"Queued: {cache.name} will fetch {repository_name}:{tag}.")
+            return redirect("ui:console-caches")
+    rows = []
+    for cache in caches:
+        samples = list(cache.metrics.order_by("-at")[:48])[::-1]
+        latest = samples[-1] if samples else None
+        served = (latest.hits + latest.misses) if latest else 0
+        rows.append({
+            "cache": cache, "latest": latest,
+            "hit_ratio": f"{latest.hits / served:.0%}" if served else "—",
+            "bytes_served": (latest.bytes_from_disk + latest.bytes_from_upstream) if latest else 0,
+            "chart": mark_safe(_chart(samples)),
+        })
+    return render(request, "ui/console_caches.html", {"rows": rows, "form": form},
+                  status=400 if form.errors else 200)

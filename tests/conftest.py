@@ -37,7 +37,21 @@ def django_db_setup(django_test_environment, django_db_blocker):
         config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
     yield
     with django_db_blocker.unblock():
+        _end_other_sessions()
         teardown_databases(config, verbosity=0)
+
+
+def _end_other_sessions():
+    """Stopped MSR processes may leave their PostgreSQL sessions ending a moment after
+    they exit; dropping the test database would then fail. End any that remain."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    connection.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -82,3 +82,18 @@ def may_create_in(user, namespace: Namespace) -> bool:
 def require_repository_admin(user, repository: Repository) -> None:
     if ADMIN not in repository_actions(user, repository.namespace, repository):
         raise PermissionDenied(f"You need admin access to {repository.full_name}.")
+
+
+def team_access_levels(org: Namespace, obj) -> list[tuple[Team, str]]:
+    """(team, access level) of each of the organization's teams with access to `obj`
+    (a repository, or the organization for organization-wide access)."""
+    from guardian.shortcuts import get_perms
+
+    from accounts.permissions import access_level_for
+
+    rows = []
+    for team in org.teams.select_related("group").order_by("name"):
+        level = access_level_for({codename.split("_")[0] for codename in get_perms(team.group, obj)})
+        if level:
+            rows.append((team, level))
+    return rows

@@ -11,13 +11,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Namespace
-from accounts.permissions import ACCESS_LEVELS, DELETE, access_level_for, readable_repositories
+from accounts.permissions import ACCESS_LEVELS, DELETE, readable_repositories
 from accounts.services import set_team_access
-from guardian.shortcuts import get_perms
 from msr import services
 from msr.access import (
     is_org_member, is_org_owner, may_create_in, namespace_or_404, organization_or_404,
-    repository_for, require_repository_admin, team_or_404,
+    repository_for, require_repository_admin, team_access_levels, team_or_404,
 )
 from msr.events import record
 from msr.models import Event, Repository, Tag
@@ -138,12 +137,7 @@ class AccessLevelSerializer(serializers.Serializer):
 
 
 def _team_access(org: Namespace, obj) -> list[dict]:
-    rows = []
-    for team in org.teams.select_related("group").order_by("name"):
-        level = access_level_for({codename.split("_")[0] for codename in get_perms(team.group, obj)})
-        if level:
-            rows.append({"team": {"name": team.name}, "accessLevel": level})
-    return rows
+    return [{"team": {"name": team.name}, "accessLevel": level} for team, level in team_access_levels(org, obj)]
 
 
 class _TeamAccessBase(APIView):

@@ -17,11 +17,12 @@ from django.views.decorators.http import require_POST
 
 from accounts import services as account_services
 from accounts.models import AccessToken, Namespace, OrganizationMembership, User
-from accounts.permissions import ADMIN, DELETE, access_level_for, readable_repositories, repository_actions
+from accounts.permissions import ADMIN, DELETE, readable_repositories, repository_actions
 from accounts.services import set_team_access
-from guardian.shortcuts import get_perms
 from msr import services
-from msr.access import is_org_member, is_org_owner, organization_or_404, repository_for, team_or_404
+from msr.access import (
+    is_org_member, is_org_owner, organization_or_404, repository_for, team_access_levels, team_or_404,
+)
 from msr.api.repositories import describe_tag
 from msr.events import record
 from msr.models import Blob, Event, Repository
@@ -50,15 +51,6 @@ def repositories(request):
     return render(request, template, {"repositories": found, "q": query, "visibility": visibility})
 
 
-def _team_access_rows(org, obj):
-    rows = []
-    for team in org.teams.select_related("group").order_by("name"):
-        level = access_level_for({c.split("_")[0] for c in get_perms(team.group, obj)})
-        if level:
-            rows.append((team, level))
-    return rows
-
-
 def repository(request, namespace, repository):
     found = repository_for(request.user, namespace, repository)
     actions = repository_actions(request.user, found.namespace, found)
@@ -69,7 +61,7 @@ def repository(request, namespace, repository):
         "can_push": "push" in actions,
     }
     if found.namespace.is_org:
-        context["team_access"] = _team_access_rows(found.namespace, found)
+        context["team_access"] = team_access_levels(found.namespace, found)
         if ADMIN in actions:
             context["access_form"] = forms.TeamAccessForm(teams=found.namespace.teams.order_by("name"))
     return render(request, "ui/repository.html", context)
@@ -92,7 +84,7 @@ def repository_access(request, namespace, repository):
             tags = [describe_tag(t) for t in found.tags.select_related("manifest", "pushed_by")[:200]]
             return render(request, "ui/repository.html", {
                 "repository": found, "tags": tags, "host": public_host(request), "can_admin": True,
-                "can_delete": True, "team_access": _team_access_rows(found.namespace, found),
+                "can_delete": True, "team_access": team_access_levels(found.namespace, found),
                 "access_form": form}, status=400)
         team = team_or_404(found.namespace, form.cleaned_data["team"])
         with transaction.atomic():
@@ -132,8 +124,8 @@ def organization(request, org):
     teams = []
     repositories_ = found.repositories.order_by("name")
     for team in found.teams.select_related("group").order_by("name"):
-        access = [(r, level) for r in repositories_ for t, level in _team_access_rows(found, r) if t == team]
-        org_wide = [level for t, level in _team_access_rows(found, found) if t == team]
+        access = [(r, level) for r in repositories_ for t, level in team_access_levels(found, r) if t == team]
+        org_wide = [level for t, level in team_access_levels(found, found) if t == team]
         teams.append({"team": team, "members": team.group.user_set.order_by("username"),
                       "access": access, "org_wide": org_wide[0] if org_wide else None})
     context = {

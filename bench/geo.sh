@@ -21,10 +21,11 @@
 #
 # Usage: ./geo.sh [--layers 5] [--layer-mb 40] [--delay-ms 100] [--bw 6M] [--rounds 1]
 #          [--blob-mb 200] [--conc "1 8"] [--reps 2] [--tput-rounds 3] [--gzip-level 0]
-#          [--no-dist] [--no-tput] [--out DIR | --no-save] [common options, see below]
+#          [--no-dist] [--no-tput] [--no-pulls] [--out DIR | --no-save] [common options, see below]
 #   --delay-ms   one way (100 = 200 ms round trip);  --bw  per link and direction, shared
 #                by the link's connections (6M = 6 MiB/s, about 50 Mbit/s)
 #   --rounds     rounds of the WAN pulls (median; each round uses new images)
+#   --no-dist / --no-pulls / --no-tput   skip Distribution / all WAN pulls / the throughput part
 #   --out DIR    results go to DIR/<UTC time>-geo.md (+ .log); default bench/results
 # Defaults: 5 x 40 MiB image, 200 ms RTT, 6 MiB/s; about 6-8 minutes on 2 cores.
 # Smoke test (~1 min): ./geo.sh --layer-mb 4 --delay-ms 20 --bw 50M --blob-mb 16 --no-save
@@ -36,7 +37,7 @@ set -euo pipefail
 ORIG_ARGS="$*"
 LAYERS=5; LAYER_MB=40; DELAY_MS=100; BW=6M; ROUNDS=1; GZIP_LEVEL=0
 BLOB_MB=200; CONC="1 8"; REPS=2; TPUT_ROUNDS=3
-DO_DIST=1; DO_TPUT=1; OUT="$BENCH_DIR/results"; SAVE=1
+DO_DIST=1; DO_TPUT=1; DO_PULLS=1; OUT="$BENCH_DIR/results"; SAVE=1
 while [ $# -gt 0 ]; do
   case $1 in
     --layers) LAYERS=$2; shift 2;;
@@ -51,6 +52,7 @@ while [ $# -gt 0 ]; do
     --tput-rounds) TPUT_ROUNDS=$2; shift 2;;
     --no-dist) DO_DIST=0; shift;;
     --no-tput) DO_TPUT=0; shift;;
+    --no-pulls) DO_PULLS=0; DO_DIST=0; shift;;
     --out) OUT=$2; shift 2;;
     --no-save) SAVE=0; shift;;
     -h|--help) usage; exit 0;;
@@ -137,6 +139,12 @@ link_bytes() {  # link_bytes NAME... -> bytes through these links so far, both d
 t, names = sys.argv[1], sys.argv[2:]
 print(sum(d["up"] + d["down"] for d in (json.load(open("%s/link-%s.json" % (t, n))) for n in names)))' \
     "$BENCH_TMP" "$@" || die "cannot read the counters of links $*"
+}
+snap() {  # snap LINK_A LINK_B -> "bytes(A+B) connections(A) connections(B)" so far
+  "$PYTHON" -c 'import json,sys
+a, b = (json.load(open("%s/link-%s.json" % (sys.argv[1], n))) for n in sys.argv[2:4])
+print(a["up"] + a["down"] + b["up"] + b["down"], a["total"], b["total"])' \
+    "$BENCH_TMP" "$1" "$2" || die "cannot read the counters of links $*"
 }
 # wait_idle NAME...: until the links' counters stop moving for 1.5 s (max 30 min);
 # sets IDLE_TAIL = seconds from the call to the last byte seen
@@ -281,8 +289,14 @@ start_dist() {  # start_dist NAME PORT [REMOTEURL]: docker-registry, no auth; pu
 }
 
 # -- results --------------------------------------------------------------------------
-declare -A T=() W=()   # T[reg,case] / W[reg,case]: space-separated seconds / WAN bytes per round
-add() { T[$1,$2]="${T[$1,$2]:-} $3"; W[$1,$2]="${W[$1,$2]:-} $4"; }
+# T/W/CA/CB[reg,case]: space-separated per round: seconds, WAN bytes (A + B), new
+# connections over A, over B
+declare -A T=() W=() CA=() CB=()
+add() {  # add REG CASE SECONDS "SNAP_BEFORE" "SNAP_AFTER"
+  local -a a=($4) b=($5)
+  T[$1,$2]="${T[$1,$2]:-} $3"; W[$1,$2]="${W[$1,$2]:-} $((b[0] - a[0]))"
+  CA[$1,$2]="${CA[$1,$2]:-} $((b[1] - a[1]))"; CB[$1,$2]="${CB[$1,$2]:-} $((b[2] - a[2]))"
+}
 med() { local -n arr=$1; [ -n "${arr[$2]:-}" ] || { echo n/a; return; }; printf '%s\n' ${arr[$2]} | median; }
 EXTRA=()   # notes for the report
 
@@ -307,36 +321,36 @@ msr_round() {
   local -a dl
   # direct, far user (no cache): everything over link A
   make_image "$LAYERS" "$LAYER_MB"; IMAGE_BYTES=$IMG_BYTES; push_msr "geo-direct$r"
-  s0=$(cache_stats); w0=$(link_bytes msrA msrB)
+  s0=$(cache_stats); w0=$(snap msrA msrB)
   pull "127.0.0.1:$MSR_A/admin/geo-direct$r:v1" "$FAR_CREDS"
-  wait_idle msrA msrB; w1=$(link_bytes msrA msrB); s1=$(cache_stats)
+  wait_idle msrA msrB; w1=$(snap msrA msrB); s1=$(cache_stats)
   [ "$s0" = "$s1" ] || die "direct pull by 'far' touched the cache node (stats $s0 -> $s1)"
-  add msr direct "$PULL_S" $((w1 - w0)); log "MSR direct (far) round $r: $PULL_S s"
+  add msr direct "$PULL_S" "$w0" "$w1"; log "MSR direct (far) round $r: $PULL_S s"
   # cold, near user: manifest over A, blobs from the cache node, which fetches over B
   make_image "$LAYERS" "$LAYER_MB"; push_msr "geo-cold$r"
-  s0=$(cache_stats); w0=$(link_bytes msrA msrB)
+  s0=$(cache_stats); w0=$(snap msrA msrB)
   pull "127.0.0.1:$MSR_A/admin/geo-cold$r:v1" "$NEAR_CREDS"
-  wait_idle msrA msrB; w1=$(link_bytes msrA msrB)
+  wait_idle msrA msrB; w1=$(snap msrA msrB)
   for i in $(seq 50); do   # counters of the node's other worker process land when its response ends
     dl=($(stats_delta "$s0" "$(cache_stats)")); [ "${dl[2]}" -ge "$IMG_BLOBS" ] && break; sleep 0.2
   done
   [ "${dl[2]}" = "$IMG_BLOBS" ] && [ "${dl[1]}" = "$IMG_BLOBS" ] \
     || die "cold pull through the cache: node misses/upstream fetches +${dl[1]}/+${dl[2]}, expected +$IMG_BLOBS each"
   [ "${IDLE_TAIL%.*}" -lt 2 ] || EXTRA+=("MSR cold round $r: links busy ${IDLE_TAIL} s after the pull ended")
-  add msr cold "$PULL_S" $((w1 - w0)); log "MSR cold round $r: $PULL_S s"
+  add msr cold "$PULL_S" "$w0" "$w1"; log "MSR cold round $r: $PULL_S s"
   # warm: the same image again
-  s0=$(cache_stats); w0=$(link_bytes msrA msrB)
+  s0=$(cache_stats); w0=$(snap msrA msrB)
   pull "127.0.0.1:$MSR_A/admin/geo-cold$r:v1" "$NEAR_CREDS"
-  wait_idle msrA msrB; w1=$(link_bytes msrA msrB)
+  wait_idle msrA msrB; w1=$(snap msrA msrB)
   for i in $(seq 50); do
     dl=($(stats_delta "$s0" "$(cache_stats)")); [ "${dl[0]}" -ge "$IMG_BLOBS" ] && break; sleep 0.2
   done
   [ "${dl[0]}" -ge "$IMG_BLOBS" ] && [ "${dl[2]}" = 0 ] \
     || die "warm pull: node hits/upstream fetches +${dl[0]}/+${dl[2]}, expected +$IMG_BLOBS/+0"
-  add msr warm "$PULL_S" $((w1 - w0)); log "MSR warm round $r: $PULL_S s"
+  add msr warm "$PULL_S" "$w0" "$w1"; log "MSR warm round $r: $PULL_S s"
   # pre-warmed: a new image, POST prewarm, wait until the node fetched every blob
   make_image "$LAYERS" "$LAYER_MB"; push_msr "geo-prewarm$r"
-  s0=$(cache_stats); w0=$(link_bytes msrA msrB)
+  s0=$(cache_stats); w0=$(snap msrA msrB)
   t0=$EPOCHREALTIME
   api POST "content_caches/$CACHE_ID/prewarm" "{\"repository\":\"admin/geo-prewarm$r\",\"tag\":\"v1\"}" >/dev/null
   for i in $(seq 7200); do   # 30 min at most
@@ -348,18 +362,18 @@ msr_round() {
   t1=$EPOCHREALTIME
   [ "${dl[2]}" -ge "$IMG_BLOBS" ] && [ "${dl[3]}" -ge "$IMG_BYTES" ] \
     || die "pre-warm of admin/geo-prewarm$r did not complete: upstream fetches +${dl[2]}, bytes +${dl[3]} of $IMG_BYTES"
-  wait_idle msrB; w1=$(link_bytes msrA msrB)
-  add msr prewarm_job "$(elapsed "$t0" "$t1")" $((w1 - w0))
+  wait_idle msrB; w1=$(snap msrA msrB)
+  add msr prewarm_job "$(elapsed "$t0" "$t1")" "$w0" "$w1"
   log "MSR pre-warm round $r: the node had all $IMG_BLOBS blobs $(elapsed "$t0" "$t1") s after the POST"
-  s0=$(cache_stats); w0=$(link_bytes msrA msrB)
+  s0=$(cache_stats); w0=$(snap msrA msrB)
   pull "127.0.0.1:$MSR_A/admin/geo-prewarm$r:v1" "$NEAR_CREDS"
-  wait_idle msrA msrB; w1=$(link_bytes msrA msrB)
+  wait_idle msrA msrB; w1=$(snap msrA msrB)
   for i in $(seq 50); do
     dl=($(stats_delta "$s0" "$(cache_stats)")); [ "${dl[0]}" -ge "$IMG_BLOBS" ] && break; sleep 0.2
   done
   [ "${dl[0]}" -ge "$IMG_BLOBS" ] && [ "${dl[2]}" = 0 ] \
     || die "pre-warmed pull: node hits/upstream fetches +${dl[0]}/+${dl[2]}, expected +$IMG_BLOBS/+0"
-  add msr prewarmed "$PULL_S" $((w1 - w0)); log "MSR pre-warmed round $r: $PULL_S s"
+  add msr prewarmed "$PULL_S" "$w0" "$w1"; log "MSR pre-warmed round $r: $PULL_S s"
 }
 
 # ===== Distribution =================================================================
@@ -373,23 +387,24 @@ dist_setup() {
 dist_round() {
   local r=$1 w0 w1
   make_image "$LAYERS" "$LAYER_MB"; push "127.0.0.1:$DC_PORT" "admin/geo-direct$r"; rm -rf "$IMG"
-  w0=$(link_bytes distA distB)
+  w0=$(snap distA distB)
   pull "127.0.0.1:$DIST_A/admin/geo-direct$r:v1"
-  wait_idle distA distB; w1=$(link_bytes distA distB)
-  add dist direct "$PULL_S" $((w1 - w0)); log "Distribution direct round $r: $PULL_S s"
+  wait_idle distA distB; w1=$(snap distA distB)
+  add dist direct "$PULL_S" "$w0" "$w1"; log "Distribution direct round $r: $PULL_S s"
   make_image "$LAYERS" "$LAYER_MB"; push "127.0.0.1:$DC_PORT" "admin/geo-cold$r"; rm -rf "$IMG"
-  w0=$(link_bytes distA distB)
+  w0=$(snap distA distB)
   pull "127.0.0.1:$DP_PORT/admin/geo-cold$r:v1"
-  wait_idle distA distB; w1=$(link_bytes distA distB)
-  add dist cold "$PULL_S" $((w1 - w0)); log "Distribution cold round $r: $PULL_S s"
+  wait_idle distA distB; w1=$(snap distA distB)
+  add dist cold "$PULL_S" "$w0" "$w1"; log "Distribution cold round $r: $PULL_S s"
   [ "${IDLE_TAIL%.*}" -lt 2 ] || EXTRA+=("Distribution cold round $r: link B' kept moving bytes ${IDLE_TAIL} s after the pull ended")
-  w0=$(link_bytes distA distB)
+  w0=$(snap distA distB)
   pull "127.0.0.1:$DP_PORT/admin/geo-cold$r:v1"
-  wait_idle distA distB; w1=$(link_bytes distA distB)
-  add dist warm "$PULL_S" $((w1 - w0)); log "Distribution warm round $r: $PULL_S s"
+  wait_idle distA distB; w1=$(snap distA distB)
+  add dist warm "$PULL_S" "$w0" "$w1"; log "Distribution warm round $r: $PULL_S s"
 }
 
 [ "$DO_DIST" = 0 ] || dist_setup
+[ "$DO_PULLS" = 1 ] || ROUNDS=0
 for r in $(seq "$ROUNDS"); do   # alternate which registry goes first
   if [ "$DO_DIST" = 1 ] && [ $((r % 2)) = 0 ]; then dist_round "$r"; msr_round "$r"
   else msr_round "$r"; [ "$DO_DIST" = 0 ] || dist_round "$r"; fi
@@ -456,6 +471,7 @@ fi
 # ===== report =======================================================================
 REPORT="$BENCH_TMP/report.md"
 {
+if [ "$DO_PULLS" = 1 ]; then
   echo "## geo: pulls over a simulated WAN (issue 5)"
   echo
   echo "Image: $LAYERS x $LAYER_MB MiB layers, $(mib "$IMAGE_BYTES") MiB of blobs (gzip level $GZIP_LEVEL, random data)."
@@ -477,14 +493,19 @@ REPORT="$BENCH_TMP/report.md"
     echo "| MSR time / Distribution time | $(ratio "$(med T msr,direct)" "$(med T dist,direct)") | $(ratio "$(med T msr,cold)" "$(med T dist,cold)") | $(ratio "$(med T msr,warm)" "$(med T dist,warm)") | | | | |"
   fi
   echo
-  echo "WAN bytes per pull, links A + B, both directions (image: $(mib "$IMAGE_BYTES") MiB), median:"
+  echo "WAN traffic per pull, median: bytes over links A + B (both directions; image $(mib "$IMAGE_BYTES") MiB)"
+  echo "and new TCP connections over A / over B (each costs one round trip before its first request):"
   echo
   echo "| registry | direct (far) | cold | warm | pre-warmed pull | pre-warm job |"
   echo "|---|---:|---:|---:|---:|---:|"
   for reg in msr dist; do
     [ "$reg" = dist ] && [ "$DO_DIST" = 0 ] && continue
     row="| $([ $reg = msr ] && echo MSR || echo Distribution) |"
-    for k in direct cold warm prewarmed prewarm_job; do row+=" $(wan "$(med W "$reg,$k")") |"; done
+    for k in direct cold warm prewarmed prewarm_job; do
+      if [ -n "${W[$reg,$k]:-}" ]; then
+        row+=" $(wan "$(med W "$reg,$k")"), $(med CA "$reg,$k") / $(med CB "$reg,$k") conns |"
+      else row+=" n/a |"; fi
+    done
     echo "$row"
   done
   pj=$(med T msr,prewarm_job)
@@ -493,6 +514,7 @@ REPORT="$BENCH_TMP/report.md"
   for n in "${EXTRA[@]}"; do echo "- $n"; done
   fw=$(awk -v d="$(med T msr,direct)" -v w="$(med T msr,warm)" 'BEGIN{ printf "%.1f", d / w }')
   echo "- Target \"warm pull at least 10x faster than direct\": MSR far/warm = ${fw}x -> $(awk -v x="$fw" 'BEGIN{ print (x >= 10) ? "met" : "NOT met" }')."
+fi
   if [ "$DO_TPUT" = 1 ]; then
     echo
     echo "## geo: cache node blob throughput"

@@ -19,12 +19,13 @@ def issue_grant(cache: ContentCache, repository: str, digest: str, username: str
                  "digest": digest}, settings.CACHE_GRANT_TTL_SECONDS)
 
 
-def choose_cache(user, client_ip: str | None) -> ContentCache | None:
+def choose_cache(username: str, client_ip: str | None) -> ContentCache | None:
     """The cache this client's layer pulls go to: the user's choice, else the most
-    specific network rule matching the client's address; only if enabled and healthy."""
+    specific network rule matching the client's address; only if enabled and healthy.
+    Asked on every blob GET, so the user's choice is one query by username."""
     cache = None
-    if user is not None and user.is_authenticated:
-        choice = UserCacheChoice.objects.select_related("cache").filter(user=user).first()
+    if username:
+        choice = UserCacheChoice.objects.select_related("cache").filter(user__username=username).first()
         cache = choice.cache if choice else None
     if cache is None and client_ip:
         cache = _cache_for_address(client_ip)

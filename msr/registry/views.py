@@ -133,7 +133,7 @@ class BlobView(RegistryView):
         """Where this client should fetch the layer: its cache, or None for MSR itself."""
         from caches.grants import choose_cache, redirect_url
 
-        cache = choose_cache(_user(self), request.META.get("REMOTE_ADDR"))
+        cache = choose_cache(self.username, request.META.get("REMOTE_ADDR"))
         return redirect_url(cache, name, digest, self.username) if cache else None
 
     def _serve(self, request, digest, size):

@@ -121,13 +121,18 @@ def organization(request, org):
     if not is_org_member(request.user, found):
         raise Http404("no such organization")
     owner = is_org_owner(request.user, found)
-    teams = []
-    repositories_ = found.repositories.order_by("name")
-    for team in found.teams.select_related("group").order_by("name"):
-        access = [(r, level) for r in repositories_ for t, level in team_access_levels(found, r) if t == team]
-        org_wide = [level for t, level in team_access_levels(found, found) if t == team]
-        teams.append({"team": team, "members": team.group.user_set.order_by("username"),
-                      "access": access, "org_wide": org_wide[0] if org_wide else None})
+    repositories_ = list(found.repositories.order_by("name"))
+    # Each object's grants are read once, then grouped by team.
+    access_by_team: dict[int, list] = {}
+    for repository in repositories_:
+        for team, level in team_access_levels(found, repository):
+            access_by_team.setdefault(team.pk, []).append((repository, level))
+    org_wide = {team.pk: level for team, level in team_access_levels(found, found)}
+    teams = [
+        {"team": team, "members": team.group.user_set.order_by("username"),
+         "access": access_by_team.get(team.pk, []), "org_wide": org_wide.get(team.pk)}
+        for team in found.teams.select_related("group").order_by("name")
+    ]
     context = {
         "org": found, "is_owner": owner, "teams": teams,
         "members": found.memberships.select_related("user").order_by("user__username"),

@@ -37,7 +37,7 @@ set -euo pipefail
 ORIG_ARGS="$*"
 LAYERS=5; LAYER_MB=40; DELAY_MS=100; BW=6M; ROUNDS=1; GZIP_LEVEL=0
 BLOB_MB=200; CONC="1 8"; REPS=2; TPUT_ROUNDS=3
-DO_DIST=1; DO_TPUT=1; DO_PULLS=1; OUT="$BENCH_DIR/results"; SAVE=1
+DO_DIST=1; DO_TPUT=1; DO_PULLS=1; OUT="$BENCH_DIR/results"; SAVE=1; DEST=oci
 while [ $# -gt 0 ]; do
   case $1 in
     --layers) LAYERS=$2; shift 2;;
@@ -50,6 +50,7 @@ while [ $# -gt 0 ]; do
     --conc) CONC=$2; shift 2;;
     --reps) REPS=$2; shift 2;;
     --tput-rounds) TPUT_ROUNDS=$2; shift 2;;
+    --dest) DEST=$2; shift 2;;
     --no-dist) DO_DIST=0; shift;;
     --no-tput) DO_TPUT=0; shift;;
     --no-pulls) DO_PULLS=0; DO_DIST=0; shift;;
@@ -65,6 +66,7 @@ done
 [ "$LAYERS" -ge 1 ] && [ "$ROUNDS" -ge 1 ] && [ "$REPS" -ge 1 ] && [ "$TPUT_ROUNDS" -ge 1 ] \
   || die "--layers, --rounds, --reps and --tput-rounds must be at least 1"
 for v in LAYER_MB BLOB_MB DELAY_MS; do [[ ${!v} =~ ^[0-9]+([.][0-9]+)?$ ]] || die "bad value ${!v} for ${v}"; done
+[ "$DEST" = oci ] || [ "$DEST" = dir ] || die "--dest: oci or dir"
 [[ $BW =~ ^[0-9]+([.][0-9]+)?[KMG]?$ ]] || die "--bw: a rate like 6M (MiB/s), 512K"
 for c in $CONC; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "--conc: whole numbers, e.g. \"1 8\""; done
 [ -z "$MSR_URL_ARG" ] || die "geo.sh starts its own MSR, worker and cache node; --msr-url is not supported"
@@ -185,17 +187,20 @@ push_msr() {  # push_msr REPO: push to MSR as admin, make admin/REPO public, dro
   rm -rf "$IMG"
 }
 PULL_N=0
-pull() {  # pull REF [CREDS] -> PULL_S: timed skopeo copy to a fresh dir (blob count checked)
-  local ref=$1 args=() dir t0 t1 n
+pull() {  # pull REF [CREDS] -> PULL_S: timed skopeo copy to a fresh oci: layout or dir: (blobs checked)
+  local ref=$1 args=() dir t0 t1 n want dst
   [ -z "${2:-}" ] || args=(--src-creds "$2")
   PULL_N=$((PULL_N + 1)); dir="$BENCH_TMP/pull$PULL_N"
+  if [ "$DEST" = oci ]; then dst="oci:$dir:v1"; want=$((LAYERS + 2)); else dst="dir:$dir"; want=$((LAYERS + 1)); fi
   sync   # no pull pays for the write-back of the previous one
   t0=$EPOCHREALTIME
-  timeout 1800 skopeo copy --quiet --src-tls-verify=false "${args[@]}" "docker://$ref" "dir:$dir" \
+  timeout 1800 skopeo copy --quiet --src-tls-verify=false "${args[@]}" "docker://$ref" "$dst" \
     >"$dir.out" 2>&1 || { cat "$dir.out" >&2; die "pull of $ref failed"; }
   t1=$EPOCHREALTIME
-  n=$(find "$dir" -maxdepth 1 -type f -regextype posix-extended -regex '.*/[0-9a-f]{64}' | wc -l)
-  [ "$n" = "$((LAYERS + 1))" ] || die "pull of $ref: $n blobs in $dir, expected $((LAYERS + 1))"
+  # dir: holds config + layers named by digest; an oci: layout holds them and the manifest
+  # under blobs/sha256
+  n=$(find "$dir" -type f -regextype posix-extended -regex '.*/[0-9a-f]{64}' | wc -l)
+  [ "$n" = "$want" ] || die "pull of $ref: $n blobs in $dir, expected $want"
   rm -rf "$dir" "$dir.out"
   PULL_S=$(elapsed "$t0" "$t1")
 }

@@ -303,3 +303,83 @@ def unlink_blob(name: str, digest: str) -> None:
     deleted, _ = RepositoryBlob.objects.filter(repository=repository, blob_id=digest).delete()
     if not deleted:
         raise errors.BlobUnknown(detail={"digest": digest})
+
+
+# -- linking content between repositories (promotion) ----------------------------------
+
+MAX_REFERRER_DEPTH = 4
+
+
+def _manifest_tree(repository: Repository, digest: str) -> list[Manifest]:
+    """The manifest `digest` of `repository`, its children (of an index) and the
+    referrers attached to any of them (signatures, SBOMs, and their own referrers), in an
+    order where every manifest comes after the manifests it references."""
+    root = Manifest.objects.filter(repository=repository, digest=digest).first()
+    if root is None:
+        raise errors.ManifestUnknown(detail={"name": repository.full_name, "reference": digest})
+    ordered: list[Manifest] = []
+    seen: set[str] = set()
+
+    def visit(manifest: Manifest, depth: int) -> None:
+        if manifest.digest in seen:
+            return
+        seen.add(manifest.digest)
+        for child in manifest.children.all():
+            visit(child, depth)
+        ordered.append(manifest)
+        if depth < MAX_REFERRER_DEPTH:
+            for referrer in Manifest.objects.filter(repository=repository, subject_digest=manifest.digest):
+                visit(referrer, depth + 1)
+
+    visit(root, 0)
+    return ordered
+
+
+def link_manifest(source: Repository, digest: str, target: Repository, tag: str | None,
+                  user: User | None, depth: int = 0) -> tuple[Manifest, bool]:
+    """Make the image `digest` of `source` part of `target` and point `tag` at it,
+    without copying a byte: blobs are linked (storage is content-addressed) and the
+    manifest rows are copied with their exact content, children and referrers included.
+
+    One transaction: the target shows the whole image or nothing. Returns the target's
+    manifest and whether anything changed; `manifest_pushed` is sent (with `depth`, so a
+    chain of promotions can be bounded) only when the tag moved or a manifest was added.
+    """
+    if tag is not None and not is_valid_tag(tag):
+        raise errors.TagInvalid("invalid tag", detail={"tag": tag})
+    with transaction.atomic():
+        tree = _manifest_tree(source, digest)
+        blob_ids = set(
+            Manifest.blobs.through.objects.filter(manifest__in=tree).values_list("blob_id", flat=True))
+        have = set(RepositoryBlob.objects.filter(repository=target, blob_id__in=blob_ids)
+                   .values_list("blob_id", flat=True))
+        RepositoryBlob.objects.bulk_create(
+            [RepositoryBlob(repository=target, blob_id=b) for b in sorted(blob_ids - have)],
+            ignore_conflicts=True)
+        copies: dict[str, Manifest] = {}
+        changed = False
+        for manifest in tree:
+            copy, created = Manifest.objects.get_or_create(
+                repository=target, digest=manifest.digest,
+                defaults=dict(media_type=manifest.media_type, content=bytes(manifest.content),
+                              size=manifest.size, subject_digest=manifest.subject_digest,
+                              artifact_type=manifest.artifact_type, annotations=manifest.annotations,
+                              pushed_by=user))
+            if created:
+                changed = True
+                copy.blobs.set(list(manifest.blobs.values_list("digest", flat=True)))
+                copy.children.set([copies[c] for c in manifest.children.values_list("digest", flat=True)
+                                   if c in copies])
+            copies[manifest.digest] = copy
+        manifest = copies[digest]
+        if tag is not None:
+            current = Tag.objects.filter(repository=target, name=tag).values_list("manifest_id", flat=True).first()
+            if current != manifest.pk:
+                changed = True
+                Tag.objects.update_or_create(
+                    repository=target, name=tag,
+                    defaults={"manifest": manifest, "pushed_by": user, "updated_at": timezone.now()})
+        if changed:
+            signals.manifest_pushed.send(sender=Manifest, repository=target, manifest=manifest, tag=tag,
+                                         user=user, depth=depth)
+    return manifest, changed

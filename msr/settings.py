@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "accounts",
     "msr",
     "caches",
+    "mirroring",
 ]
 
 MIDDLEWARE = [
@@ -153,7 +154,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"VisibilityEnum": ["public", "private"]},
+    "ENUM_NAME_OVERRIDES": {"VisibilityEnum": ["public", "private"],
+                            "JobActionEnum": "mirroring.models.Job.ACTIONS"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "msr.api.schema.add_error_responses",
@@ -181,8 +183,22 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("MSR_TASKS_EAGER", False)
+# Mirroring: how often beat looks for poll policies that are due and for jobs whose worker
+# was lost; a running job whose heartbeat is older than MIRROR_STALE_SECONDS is retried.
+MIRROR_TICK_SECONDS = float(env_str("MSR_MIRROR_TICK_SECONDS", "15"))
+MIRROR_STALE_SECONDS = float(env_str("MSR_MIRROR_STALE_SECONDS", "60"))
+MIRROR_HEARTBEAT_SECONDS = float(env_str("MSR_MIRROR_HEARTBEAT_SECONDS", "2"))
+MIRROR_MAX_ATTEMPTS = env_int("MSR_MIRROR_MAX_ATTEMPTS", 5)
+# Delay before retry n is MIRROR_RETRY_BASE_SECONDS * 2**(n-1).
+MIRROR_RETRY_BASE_SECONDS = float(env_str("MSR_MIRROR_RETRY_BASE_SECONDS", "10"))
+# Blobs above this size go up in chunks of this size (PATCH); smaller ones in one PUT.
+MIRROR_CHUNK_BYTES = env_int("MSR_MIRROR_CHUNK_BYTES", 64 * 1024 * 1024)
+MIRROR_PARALLEL_BLOBS = env_int("MSR_MIRROR_PARALLEL_BLOBS", 3)
+MIRROR_TIMEOUT_SECONDS = env_int("MSR_MIRROR_TIMEOUT", 60)
+MIRROR_MAX_PROMOTION_CHAIN = env_int("MSR_MIRROR_MAX_PROMOTION_CHAIN", 10)
 CELERY_BEAT_SCHEDULE = {
     "check-caches": {"task": "caches.tasks.check_caches", "schedule": CACHE_HEALTH_INTERVAL_SECONDS},
+    "mirroring-tick": {"task": "mirroring.tasks.tick", "schedule": MIRROR_TICK_SECONDS},
 }
 
 WEBHOOK_MAX_ATTEMPTS = env_int("MSR_WEBHOOK_MAX_ATTEMPTS", 6)

@@ -6,6 +6,7 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from mirroring import api as mirroring
 from msr.api import accounts, caches, events, repositories, tokens, webhooks
 
 @csrf_exempt
@@ -33,6 +34,15 @@ urlpatterns = [
     re_path(rf"^repositories/{NS}$", repositories.NamespaceRepositories.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}/teamAccess$", repositories.RepositoryTeamAccessList.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}/teamAccess/(?P<team>[^/]+)$", repositories.RepositoryTeamAccess.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}/promotionPolicies$", mirroring.PromotionPolicyList.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}/promotionPolicies/(?P<policy_id>[0-9]+)$",
+            mirroring.PromotionPolicyDetail.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}/pushMirroringPolicies$", mirroring.PushMirroringPolicyList.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}/pushMirroringPolicies/(?P<policy_id>[0-9]+)$",
+            mirroring.PushMirroringPolicyDetail.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}/pollMirroringPolicies$", mirroring.PollMirroringPolicyList.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}/pollMirroringPolicies/(?P<policy_id>[0-9]+)$",
+            mirroring.PollMirroringPolicyDetail.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}/tags$", repositories.TagList.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}/tags/(?P<tag>[^/]+)$", repositories.TagDetail.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}$", repositories.RepositoryDetail.as_view()),
@@ -45,6 +55,9 @@ urlpatterns = [
     path("webhooks/<int:webhook_id>/deliveries", webhooks.WebhookDeliveries.as_view()),
     path("webhooks/<int:webhook_id>/test", webhooks.WebhookTest.as_view()),
     path("events", events.EventList.as_view()),
+    path("jobs", mirroring.JobList.as_view()),
+    path("jobs/<int:job_id>", mirroring.JobDetail.as_view()),
+    path("jobs/<int:job_id>/cancel", mirroring.JobCancel.as_view()),
     path("content_caches", caches.ContentCacheList.as_view()),
     path("content_caches/<int:pk>", caches.ContentCacheDetail.as_view()),
     path("content_caches/<int:pk>/metrics", caches.ContentCacheMetrics.as_view()),

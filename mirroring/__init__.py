@@ -1,0 +1,1 @@
+"""Promotion and mirroring policies, their jobs, and the copy engine (Celery tasks)."""

@@ -72,7 +72,7 @@ class Deployment:
 
     def shell(self, code: str) -> str:
         """Run Python in the deployment (`msr manage shell -c`); returns its stdout."""
-        return self.manage("shell", "-c", code).stdout
+        return self.manage("shell", "--no-imports", "-c", code).stdout
 
     def start_web(self) -> str:
         port = free_port()

@@ -4,7 +4,8 @@ by policies and checked with skopeo.
 
 dev:  the developer `dana` has read-write on the organization `team`. A promotion policy
       on team/app turns `1.4` into `1.4-rc`; a push mirror carries `*-rc` tags to qa.
-qa:   dana has read-only on team/app; `mirror` (read-write) is the push mirror's identity.
+qa:   dana has read-only on team/app; `mirror` (read-write on the organization) is the
+      push mirror's identity.
 prod: dana has no access; a poll mirror fetches `*-rc` from qa as `reader` (read-only).
 """
 
@@ -39,7 +40,7 @@ QA = """
 mirror = create_user("mirror", "mirror-password")
 readers = create_team(team, "readers"); add_team_member(readers, dana); set_team_access(readers, app, "read-only")
 reader = create_user("reader", "reader-password"); add_team_member(readers, reader)
-writers = create_team(team, "writers"); add_team_member(writers, mirror); set_team_access(writers, app, "read-write")
+writers = create_team(team, "writers"); add_team_member(writers, mirror); set_team_access(writers, team, "read-write")
 print("MIRROR", AccessToken.issue(mirror, name="push mirror from dev")[1])
 print("READER", AccessToken.issue(reader, name="poll mirror from prod")[1])
 """
@@ -161,3 +162,192 @@ def test_dev_to_qa_to_prod_by_promotion_push_mirror_and_poll_mirror(deployments,
     assert refused.returncode != 0
     assert "denied" in refused.stderr.lower() or "unauthorized" in refused.stderr.lower() \
         or "not found" in refused.stderr.lower(), refused.stderr
+
+
+# -- faults -------------------------------------------------------------------------------
+
+
+def push_to(deployment: Deployment, name: str, tmp_path, layer_sizes=(300_000, 200_000), tag="v1") -> str:
+    layout = tmp_path / f"layout-{name.replace('/', '-')}"
+    digest = make_image_layout(layout, layer_sizes=layer_sizes, tag=tag)
+    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", "admin:admin-password",
+           f"oci:{layout}:{tag}", f"docker://{host(deployment.url)}/{name}:{tag}")
+    return digest
+
+
+def push_mirror(dev: Deployment, name: str, remote_url: str, secret: str, **extra) -> dict:
+    """A push mirror of `name` to the same name on qa, where it is created first (the
+    mirror's identity may push into the organization, not create repositories in it)."""
+    namespace, _, rest = name.partition("/")
+    created = requests.post(f"{remote_url}/api/v0/repositories/{namespace}", json={"name": rest},
+                            auth=("admin", "admin-password"), timeout=30)
+    assert created.status_code in (201, 400), created.text
+    response = dev.api("POST", f"repositories/{name}/pushMirroringPolicies", json={
+        "enabled": True, "rules": [], "remoteHost": remote_url, "remoteRepository": name,
+        "username": "mirror", "authToken": secret, **extra})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def run_now(deployment: Deployment, action: str, policy: dict, tag="v1") -> dict:
+    response = deployment.api("POST", "jobs", json={"action": action, "policy": policy["id"], "tag": tag})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def finished(deployment: Deployment, job: dict, timeout=90) -> dict:
+    def check():
+        current = deployment.api("GET", f"jobs/{job['id']}").json()
+        return current if current["status"] in ("done", "failed", "canceled") else None
+    return wait_for(check, timeout=timeout, what=f"job {job['id']} to finish")
+
+
+def test_a_remote_answering_503_twice_is_retried_with_backoff_until_the_copy_succeeds(deployments, tmp_path):
+    from tests.faults import FaultProxy
+
+    dev, qa = deployments["dev"], deployments["qa"]
+    pushed = push_to(dev, "team/flaky", tmp_path)
+    proxy = FaultProxy(qa.url)
+    try:
+        policy = push_mirror(dev, "team/flaky", proxy.url, deployments["secrets"]["MIRROR"])
+        proxy.fail_next_pings = 2
+        job = finished(dev, run_now(dev, "push_mirror", policy))
+    finally:
+        proxy.close()
+    assert job["status"] == "done", job
+    assert job["attempts"] == 3 and proxy.refused == 2
+    log = dev.api("GET", f"jobs/{job['id']}").json()["log"]
+    assert log.count("HTTP 503: UNAVAILABLE: maintenance; retrying in") == 2, log
+    assert tag_digest(qa, "team/flaky", "v1") == pushed
+
+
+def test_a_worker_killed_mid_copy_is_replaced_and_the_remote_never_shows_a_broken_image(deployments, tmp_path):
+    import threading
+
+    from tests.client import Registry
+    from tests.faults import FaultProxy
+
+    dev, qa = deployments["dev"], deployments["qa"]
+    pushed = push_to(dev, "team/killed", tmp_path, layer_sizes=(3_000_000, 3_000_000, 3_000_000))
+    proxy = FaultProxy(qa.url)
+    proxy.upload_bytes_per_second = 1_000_000  # each blob takes about 3 s to arrive
+    reader = Registry(qa.url, "admin", "admin-password")
+    broken, seen, stop = [], [], threading.Event()
+
+    def watch():
+        """Whenever qa shows the tag, every blob it references must be there."""
+        token = reader.token("repository:team/killed:pull")
+        while not stop.is_set():
+            response = reader.request("GET", "/v2/team/killed/manifests/v1", token=token,
+                                      headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+            if response.status_code == 200:
+                seen.append(True)
+                manifest = response.json()
+                for descriptor in [manifest["config"], *manifest["layers"]]:
+                    head = reader.request("HEAD", f"/v2/team/killed/blobs/{descriptor['digest']}", token=token)
+                    if head.status_code != 200:
+                        broken.append((descriptor["digest"], head.status_code))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        policy = push_mirror(dev, "team/killed", proxy.url, deployments["secrets"]["MIRROR"])
+        job = run_now(dev, "push_mirror", policy)
+        wait_for(lambda: dev.api("GET", f"jobs/{job['id']}").json()["bytesDone"] > 0, what="copy under way")
+        dev.kill_worker()
+        assert dev.api("GET", f"jobs/{job['id']}").json()["status"] == "running"
+        assert tag_digest(qa, "team/killed", "v1") is None
+        proxy.upload_bytes_per_second = 0
+        dev.start_worker()
+        job = finished(dev, job)
+    finally:
+        stop.set()
+        watcher.join()
+        proxy.close()
+    assert job["status"] == "done", job
+    assert job["attempts"] >= 2
+    log = dev.api("GET", f"jobs/{job['id']}").json()["log"]
+    assert "stopped answering" in log, log
+    assert tag_digest(qa, "team/killed", "v1") == pushed
+    assert seen and not broken, broken
+
+
+def test_bad_credentials_fail_the_job_at_once_with_the_reason(deployments, tmp_path):
+    dev, qa = deployments["dev"], deployments["qa"]
+    push_to(dev, "team/creds", tmp_path)
+    secret = qa.shell("from accounts.models import AccessToken, User\n"
+                      "print(AccessToken.issue(User.objects.get(username='mirror'), name='revoked-soon')[1])").strip()
+    policy = push_mirror(dev, "team/creds", qa.url, secret)
+    qa.shell("from accounts.models import AccessToken\nAccessToken.objects.filter(name='revoked-soon').delete()")
+    job = finished(dev, run_now(dev, "push_mirror", policy), timeout=30)
+    assert job["status"] == "failed" and job["attempts"] == 1, job
+    assert "refused the credentials (HTTP 401" in job["error"], job["error"]
+    assert secret not in dev.api("GET", f"jobs/{job['id']}").json()["log"]
+    assert tag_digest(qa, "team/creds", "v1") is None
+
+
+def test_saving_a_push_mirror_with_wrong_credentials_is_refused_with_the_remote_reason(deployments):
+    dev, qa = deployments["dev"], deployments["qa"]
+    response = dev.api("POST", "repositories/team/app/pushMirroringPolicies", json={
+        "enabled": True, "remoteHost": qa.url, "remoteRepository": "team/app",
+        "username": "mirror", "password": "wrong"})
+    assert response.status_code == 400
+    assert "The remote registry refused" in response.json()["remoteHost"][0]
+    assert "wrong" not in response.text
+    # read-only on the remote: saving a push mirror is refused too
+    response = dev.api("POST", "repositories/team/app/pushMirroringPolicies", json={
+        "enabled": True, "remoteHost": qa.url, "remoteRepository": "team/app",
+        "username": "reader", "authToken": deployments["secrets"]["READER"]})
+    assert response.status_code == 400, response.text
+
+
+# -- a foreign registry ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def distribution(tmp_path):
+    """Debian's docker-registry (CNCF Distribution 2.8), no auth, on a free port."""
+    from tests.processes import Process, free_port
+
+    if not have("docker-registry"):
+        if REQUIRE:
+            pytest.fail("docker-registry is not installed (MSR_REQUIRE_CLIENTS=1)")
+        pytest.skip("docker-registry is not installed")
+    port = free_port()
+    root = tmp_path / "distribution"
+    root.mkdir()
+    config = root / "config.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\n")
+    process = Process(["docker-registry", "serve", str(config)], dict(os.environ), root / "registry.log")
+    url = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{url}/v2/")
+    yield url
+    process.stop()
+
+
+def test_poll_mirroring_from_cncf_distribution(deployments, distribution, tmp_path):
+    prod = deployments["prod"]
+    digests = {}
+    for tag, sizes in (("1.0", (100_000,)), ("1.1", (120_000, 5_000)), ("latest", (1_000,))):
+        layout = tmp_path / f"dist-{tag}"
+        digests[tag] = make_image_layout(layout, layer_sizes=sizes, tag=tag)
+        skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
+               f"docker://{host(distribution)}/library/tool:{tag}")
+    assert prod.api("POST", "repositories/team", json={"name": "tool"}).status_code == 201
+    policy = prod.api("POST", "repositories/team/tool/pollMirroringPolicies", json={
+        "enabled": True, "rules": [{"field": "tag", "operator": "sw", "values": ["1."]}],
+        "remoteHost": distribution, "remoteRepository": "library/tool", "interval": 3600})
+    assert policy.status_code == 201, policy.text
+    # beat starts the first poll at once (the policy was never polled)
+    wait_for(lambda: tag_digest(prod, "team/tool", "1.1"), timeout=60, what="poll from Distribution")
+    assert tag_digest(prod, "team/tool", "1.0") == digests["1.0"]
+    assert tag_digest(prod, "team/tool", "1.1") == digests["1.1"]
+    assert tag_digest(prod, "team/tool", "latest") is None
+    job = finished(prod, prod.api("GET", f"jobs?policy={policy.json()['id']}").json()["results"][-1])
+    assert job["status"] == "done" and job["triggeredBy"] == "schedule"
+
+    # the next run finds nothing new and copies nothing
+    again = finished(prod, run_now(prod, "poll_mirror", policy.json(), tag=""))
+    assert again["status"] == "done" and again["results"] == [] and again["bytesTotal"] == 0

@@ -1,0 +1,91 @@
+"""An HTTP forwarding proxy on 127.0.0.1 that misbehaves on request: answer 503 to the
+next N requests for `/v2/`, or slow request bodies down (to have time to kill a worker in
+the middle of a copy). Everything else is passed through unchanged."""
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+              "proxy-authorization", "proxy-authenticate", "content-length", "host"}
+
+
+class FaultProxy:
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/")
+        self.fail_next_pings = 0
+        self.refused = 0
+        self.upload_bytes_per_second = 0  # 0: no limit
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _body(self) -> bytes:
+                length = int(self.headers.get("Content-Length") or 0)
+                parts, left = [], length
+                while left > 0:
+                    piece = self.rfile.read(min(65536, left))
+                    if not piece:
+                        break
+                    parts.append(piece)
+                    left -= len(piece)
+                    rate = proxy.upload_bytes_per_second
+                    if rate:
+                        time.sleep(len(piece) / rate)
+                return b"".join(parts)
+
+            def _forward(self):
+                body = self._body()
+                if self.command == "GET" and self.path.rstrip("/") == "/v2":
+                    with proxy.lock:
+                        refuse = proxy.fail_next_pings > 0
+                        if refuse:
+                            proxy.fail_next_pings -= 1
+                            proxy.refused += 1
+                    if refuse:
+                        payload = b'{"errors":[{"code":"UNAVAILABLE","message":"maintenance"}]}'
+                        self.send_response(503)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(payload)))
+                        self.end_headers()
+                        self.wfile.write(payload)
+                        return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                try:
+                    response = requests.request(self.command, proxy.upstream + self.path, headers=headers,
+                                                data=body if body else None, allow_redirects=False,
+                                                stream=True, timeout=60)
+                except requests.RequestException:
+                    self.send_response(502)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                content = b"" if self.command == "HEAD" else response.raw.read()
+                self.send_response(response.status_code)
+                for key, value in response.headers.items():
+                    if key.lower() not in HOP_BY_HOP:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", response.headers.get("Content-Length", str(len(content)))
+                                 if self.command == "HEAD" else str(len(content)))
+                self.end_headers()
+                if content:
+                    self.wfile.write(content)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

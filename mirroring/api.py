@@ -6,6 +6,8 @@ mirror is tried against the remote with its credentials when it is saved (an upl
 started and cancelled), a poll mirror by listing the remote's tags.
 """
 
+import copy
+
 from django.db import transaction
 from django.db.models import Q
 from django.http import Http404
@@ -204,12 +206,14 @@ class _PolicyView:
                 .select_related("repository__namespace", "created_by").order_by("pk"))
 
     def _save(self, serializer, **extra):
-        with transaction.atomic():
-            policy = serializer.save(kind=self.kind, repository=self._repository, updated_at=timezone.now(),
-                                     **extra)
-            if hasattr(serializer, "check_remote"):
-                serializer.check_remote(policy)
-        return policy
+        """Try the remote first (no transaction is held while another server answers:
+        it may be this very deployment), then save."""
+        if hasattr(serializer, "check_remote"):
+            probe = copy.copy(serializer.instance) if serializer.instance is not None else Policy()
+            for field, value in {**serializer.validated_data, "kind": self.kind}.items():
+                setattr(probe, field, value)
+            serializer.check_remote(probe)
+        return serializer.save(kind=self.kind, repository=self._repository, updated_at=timezone.now(), **extra)
 
 
 class _PolicyList(_PolicyView, generics.ListCreateAPIView):

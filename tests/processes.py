@@ -42,9 +42,9 @@ class Process:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"process exited with {self.popen.returncode}:\n{self.log()}")
             try:
-                requests.get(url, timeout=1)
+                requests.get(url, timeout=5)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or a busy machine
                 time.sleep(0.1)
         raise RuntimeError(f"{url} did not answer in {timeout}s:\n{self.log()}")
 

@@ -351,3 +351,83 @@ def test_poll_mirroring_from_cncf_distribution(deployments, distribution, tmp_pa
     # the next run finds nothing new and copies nothing
     again = finished(prod, run_now(prod, "poll_mirror", policy.json(), tag=""))
     assert again["status"] == "done" and again["results"] == [] and again["bytesTotal"] == 0
+
+
+# -- what travels, chains, events ------------------------------------------------------------
+
+
+def test_push_mirror_carries_an_index_with_its_children_and_referrers(deployments, tmp_path):
+    from tests.client import Registry
+    from tests.images import make_index_layout
+
+    dev, qa = deployments["dev"], deployments["qa"]
+    layout = tmp_path / "index"
+    index = make_index_layout(layout, architectures=("amd64", "arm64"), tag="v1")
+    skopeo("copy", "--all", "--dest-tls-verify=false", "--dest-creds", "admin:admin-password",
+           f"oci:{layout}:v1", f"docker://{host(dev.url)}/team/multi:v1")
+    subject = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index,
+               "size": len((layout / "blobs" / "sha256" / index.split(":")[1]).read_bytes())}
+    signature, response = Registry(dev.url, "admin", "admin-password").push_image(
+        "team/multi", "sig", layers=(b"a signature",), subject=subject,
+        artifact_type="application/vnd.dev.cosign.simplesigning.v1+json")
+    assert response.status_code == 201, response.text
+
+    policy = push_mirror(dev, "team/multi", qa.url, deployments["secrets"]["MIRROR"])
+    job = finished(dev, run_now(dev, "push_mirror", policy))
+    assert job["status"] == "done", job
+    assert tag_digest(qa, "team/multi", "v1") == index
+    qa_client = Registry(qa.url, "admin", "admin-password")
+    referrers = qa_client.request("GET", f"/v2/team/multi/referrers/{index}",
+                                  scope="repository:team/multi:pull").json()["manifests"]
+    assert [r["digest"] for r in referrers] == [signature]
+    for child in json.loads((layout / "blobs" / "sha256" / index.split(":")[1]).read_bytes())["manifests"]:
+        head = qa_client.request("HEAD", f"/v2/team/multi/manifests/{child['digest']}",
+                                 scope="repository:team/multi:pull")
+        assert head.status_code == 200
+
+
+def test_promotions_chain_and_a_loop_of_policies_ends(deployments, tmp_path):
+    dev = deployments["dev"]
+    for name in ("stage1", "stage2", "stage3"):
+        assert dev.api("POST", "repositories/team", json={"name": name}).status_code == 201
+    policies = []
+    for source, target in (("stage1", "stage2"), ("stage2", "stage3"), ("stage3", "stage1")):
+        response = dev.api("POST", f"repositories/team/{source}/promotionPolicies", json={
+            "rules": [], "targetRepository": f"team/{target}", "tagTemplate": "%n"})
+        assert response.status_code == 201, response.text
+        policies.append(response.json()["id"])
+    pushed = push_to(dev, "team/stage1", tmp_path)
+    wait_for(lambda: tag_digest(dev, "team/stage3", "v1"), what="two promotions in a row")
+    assert tag_digest(dev, "team/stage2", "v1") == tag_digest(dev, "team/stage3", "v1") == pushed
+    # stage3 → stage1 finds stage1:v1 already at that digest: nothing changes, the loop ends
+    wait_for(lambda: job_of(dev, policies[2]), what="the loop's last promotion")
+    time.sleep(2)
+    jobs = [dev.api("GET", f"jobs?policy={p}").json()["count"] for p in policies]
+    assert jobs == [1, 1, 1], jobs
+
+
+def test_promotion_and_mirroring_send_webhook_events(deployments, tmp_path):
+    from tests.test_webhooks import Receiver
+
+    dev, qa = deployments["dev"], deployments["qa"]
+    assert dev.api("POST", "repositories/team", json={"name": "hooked"}).status_code == 201
+    receiver = Receiver(failures=0)
+    for event in ("PROMOTION", "PUSH_MIRRORING"):
+        hook = dev.api("POST", "webhooks", json={"type": event, "key": "team/hooked", "endpoint": receiver.url})
+        assert hook.status_code == 201, hook.text
+    assert dev.api("POST", "repositories/team/hooked/promotionPolicies", json={
+        "rules": [{"field": "tag", "operator": "eq", "values": ["v1"]}], "targetRepository": "team/hooked",
+        "tagTemplate": "%n-%Y%m%d"}).status_code == 201
+    push_mirror(dev, "team/hooked", qa.url, deployments["secrets"]["MIRROR"],
+                rules=[{"field": "tag", "operator": "sw", "values": ["v1-"]}])
+    pushed = push_to(dev, "team/hooked", tmp_path)
+    receiver.wait_for(2)
+    events = {json.loads(body)["type"]: json.loads(body)["contents"] for _, body in receiver.requests}
+    promoted = events["PROMOTION"]
+    assert promoted["status"] == "done" and promoted["results"][0]["digest"] == pushed
+    target_tag = promoted["results"][0]["targetTag"]
+    assert target_tag.startswith("v1-20") and len(target_tag) == len("v1-20261127")
+    mirrored = events["PUSH_MIRRORING"]
+    assert mirrored["status"] == "done" and mirrored["results"] == [
+        {"tag": target_tag, "targetTag": target_tag, "digest": pushed}]
+    assert tag_digest(qa, "team/hooked", target_tag) == pushed

@@ -372,6 +372,29 @@ class Remote:
         return (response.headers.get("Docker-Content-Digest") or digest_of(body),
                 bool(response.headers.get("OCI-Subject")))
 
+    def add_referrer_to_fallback_tag(self, subject: str, descriptor: dict) -> None:
+        """The referrers tag schema of the distribution spec, for registries without the
+        referrers API: the tag `<alg>-<hex>` of the subject holds an index listing its
+        referrers; add `descriptor` to it."""
+        import json
+
+        tag = subject.replace(":", "-")
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+        response = self.request("GET", f"/v2/{self.repository}/manifests/{tag}", expect=(200, 404),
+                                headers={"Accept": "application/vnd.oci.image.index.v1+json"})
+        if response.status_code == 200:
+            try:
+                found = response.json()
+                if isinstance(found.get("manifests"), list):
+                    index = found
+            except ValueError:
+                pass
+        if any(m.get("digest") == descriptor["digest"] for m in index["manifests"] if isinstance(m, dict)):
+            return
+        index["manifests"].append(descriptor)
+        self.put_manifest(tag, json.dumps(index, separators=(",", ":")).encode(),
+                          "application/vnd.oci.image.index.v1+json")
+
     def check_push(self) -> None:
         """Raise if the credentials cannot push to the repository: starts an upload and
         cancels it, which is the only test every registry answers the same way."""

@@ -83,7 +83,7 @@ class LocalEnd:
             uploads.cancel_upload(upload)
             raise
 
-    def put_manifest(self, reference: str, body: bytes, media_type: str) -> str:
+    def put_manifest(self, reference: str, body: bytes, media_type: str, doc=None) -> str:
         try:
             return services.put_manifest(self.repository, reference, body, media_type, user=None).digest
         except CoreError as e:
@@ -132,8 +132,12 @@ class RemoteEnd:
     def write_blob(self, digest, size, reader, on_bytes):
         self.remote.upload(digest, size, reader, settings.MIRROR_CHUNK_BYTES, on_bytes)
 
-    def put_manifest(self, reference, body, media_type):
+    def put_manifest(self, reference, body, media_type, doc=None):
         digest, indexed = self.remote.put_manifest(reference, body, media_type)
+        if doc is not None and doc.subject and not indexed:
+            # A registry without the referrers API: keep the spec's fallback tag
+            # (<alg>-<hex>, an index of the subject's referrers) up to date.
+            self.remote.add_referrer_to_fallback_tag(doc.subject, doc.descriptor)
         return digest
 
 
@@ -152,6 +156,15 @@ class Doc:
         if not isinstance(document, dict):
             raise Permanent(f"manifest {digest} is not a JSON object")
         self.media_type = media_type or document.get("mediaType") or ""
+        subject = document.get("subject")
+        self.subject = subject.get("digest") if isinstance(subject, dict) else None
+        config = document.get("config") if isinstance(document.get("config"), dict) else {}
+        self.descriptor = {"mediaType": self.media_type, "digest": digest, "size": len(body)}
+        artifact_type = document.get("artifactType") or config.get("mediaType")
+        if artifact_type:
+            self.descriptor["artifactType"] = artifact_type
+        if isinstance(document.get("annotations"), dict):
+            self.descriptor["annotations"] = document["annotations"]
         self.blobs: dict[str, int] = {}
         self.children: list[str] = []
         descriptors = [document.get("config")] + list(document.get("layers") or []) + list(
@@ -288,7 +301,7 @@ def copy_image(source, destination, reference: str, target_reference: str, progr
                 future.result()
     check()
     for doc in before:
-        got = destination.put_manifest(doc.digest, doc.body, doc.media_type)
+        got = destination.put_manifest(doc.digest, doc.body, doc.media_type, doc)
         if got != doc.digest:
             raise Permanent(f"{destination.name} stored manifest {doc.digest} as {got}")
     got = destination.put_manifest(target_reference, top.body, top.media_type)

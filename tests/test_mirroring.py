@@ -431,3 +431,41 @@ def test_promotion_and_mirroring_send_webhook_events(deployments, tmp_path):
     assert mirrored["status"] == "done" and mirrored["results"] == [
         {"tag": target_tag, "targetTag": target_tag, "digest": pushed}]
     assert tag_digest(qa, "team/hooked", target_tag) == pushed
+
+
+def test_referrers_travel_through_a_registry_without_the_referrers_api(deployments, distribution, tmp_path):
+    """dev → Distribution (push mirror) → prod (poll mirror): Distribution 2.8 has no
+    referrers API, so the signature goes into the spec's fallback tag and comes back."""
+    from tests.client import Registry
+
+    dev, prod = deployments["dev"], deployments["prod"]
+    assert dev.api("POST", "repositories/team", json={"name": "signed"}).status_code == 201
+    admin = Registry(dev.url, "admin", "admin-password")
+    image, response = admin.push_image("team/signed", "1.0", layers=(b"app layer",))
+    assert response.status_code == 201
+    subject = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": image,
+               "size": int(response.request.headers["Content-Length"])}
+    signature, response = admin.push_image("team/signed", "sig", layers=(b"signature",), subject=subject,
+                                           artifact_type="application/vnd.example.signature")
+    assert response.status_code == 201
+
+    push = dev.api("POST", "repositories/team/signed/pushMirroringPolicies", json={
+        "rules": [{"field": "tag", "operator": "eq", "values": ["1.0"]}], "remoteHost": distribution,
+        "remoteRepository": "mirrors/signed"})
+    assert push.status_code == 201, push.text
+    assert finished(dev, run_now(dev, "push_mirror", push.json(), tag="1.0"))["status"] == "done"
+    fallback = requests.get(f"{distribution}/v2/mirrors/signed/manifests/{image.replace(':', '-')}",
+                            headers={"Accept": "application/vnd.oci.image.index.v1+json"}, timeout=10).json()
+    assert [(m["digest"], m["artifactType"]) for m in fallback["manifests"]] == [
+        (signature, "application/vnd.example.signature")]
+
+    assert prod.api("POST", "repositories/team", json={"name": "signed"}).status_code == 201
+    poll = prod.api("POST", "repositories/team/signed/pollMirroringPolicies", json={
+        "rules": [{"field": "tag", "operator": "eq", "values": ["1.0"]}], "remoteHost": distribution,
+        "remoteRepository": "mirrors/signed", "interval": 3600})
+    assert poll.status_code == 201, poll.text
+    wait_for(lambda: tag_digest(prod, "team/signed", "1.0"), what="poll from Distribution")
+    assert tag_digest(prod, "team/signed", "1.0") == image
+    referrers = Registry(prod.url, "admin", "admin-password").request(
+        "GET", f"/v2/team/signed/referrers/{image}", scope="repository:team/signed:pull").json()["manifests"]
+    assert [r["digest"] for r in referrers] == [signature]

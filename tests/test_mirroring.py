@@ -469,3 +469,22 @@ def test_referrers_travel_through_a_registry_without_the_referrers_api(deploymen
     referrers = Registry(prod.url, "admin", "admin-password").request(
         "GET", f"/v2/team/signed/referrers/{image}", scope="repository:team/signed:pull").json()["manifests"]
     assert [r["digest"] for r in referrers] == [signature]
+
+
+def test_a_running_copy_can_be_canceled_and_publishes_nothing(deployments, tmp_path):
+    from tests.faults import FaultProxy
+
+    dev, qa = deployments["dev"], deployments["qa"]
+    push_to(dev, "team/canceled", tmp_path, layer_sizes=(3_000_000, 3_000_000))
+    proxy = FaultProxy(qa.url)
+    proxy.upload_bytes_per_second = 1_000_000
+    try:
+        policy = push_mirror(dev, "team/canceled", proxy.url, deployments["secrets"]["MIRROR"])
+        job = run_now(dev, "push_mirror", policy)
+        wait_for(lambda: dev.api("GET", f"jobs/{job['id']}").json()["bytesDone"] > 0, what="copy under way")
+        assert dev.api("POST", f"jobs/{job['id']}/cancel").json()["status"] == "running"
+        job = finished(dev, job, timeout=30)
+    finally:
+        proxy.close()
+    assert job["status"] == "canceled", job
+    assert tag_digest(qa, "team/canceled", "v1") is None

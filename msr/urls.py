@@ -9,6 +9,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v0/", include("msr.api.urls")),
     path("", include("msr.registry.urls")),
+    path("", include("mirroring.urls")),
     path("", include("msr.ui.urls")),
 ]
 

@@ -9,7 +9,6 @@ started and cancelled), a poll mirror by listing the remote's tags.
 import copy
 
 from django.db import transaction
-from django.db.models import Q
 from django.http import Http404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -286,19 +285,31 @@ class RunJobSerializer(serializers.Serializer):
 
 
 def _administered_policies(user):
-    """Policies on repositories `user` administers (every one for system admins)."""
+    """Policies on repositories `user` administers (every one for system admins): the
+    permission function is asked once per repository that has policies."""
     policies = Policy.objects.select_related("repository__namespace")
     if user.is_superuser:
         return policies
-    return policies.filter(pk__in=[
-        p.pk for p in policies if ADMIN in repository_actions(user, p.repository.namespace, p.repository)])
+    repositories = Repository.objects.select_related("namespace").filter(
+        pk__in=Policy.objects.values("repository_id"))
+    allowed = [r.pk for r in repositories if ADMIN in repository_actions(user, r.namespace, r)]
+    return policies.filter(repository_id__in=allowed)
 
 
 def _visible_jobs(user):
+    """Jobs of the repositories `user` administers, kept when their policy is deleted
+    (a job remembers its repository by name)."""
     jobs = Job.objects.all()
     if user.is_superuser:
         return jobs
-    return jobs.filter(Q(policy__in=_administered_policies(user)))
+    allowed = []
+    for name in Job.objects.values_list("repository", flat=True).distinct():
+        namespace_name, rest = split_name(name)
+        namespace = Namespace.objects.filter(name=namespace_name).first()
+        repository = namespace and Repository.objects.filter(namespace=namespace, name=rest).first()
+        if repository and ADMIN in repository_actions(user, namespace, repository):
+            allowed.append(name)
+    return jobs.filter(repository__in=allowed)
 
 
 JOB_FILTERS = [

@@ -181,7 +181,7 @@ class Remote:
                 token_response = self.session.get(params["realm"], params=query, timeout=self.timeout,
                                                   auth=self._credentials())
         except requests.RequestException as e:
-            raise Transient(f"{self.name}: token service unreachable: {type(e).__name__}") from None
+            raise Transient(f"{self.name}: token service unreachable: {_reason(e)}") from None
         if token_response.status_code in (401, 403):
             raise Permanent(f"{self.name}: the token service refused the credentials "
                             f"(HTTP {token_response.status_code}: {_remote_error(token_response)})",
@@ -219,7 +219,7 @@ class Remote:
                 response = self.session.request(method, url, headers=headers, auth=auth,
                                                 timeout=self.timeout, allow_redirects=True, **kwargs)
             except requests.RequestException as e:
-                raise Transient(f"{self.name}: {method} failed: {type(e).__name__}: {_no_secrets(e)}") from None
+                raise Transient(f"{self.name}: {method} {urlsplit(url).path} failed: {_reason(e)}") from None
             if response.status_code == 401 and attempt == 1 and not isinstance(kwargs.get("data"), BlobBody):
                 with self._auth_lock:
                     self._authorize(response, scope)
@@ -406,6 +406,24 @@ class Remote:
 
     def check_pull(self) -> None:
         self.tags()
+
+
+def _reason(error: requests.RequestException) -> str:
+    """A network failure in a few words ("connection refused", "timed out", ...)."""
+    text = str(error)
+    for needle, words in (("Connection refused", "connection refused"),
+                          ("Name or service not known", "unknown host"),
+                          ("Temporary failure in name resolution", "unknown host (DNS)"),
+                          ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted (set remoteCA)"),
+                          ("Connection reset", "connection reset"),
+                          ("RemoteDisconnected", "connection closed by the remote")):
+        if needle in text:
+            return words
+    if isinstance(error, requests.Timeout):
+        return "timed out"
+    if isinstance(error, requests.exceptions.SSLError):
+        return f"TLS error: {_no_secrets(error)[:200]}"
+    return f"{type(error).__name__}: {_no_secrets(error)[:200]}"
 
 
 def _no_secrets(error: Exception) -> str:

@@ -60,7 +60,10 @@ def deployments(db_url, tmp_path_factory):
     try:
         for i, name in enumerate(("dev", "qa", "prod")):
             redis.Redis.from_url(redis_db(12 + i)).flushdb()
-            made[name] = Deployment(name, root / name, db_url, redis_db(12 + i))
+            # dev uploads blobs above 1 MB in chunks (PATCH with Content-Range), so the
+            # 3 MB layers of the fault tests take the chunked path
+            extra = {"MSR_MIRROR_CHUNK_BYTES": "1000000"} if name == "dev" else {}
+            made[name] = Deployment(name, root / name, db_url, redis_db(12 + i), extra_env=extra)
         migrations = [d.migrate_async() for d in made.values()]
         for process in migrations:
             out, _ = process.communicate(timeout=300)

@@ -296,14 +296,14 @@ def _administered_policies(user):
     return policies.filter(repository_id__in=allowed)
 
 
-def _visible_jobs(user):
+def _visible_jobs(user, pk=None):
     """Jobs of the repositories `user` administers, kept when their policy is deleted
-    (a job remembers its repository by name)."""
-    jobs = Job.objects.all()
+    (a job remembers its repository by name); with `pk`, only that job is looked at."""
+    jobs = Job.objects.all() if pk is None else Job.objects.filter(pk=pk)
     if user.is_superuser:
         return jobs
     allowed = []
-    for name in Job.objects.values_list("repository", flat=True).distinct():
+    for name in jobs.values_list("repository", flat=True).distinct():
         namespace_name, rest = split_name(name)
         namespace = Namespace.objects.filter(name=namespace_name).first()
         repository = namespace and Repository.objects.filter(namespace=namespace, name=rest).first()
@@ -351,7 +351,7 @@ class JobList(generics.ListCreateAPIView):
         form.is_valid(raise_exception=True)
         data = form.validated_data
         policy = Policy.objects.select_related("repository__namespace").filter(pk=data["policy"]).first()
-        if policy is None or policy not in _administered_policies(request.user):
+        if policy is None or not _administered_policies(request.user).filter(pk=policy.pk).exists():
             raise serializers.ValidationError({"policy": ["No such policy."]})
         if policy.action != data["action"]:
             raise serializers.ValidationError({"action": [f"Policy {policy.pk} runs {policy.action} jobs."]})
@@ -367,13 +367,13 @@ class JobDetail(generics.RetrieveAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Job.objects.none()
-        return _visible_jobs(self.request.user)
+        return _visible_jobs(self.request.user, pk=self.kwargs["job_id"])
 
 
 class JobCancel(APIView):
     @extend_schema(request=None, responses={200: JobDetailSerializer})
     def post(self, request, job_id):
-        job = _visible_jobs(request.user).filter(pk=job_id).first()
+        job = _visible_jobs(request.user, pk=job_id).first()
         if job is None:
             raise Http404
         if job.status not in Job.ACTIVE:

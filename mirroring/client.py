@@ -226,6 +226,9 @@ class Remote:
                 kwargs["headers"] = {k: v for k, v in headers.items() if k != "Authorization"}
                 continue
             break
+        if response.status_code == 401 and isinstance(kwargs.get("data"), BlobBody):
+            # the token expired while a stream was being sent: the next attempt logs in again
+            raise Transient(f"{self.name}: {method} {urlsplit(url).path}: authorization expired", 401)
         if response.status_code not in expect:
             self._raise_for(response, f"{method} {urlsplit(url).path}")
         return response
@@ -240,9 +243,8 @@ class Remote:
         raise Permanent(message, status)
 
     def login(self, push: bool = False) -> None:
-        """Fetch a token for pull (and push) up front, so an upload body is never the
-        request that meets the 401."""
-        self.request("GET", "/v2/", expect=(200, 401, 404))  # learn the challenge
+        """Fetch a token for pull (and push) up front, so an upload body is rarely the
+        request that meets the 401: one request, whose challenge names the scope."""
         response = self.request("HEAD", f"/v2/{self.repository}/manifests/latest", push=push,
                                 expect=(200, 404), headers={"Accept": MANIFEST_ACCEPT})
         response.close()

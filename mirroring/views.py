@@ -171,7 +171,7 @@ def _with_progress(job: Job) -> Job:
 
 def _visible_job(request, job_id) -> Job:
     return _with_progress(get_object_or_404(
-        _visible_jobs(request.user).select_related("policy__repository__namespace"), pk=job_id))
+        _visible_jobs(request.user, pk=job_id).select_related("policy__repository__namespace"), pk=job_id))
 
 
 @login_required

@@ -1,5 +1,5 @@
 """An HTTP forwarding proxy on 127.0.0.1 that misbehaves on request: answer 503 to the
-next N requests for `/v2/`, or slow request bodies down (to have time to kill a worker in
+next N requests, or slow request bodies down (to have time to kill a worker in
 the middle of a copy). Everything else is passed through unchanged."""
 
 import threading
@@ -15,7 +15,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 class FaultProxy:
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/")
-        self.fail_next_pings = 0
+        self.fail_next = 0
         self.refused = 0
         self.upload_bytes_per_second = 0  # 0: no limit
         self.lock = threading.Lock()
@@ -43,20 +43,20 @@ class FaultProxy:
 
             def _forward(self):
                 body = self._body()
-                if self.command == "GET" and self.path.rstrip("/") == "/v2":
-                    with proxy.lock:
-                        refuse = proxy.fail_next_pings > 0
-                        if refuse:
-                            proxy.fail_next_pings -= 1
-                            proxy.refused += 1
+                with proxy.lock:
+                    refuse = proxy.fail_next > 0
                     if refuse:
-                        payload = b'{"errors":[{"code":"UNAVAILABLE","message":"maintenance"}]}'
-                        self.send_response(503)
-                        self.send_header("Content-Type", "application/json")
-                        self.send_header("Content-Length", str(len(payload)))
-                        self.end_headers()
+                        proxy.fail_next -= 1
+                        proxy.refused += 1
+                if refuse:
+                    payload = b'{"errors":[{"code":"UNAVAILABLE","message":"maintenance"}]}'
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    if self.command != "HEAD":
                         self.wfile.write(payload)
-                        return
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 try:
                     response = requests.request(self.command, proxy.upstream + self.path, headers=headers,

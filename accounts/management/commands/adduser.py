@@ -13,10 +13,17 @@ class Command(BaseCommand):
         parser.add_argument("--password", help="default: the MSR_NEW_USER_PASSWORD environment variable")
         parser.add_argument("--admin", action="store_true", help="make the user a system admin")
         parser.add_argument("--full-name", default="")
+        parser.add_argument("--if-missing", action="store_true",
+                            help="do nothing if the user exists (for deployment scripts run at every start)")
 
-    def handle(self, username, password, admin, full_name, **options):
+    def handle(self, username, password, admin, full_name, if_missing=False, **options):
         import os
 
+        from accounts.models import User
+
+        if if_missing and User.objects.filter(username=username).exists():
+            self.stdout.write(f"user {username} exists")
+            return
         try:
             create_user(username, password or os.environ.get("MSR_NEW_USER_PASSWORD"),
                         is_admin=admin, full_name=full_name)

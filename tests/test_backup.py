@@ -1,0 +1,88 @@
+"""Backup → wipe → restore → pull: a whole deployment (its own database, data dir and
+port) is backed up with `msr manage backup`, destroyed, restored with `msr manage
+restore`, and every image pulls back with skopeo with the same digest; the same
+personal access token still logs in (keys and database came back)."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.deployments import Deployment
+from tests.images import make_image_layout, make_index_layout
+from tests.processes import have, run
+
+REDIS = os.environ.get("MSR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+REQUIRE = os.environ.get("MSR_REQUIRE_CLIENTS") == "1"
+
+
+def _skopeo(*args, check=True):
+    if not have("skopeo"):
+        if REQUIRE:
+            pytest.fail("skopeo is not installed (MSR_REQUIRE_CLIENTS=1)")
+        pytest.skip("skopeo is not installed")
+    return run(["skopeo", *args], check=check)
+
+
+def test_backup_wipe_restore_and_pull_every_image_back(db_url, tmp_path):
+    base, _, _ = REDIS.rpartition("/")
+    deployment = Deployment("backup", tmp_path / "deployment", db_url, f"{base}/15")
+    try:
+        deployment.manage("migrate", "--no-input", "-v", "0")
+        token = deployment.shell(
+            "from accounts.models import AccessToken\n"
+            "from accounts.services import create_organization, create_user\n"
+            "admin = create_user('admin', 'admin-password', is_admin=True)\n"
+            "create_organization('shop', owner=admin)\n"
+            "print(AccessToken.issue(admin, name='ci')[1])").strip()
+        url = deployment.start_web()
+        host = url.removeprefix("http://")
+        creds = f"admin:{token}"
+        images = {}
+        for i, sizes in enumerate([(50_000, 70_000), (123_456,), (10_000, 20_000, 30_000)]):
+            layout = tmp_path / f"image{i}"
+            images[f"shop/app{i}:v{i}"] = make_image_layout(layout, layer_sizes=sizes, tag="v1")
+            _skopeo("copy", "--dest-tls-verify=false", "--dest-creds", creds, f"oci:{layout}:v1",
+                    f"docker://{host}/shop/app{i}:v{i}")
+        index_layout = tmp_path / "index"
+        images["shop/multi:latest"] = make_index_layout(index_layout, tag="v1")
+        _skopeo("copy", "--all", "--dest-tls-verify=false", "--dest-creds", creds, f"oci:{index_layout}:v1",
+                f"docker://{host}/shop/multi:latest")
+
+        backup = tmp_path / "backup"
+        out = deployment.manage("backup", str(backup)).stdout
+        assert "backup in" in out and json.loads((backup / "backup.json").read_text())["keys"]
+        # a second run copies no blob again (incremental)
+        assert "0 new blob file(s)" in deployment.manage("backup", str(backup)).stdout
+
+        # wipe: processes, database, data dir
+        deployment.web.stop()
+        deployment.web = None
+        if deployment.pg_name:
+            deployment._pg("DROP DATABASE {0} WITH (FORCE)", "CREATE DATABASE {0}")
+        shutil.rmtree(deployment.data_dir)
+        deployment.data_dir.mkdir()
+        refused = _skopeo("inspect", "--tls-verify=false", "--creds", creds,
+                          f"docker://{host}/shop/app0:v0", check=False)
+        assert refused.returncode != 0  # it is really gone
+
+        deployment.manage("restore", str(backup))
+        url = deployment.start_web()
+        host = url.removeprefix("http://")
+        for reference, digest in images.items():
+            pulled = tmp_path / f"pulled-{reference.replace('/', '-').replace(':', '-')}"
+            _skopeo("copy", "--all", "--src-tls-verify=false", "--src-creds", creds, f"docker://{host}/{reference}",
+                    f"oci:{pulled}:x")
+            assert json.loads((pulled / "index.json").read_text())["manifests"][0]["digest"] == digest, reference
+
+        # restoring over a deployment that has data is refused without --force
+        import subprocess
+
+        from tests.processes import MSR
+
+        result = subprocess.run([MSR, "manage", "restore", str(backup)], env=deployment.env,
+                                capture_output=True, text=True)
+        assert result.returncode != 0 and "holds repositories" in result.stderr
+    finally:
+        deployment.stop()

@@ -19,7 +19,7 @@ from django.db import connection
 
 from mirroring.client import PIECE, BlobBody, Permanent, Remote, Transient
 from msr import services, uploads
-from msr.models import Blob, Manifest, Repository, RepositoryBlob
+from msr.models import Manifest, Repository, RepositoryBlob
 from msr.references import is_valid_digest
 from msr.registry.errors import RegistryError as CoreError
 from msr.storage import get_storage
@@ -65,12 +65,9 @@ class LocalEnd:
         return RepositoryBlob.objects.filter(repository=self.repository, blob_id=digest).exists()
 
     def link_existing(self, digest: str) -> bool:
-        """Link bytes this deployment already stores (verified when they were stored)."""
-        blob = Blob.objects.filter(digest=digest).first()
-        if blob is None or get_storage().blob_size(digest) != blob.size:
-            return False
-        services.link_blob(self.repository, digest, blob.size)
-        return True
+        """Link bytes this deployment already stores (verified when they were stored),
+        checked under the blob's lock so a garbage collection cannot take them meanwhile."""
+        return services.link_stored_blob(self.repository, digest)
 
     def write_blob(self, digest: str, size: int, reader, on_bytes) -> None:
         upload = uploads.start_upload(self.repository, None)

@@ -16,6 +16,7 @@ from msr.models import Blob, Manifest, Repository, RepositoryBlob, Tag
 from msr.prepared import prepared
 from msr.references import digest_of, is_valid_digest, is_valid_tag, split_name
 from msr.registry import errors
+from msr.storage import get_storage
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -209,25 +210,41 @@ def put_manifest(repository: Repository, reference: str, body: bytes, content_ty
         raise errors.DigestInvalid(detail={"expected": reference, "computed": digest})
 
     with transaction.atomic():
+        # Lock what the manifest will reference (the garbage collector's mark, msr/gc.py):
+        # the collector either deleted it before (it reads as missing here) or sees the
+        # reference once it gets the lock. Manifests before blobs, each sorted, children
+        # before their index, as everywhere: no deadlock between pushes.
+        children = list(Manifest.objects.select_for_update().filter(
+            repository=repository, digest__in=parsed.child_digests).order_by("pk"))
+        manifest = Manifest.objects.select_for_update().filter(repository=repository, digest=digest).first()
+        held = set(
+            Blob.objects.select_for_update().filter(digest__in=set(parsed.blob_digests))
+            .order_by("digest").values_list("digest", flat=True)
+        )
         linked = set(
-            RepositoryBlob.objects.filter(repository=repository, blob_id__in=parsed.blob_digests)
+            RepositoryBlob.objects.filter(repository=repository, blob_id__in=held)
             .values_list("blob_id", flat=True)
         )
         missing = [d for d in parsed.blob_digests if d not in linked]
         if missing:
             raise errors.ManifestBlobUnknown(detail={"missing": missing})
-        children = list(Manifest.objects.filter(repository=repository, digest__in=parsed.child_digests))
         found = {child.digest for child in children}
         missing = [d for d in parsed.child_digests if d not in found]
         if missing:
             raise errors.ManifestBlobUnknown(detail={"missing": missing})
-        manifest, created = Manifest.objects.get_or_create(
-            repository=repository, digest=digest,
-            defaults=dict(media_type=parsed.media_type, content=body, size=len(body),
-                          subject_digest=parsed.subject_digest,
-                          artifact_type=parsed.artifact_type,
-                          annotations=parsed.annotations, pushed_by=user),
-        )
+        created = manifest is None
+        if created:
+            manifest, created = Manifest.objects.get_or_create(
+                repository=repository, digest=digest,
+                defaults=dict(media_type=parsed.media_type, content=body, size=len(body),
+                              subject_digest=parsed.subject_digest,
+                              artifact_type=parsed.artifact_type,
+                              annotations=parsed.annotations, pushed_by=user),
+            )
+        else:
+            # Pushed again: young again, so an untagged-manifest policy does not take it
+            # between this push and the index or tag that will use it.
+            Manifest.objects.filter(pk=manifest.pk).update(created_at=timezone.now())
         if created:
             manifest.blobs.set(set(parsed.blob_digests))
             manifest.children.set(children)
@@ -277,22 +294,70 @@ def linked_blob_size(name: str, digest: str) -> int:
     return row[0]
 
 
-def link_blob(repository: Repository, digest: str, size: int) -> None:
+# Every path that links a blob into a repository goes through `_link_held`, inside a
+# transaction holding the Blob row's lock, after checking the bytes are in storage: the
+# garbage collector removes bytes only while holding that lock (msr/gc.py explains why
+# this makes a concurrent push and a collection safe).
+
+
+def _hold_blob(digest: str, size: int | None = None) -> Blob | None:
+    """The Blob row, locked until the transaction ends (on SQLite the transaction itself
+    is the lock: BEGIN IMMEDIATE). With `size`, created when missing."""
+    blob = Blob.objects.select_for_update().filter(digest=digest).first()
+    if blob is None and size is not None:
+        try:
+            with transaction.atomic():
+                Blob.objects.create(digest=digest, size=size)
+        except IntegrityError:  # created by a concurrent push
+            pass
+        blob = Blob.objects.select_for_update().get(digest=digest)
+    return blob
+
+
+def _stored(blob: Blob) -> bool:
+    return get_storage().blob_size(blob.digest) == blob.size
+
+
+def _link_held(repository: Repository, blob: Blob) -> None:
+    """Link a locked blob into `repository` and mark both as just used, so that the
+    collector's grace period runs from now (the push's manifest is still to come)."""
+    now = timezone.now()
+    Blob.objects.filter(pk=blob.pk).update(created_at=now)
+    RepositoryBlob.objects.update_or_create(repository=repository, blob=blob, defaults={"created_at": now})
+
+
+def link_blob(repository: Repository, digest: str, size: int, republish=None) -> None:
+    """Link uploaded bytes. If the collector removed the blob since they were published,
+    `republish()` puts them back (False if it cannot: the upload must be sent again)."""
     with transaction.atomic():
-        blob, _ = Blob.objects.get_or_create(digest=digest, defaults={"size": size})
-        RepositoryBlob.objects.get_or_create(repository=repository, blob=blob)
+        blob = _hold_blob(digest, size)
+        if not _stored(blob) and (republish is None or not republish()):
+            raise errors.BlobUploadInvalid("the blob was removed while it was uploaded; upload it again",
+                                           detail={"digest": digest})
+        _link_held(repository, blob)
+
+
+def link_stored_blob(repository: Repository, digest: str) -> bool:
+    """Link bytes this deployment already stores; False if it does not (upload them)."""
+    with transaction.atomic():
+        blob = _hold_blob(digest)
+        if blob is None or not _stored(blob):
+            return False
+        _link_held(repository, blob)
+    return True
 
 
 def mount_blob(source_name: str, repository: Repository, digest: str) -> bool:
     """Link a blob of `source_name` into `repository`; False if the source lacks it."""
     namespace, rest = split_name(source_name)
-    blob = Blob.objects.filter(
-        digest=digest, repository_links__repository__namespace__name=namespace,
-        repository_links__repository__name=rest,
-    ).first()
-    if blob is None:
-        return False
-    RepositoryBlob.objects.get_or_create(repository=repository, blob=blob)
+    with transaction.atomic():
+        blob = Blob.objects.select_for_update(of=("self",)).filter(
+            digest=digest, repository_links__repository__namespace__name=namespace,
+            repository_links__repository__name=rest,
+        ).first()
+        if blob is None or not _stored(blob):
+            return False
+        _link_held(repository, blob)
     return True
 
 
@@ -314,7 +379,9 @@ def _manifest_tree(repository: Repository, digest: str) -> list[Manifest]:
     """The manifest `digest` of `repository`, its children (of an index) and the
     referrers attached to any of them (signatures, SBOMs, and their own referrers), in an
     order where every manifest comes after the manifests it references."""
-    root = Manifest.objects.filter(repository=repository, digest=digest).first()
+    # Locked: the collector deletes a child or referrer only after its parent or subject,
+    # so holding the root keeps the whole tree (and its blobs) while it is copied.
+    root = Manifest.objects.select_for_update().filter(repository=repository, digest=digest).first()
     if root is None:
         raise errors.ManifestUnknown(detail={"name": repository.full_name, "reference": digest})
     ordered: list[Manifest] = []
@@ -349,8 +416,15 @@ def link_manifest(source: Repository, digest: str, target: Repository, tag: str 
         raise errors.TagInvalid("invalid tag", detail={"tag": tag})
     with transaction.atomic():
         tree = _manifest_tree(source, digest)
+        # The target's copies, then the blobs, locked in put_manifest's order: the
+        # collector neither deletes a copy about to be tagged nor drops a target's link
+        # that a copy is about to use (msr/gc.py).
+        existing = {m.digest: m for m in Manifest.objects.select_for_update().filter(
+            repository=target, digest__in=[m.digest for m in tree]).order_by("pk")}
         blob_ids = set(
             Manifest.blobs.through.objects.filter(manifest__in=tree).values_list("blob_id", flat=True))
+        list(Blob.objects.select_for_update().filter(digest__in=blob_ids).order_by("digest")
+             .values_list("digest", flat=True))
         have = set(RepositoryBlob.objects.filter(repository=target, blob_id__in=blob_ids)
                    .values_list("blob_id", flat=True))
         RepositoryBlob.objects.bulk_create(
@@ -359,12 +433,15 @@ def link_manifest(source: Repository, digest: str, target: Repository, tag: str 
         copies: dict[str, Manifest] = {}
         changed = False
         for manifest in tree:
-            copy, created = Manifest.objects.get_or_create(
-                repository=target, digest=manifest.digest,
-                defaults=dict(media_type=manifest.media_type, content=bytes(manifest.content),
-                              size=manifest.size, subject_digest=manifest.subject_digest,
-                              artifact_type=manifest.artifact_type, annotations=manifest.annotations,
-                              pushed_by=user))
+            copy = existing.get(manifest.digest)
+            created = False
+            if copy is None:
+                copy, created = Manifest.objects.get_or_create(
+                    repository=target, digest=manifest.digest,
+                    defaults=dict(media_type=manifest.media_type, content=bytes(manifest.content),
+                                  size=manifest.size, subject_digest=manifest.subject_digest,
+                                  artifact_type=manifest.artifact_type, annotations=manifest.annotations,
+                                  pushed_by=user))
             if created:
                 changed = True
                 copy.blobs.set(list(manifest.blobs.values_list("digest", flat=True)))

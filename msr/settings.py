@@ -229,3 +229,22 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("MSR_LOG_LEVEL", "INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
+
+# Garbage collection (msr/gc.py): nothing younger than the grace period is collected
+# (blobs and links by their last push or mount, untagged manifests by their last push);
+# untagged manifests go only with MSR_GC_UNTAGGED=delete; uploads idle for
+# MSR_GC_UPLOAD_AGE seconds are abandoned. Beat runs it every MSR_GC_INTERVAL seconds (0: off).
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+
+GC_INTERVAL_SECONDS = env_int("MSR_GC_INTERVAL", 24 * 3600)
+GC_GRACE_SECONDS = env_int("MSR_GC_GRACE", 24 * 3600)
+GC_UNTAGGED = env_str("MSR_GC_UNTAGGED", "keep")
+GC_UPLOAD_AGE_SECONDS = env_int("MSR_GC_UPLOAD_AGE", 24 * 3600)
+if GC_UNTAGGED not in ("keep", "delete"):
+    raise ImproperlyConfigured(f"MSR_GC_UNTAGGED={GC_UNTAGGED!r}: expected keep or delete")
+for _name in ("MSR_GC_INTERVAL", "MSR_GC_GRACE", "MSR_GC_UPLOAD_AGE"):
+    if env_int(_name, 0) < 0:
+        raise ImproperlyConfigured(f"{_name}: expected a number of seconds, 0 or more")
+if GC_INTERVAL_SECONDS:
+    CELERY_BEAT_SCHEDULE["collect-garbage"] = {"task": "msr.tasks.collect_garbage",
+                                               "schedule": GC_INTERVAL_SECONDS}

@@ -78,3 +78,13 @@ def deliver_webhook(self, delivery_id: int) -> str:
         return "failed"
     countdown = settings.WEBHOOK_RETRY_BASE_SECONDS * 2 ** (number - 1)
     raise self.retry(countdown=countdown)
+
+
+@shared_task(acks_late=True)
+def collect_garbage() -> dict:
+    """Garbage collection with the configured grace period and untagged-manifest policy
+    (msr/gc.py); beat runs it every GC_INTERVAL_SECONDS. Safe to run twice or alongside
+    `msr manage gc`: every deletion re-checks under its lock, a second run finds less."""
+    from msr import gc
+
+    return gc.collect(trigger="schedule").as_dict()

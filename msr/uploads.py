@@ -93,14 +93,25 @@ def complete_upload(upload: Upload, digest: str, chunks) -> int:
                 size = storage.commit_upload(fd, upload_id, digest)
             except DigestMismatch as e:
                 raise errors.DigestInvalid(detail={"expected": e.expected, "computed": e.actual})
+
+            def republish() -> bool:
+                # The blob was already stored, so these bytes stayed in the upload area,
+                # and the garbage collector removed the stored copy before the link below
+                # took the blob's lock: publish ours (hashed already, so this is quick).
+                if storage.upload_size(upload_id) is None:
+                    return False  # ours were the published bytes
+                storage.commit_upload(fd, upload_id, digest)
+                return True
+
+            # Still holding the upload, so that `republish` can use its bytes.
+            with transaction.atomic():
+                services.link_blob(upload.repository, digest, size, republish)
+                Upload.objects.filter(pk=upload.pk).delete()
     except UploadBusy:
         raise errors.Busy(detail={"uuid": upload_id}) from None
-    except errors.DigestInvalid:
+    except (errors.DigestInvalid, errors.BlobUploadInvalid):
         cancel_upload(upload)
         raise
-    with transaction.atomic():
-        services.link_blob(upload.repository, digest, size)
-        Upload.objects.filter(pk=upload.pk).delete()
     storage.discard_upload(upload_id)
     return size
 

@@ -81,6 +81,7 @@ import os
 import time
 import uuid
 from collections import Counter, defaultdict
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from graphlib import CycleError, TopologicalSorter
@@ -92,6 +93,7 @@ from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
 from msr.events import record
+from msr.maintenance import maintenance_lock
 from msr.models import Blob, Event, Manifest, RepositoryBlob, Tag, Upload
 from msr.storage import FilesystemStorage, UploadBusy, get_storage
 
@@ -159,11 +161,14 @@ def collect(dry_run: bool = False, grace: int | None = None, untagged: str | Non
     cutoff = timezone.now() - timedelta(seconds=grace)
     report = Report(dry_run=dry_run, grace_seconds=grace, untagged=untagged)
 
-    if not dry_run:
-        _recover_aside(storage)
-    gone = _collect_manifests(report, cutoff, dry_run) if untagged == DELETE else []
-    _collect_blobs(report, storage, cutoff, gone, dry_run)
-    _collect_uploads(report, storage, time.time() - upload_age, dry_run)
+    # Not while a backup copies blobs its snapshot references, nor during a restore
+    # (msr/maintenance.py); a dry run deletes nothing and needs no lock.
+    with nullcontext() if dry_run else maintenance_lock("collect garbage"):
+        if not dry_run:
+            _recover_aside(storage)
+        gone = _collect_manifests(report, cutoff, dry_run) if untagged == DELETE else []
+        _collect_blobs(report, storage, cutoff, gone, dry_run)
+        _collect_uploads(report, storage, time.time() - upload_age, dry_run)
     report.seconds = round(time.monotonic() - started, 3)
     if not dry_run:
         record(Event.GC, detail={**report.as_dict(), "trigger": trigger})

@@ -86,5 +86,10 @@ def collect_garbage() -> dict:
     (msr/gc.py); beat runs it every GC_INTERVAL_SECONDS. Safe to run twice or alongside
     `msr manage gc`: every deletion re-checks under its lock, a second run finds less."""
     from msr import gc
+    from msr.maintenance import Busy
 
-    return gc.collect(trigger="schedule").as_dict()
+    try:
+        return gc.collect(trigger="schedule").as_dict()
+    except Busy as e:  # a backup is copying blobs: the next scheduled run collects
+        log.warning("garbage collection skipped: %s", e)
+        return {"skipped": str(e)}

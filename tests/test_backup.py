@@ -86,3 +86,18 @@ def test_backup_wipe_restore_and_pull_every_image_back(db_url, tmp_path):
         assert result.returncode != 0 and "holds repositories" in result.stderr
     finally:
         deployment.stop()
+
+
+def test_garbage_collection_waits_for_a_running_backup():
+    """A backup copies the blobs its database snapshot references after the snapshot: no
+    GC may delete in between. (grace: a day, so even a broken lock deletes nothing here.)"""
+    from msr import gc
+    from msr.maintenance import Busy, maintenance_lock
+    from msr.tasks import collect_garbage
+
+    with maintenance_lock("back up"):
+        with pytest.raises(Busy, match="a backup or a restore is running"):
+            gc.collect(grace=86400)
+        assert "skipped" in collect_garbage()
+        assert gc.collect(dry_run=True, grace=86400).dry_run  # a dry run deletes nothing: allowed
+    assert gc.collect(grace=86400).dry_run is False

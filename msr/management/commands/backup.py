@@ -5,7 +5,8 @@ Order gives consistency without stopping MSR: the database first (PostgreSQL: `p
 dir's generated keys, then the blob store. Blobs are content-addressed and never change,
 so every blob the database snapshot references is still there to copy afterwards —
 unless garbage collection deletes it in between: the command refuses to run while a GC
-holds its lock, and GC waits for the backup's (the same file lock, `DATA_DIR/gc.lock`).
+holds the maintenance lock (msr/maintenance.py), and GC skips its run while a backup
+holds it.
 Copies are incremental: a blob already in DIR (same name = same bytes) is not copied
 again, so DIR can be kept and refreshed. Upload areas are not backed up (clients retry).
 
@@ -14,7 +15,6 @@ keys/ (secret_key, token_key.pem, encryption_key — only those generated into t
 dir; keys given by environment variables are the operator's to keep), blobs/.
 """
 
-import fcntl
 import json
 import os
 import shutil
@@ -33,19 +33,15 @@ KEY_FILES = ("secret_key", "token_key.pem", "encryption_key")
 
 @contextmanager
 def maintenance_lock(what: str):
-    """Exclusive with garbage collection (and with another backup or restore)."""
-    path = Path(settings.DATA_DIR) / "gc.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """msr.maintenance's lock (exclusive with garbage collection), as a CommandError."""
+    from msr.maintenance import Busy
+    from msr.maintenance import maintenance_lock as lock
+
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise CommandError(f"cannot {what}: garbage collection or another backup/restore is running "
-                               f"(lock {path}); try again when it has finished") from None
-        yield
-    finally:
-        os.close(fd)
+        with lock(what):
+            yield
+    except Busy as e:
+        raise CommandError(str(e)) from None
 
 
 def pg_args(settings_dict) -> tuple[list[str], dict]:

@@ -2,7 +2,7 @@ import argparse
 import json
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from msr import gc
 
@@ -44,7 +44,12 @@ class Command(BaseCommand):
         parser.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON")
 
     def handle(self, dry_run, grace, untagged, upload_age, as_json, **options):
-        report = gc.collect(dry_run=dry_run, grace=grace, untagged=untagged, upload_age=upload_age)
+        from msr.maintenance import Busy
+
+        try:
+            report = gc.collect(dry_run=dry_run, grace=grace, untagged=untagged, upload_age=upload_age)
+        except Busy as e:
+            raise CommandError(str(e)) from None
         if as_json:
             self.stdout.write(json.dumps(report.as_dict()))
             return

@@ -45,7 +45,8 @@ def env_int(name: str, default: int) -> int:
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
-    value = os.environ.get(name)
+    """Comma-separated; `<name>_FILE` names a file holding the value (secrets)."""
+    value = env_str(name)
     if value is None:
         return default
     return [item.strip() for item in value.split(",") if item.strip()]

@@ -52,7 +52,11 @@ def test_backup_wipe_restore_and_pull_every_image_back(db_url, tmp_path):
 
         backup = tmp_path / "backup"
         out = deployment.manage("backup", str(backup)).stdout
-        assert "backup in" in out and json.loads((backup / "backup.json").read_text())["keys"]
+        meta = json.loads((backup / "backup.json").read_text())
+        assert "backup in" in out and meta["keys"]
+        # password hashes and signing keys: readable by the owner only
+        assert (backup / meta["database"]).stat().st_mode & 0o077 == 0
+        assert all((backup / "keys" / k).stat().st_mode & 0o077 == 0 for k in meta["keys"])
         # a second run copies no blob again (incremental)
         assert "0 new blob file(s)" in deployment.manage("backup", str(backup)).stdout
 

@@ -82,6 +82,8 @@ class Command(BaseCommand):
         parser.add_argument("directory")
 
     def handle(self, directory, **options):
+        # The dump holds password hashes and the keys sign tokens: owner-only files.
+        os.umask(0o077)
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
         started = time.time()

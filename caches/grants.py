@@ -8,6 +8,7 @@ import ipaddress
 from django.conf import settings
 
 from caches.models import ContentCache, NetworkRule, UserCacheChoice
+from msr.logs import current_request_id
 from msr.tokens import sign
 
 GRANT_TYPE = "blob-grant"
@@ -49,5 +50,10 @@ def _cache_for_address(client_ip: str) -> ContentCache | None:
 
 
 def redirect_url(cache: ContentCache, repository: str, digest: str, username: str) -> str:
+    """The cache's URL for this blob, with the grant and the id of the request being
+    served (`rid`: the client follows the redirect without our headers, and the cache
+    logs this id, so one pull reads as one id in MSR's log and the cache's)."""
     grant = issue_grant(cache, repository, digest, username)
-    return f"{cache.url.rstrip('/')}/v2/{repository}/blobs/{digest}?grant={grant}"
+    url = f"{cache.url.rstrip('/')}/v2/{repository}/blobs/{digest}?grant={grant}"
+    request_id = current_request_id()
+    return f"{url}&rid={request_id}" if request_id else url

@@ -14,11 +14,16 @@ It serves `GET/HEAD /v2/<name>/blobs/<digest>?grant=<grant>`:
 Also: `/healthz`, `/metrics` (Prometheus text), `/stats` (JSON, read by MSR's health
 check), `POST /purge` (a purge token from MSR), and eviction by TTL and LRU size budget.
 
+Every blob request is logged (one JSON object per line, or text with MSR_LOG_FORMAT=text)
+with the request id MSR put in the redirect (`rid`), or the `X-Request-ID` of a child
+cache, which is passed on to the upstream: one id follows a layer through the chain.
+
 Configuration comes from the environment (set by `msr cache`): MSR_CACHE_NAME,
 MSR_CACHE_MSR_URL, MSR_CACHE_UPSTREAM, MSR_CACHE_DATA_DIR, MSR_CACHE_MAX_SIZE,
-MSR_CACHE_TTL.
+MSR_CACHE_TTL, MSR_LOG_FORMAT, MSR_LOG_LEVEL.
 """
 
+import contextvars
 import errno
 import fcntl
 import hashlib
@@ -28,20 +33,32 @@ import logging
 import os
 import re
 import secrets
+import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import jwt
 import requests
+from gunicorn import glogging
 
 from caches.files import LimitedFile, RangeNotSatisfiable, parse_range
 
 log = logging.getLogger("msr.cache")
+access_log = logging.getLogger("msr.cache.access")
 CHUNK = 1024 * 1024
 BLOB_PATH_RE = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}))$")
+BLOB_ROUTE = "/v2/<name>/blobs/<digest>"
+OTHER_ROUTES = frozenset({"/healthz", "/stats", "/metrics", "/purge"})
 COUNTERS = ("hits", "misses", "bytes_from_disk", "bytes_from_upstream", "upstream_fetches",
             "upstream_failures", "refused")
+# The same shape MSR accepts (msr/logs.py); anything else is replaced by a new id.
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# The id of the request this thread serves, for every line logged while serving it
+# (streaming a miss included: gthread serves a request on one thread to the end).
+_request_id = contextvars.ContextVar("msr_cache_request_id", default="")
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -59,6 +76,56 @@ def parse_duration(value: str) -> int:
     if not match:
         raise ValueError(f"not a duration: {value!r} (e.g. 24h, 30m)")
     return int(match.group(1)) * _TIME_UNITS[match.group(2) or "s"]
+
+
+class LogFormatter(logging.Formatter):
+    """MSR's log formats without importing MSR (the node stays small): one JSON object
+    per line, or `<time> <level> <logger> <message> key=value ...`. Fields come from the
+    record's `extra=`; the request id from the request being served."""
+
+    def __init__(self, json_lines=True):
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self.json_lines = json_lines
+
+    def format(self, record):
+        fields = {"request_id": _request_id.get(), **getattr(record, "fields", {})}
+        fields = {key: value for key, value in fields.items() if value not in ("", None)}
+        if not self.json_lines:
+            line = super().format(record)
+            first, newline, rest = line.partition("\n")
+            return " ".join([first, *(f"{k}={v}" for k, v in fields.items())]) + newline + rest
+        entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+                 .replace("+00:00", "Z"),
+                 "level": record.levelname, "logger": record.name, "message": record.getMessage(), **fields}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _log_formatter() -> LogFormatter:
+    return LogFormatter(json_lines=os.environ.get("MSR_LOG_FORMAT", "json") != "text")
+
+
+def _configure_logging() -> None:
+    """The node's lines (msr.cache, msr.cache.access) on stderr, in the node's format."""
+    node_log = logging.getLogger("msr.cache")
+    if not node_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_log_formatter())
+        node_log.addHandler(handler)
+        node_log.setLevel(os.environ.get("MSR_LOG_LEVEL", "INFO"))
+        node_log.propagate = False
+
+
+class GunicornLogger(glogging.Logger):
+    """gunicorn's own lines (start, workers) in the node's format (`msr cache` passes
+    --logger-class). Not a logconfig_dict: that would also switch on gunicorn's access
+    log, which prints query strings, where grants travel."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(_log_formatter())
 
 
 class Config:
@@ -111,6 +178,7 @@ class Metrics:
     def __init__(self, directory: Path):
         self.directory = directory
         self.values = dict.fromkeys(COUNTERS, 0)
+        self.values["requests"] = {}  # "<route> <status>" -> count
         self._lock = threading.Lock()
         self._dirty = True
         directory.mkdir(parents=True, exist_ok=True)
@@ -118,6 +186,12 @@ class Metrics:
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self.values[name] += amount
+            self._dirty = True
+
+    def count_request(self, route: str, status: str) -> None:
+        key = f"{route} {status}"
+        with self._lock:
+            self.values["requests"][key] = self.values["requests"].get(key, 0) + 1
             self._dirty = True
 
     def save(self) -> None:
@@ -133,6 +207,7 @@ class Metrics:
     def total(self) -> dict:
         self.save()
         totals = dict.fromkeys(COUNTERS, 0)
+        requests_by_route = {}
         for path in self.directory.glob("*.json"):
             try:
                 values = json.loads(path.read_text())
@@ -140,7 +215,9 @@ class Metrics:
                 continue
             for name in COUNTERS:
                 totals[name] += int(values.get(name, 0))
-        return totals
+            for key, count in (values.get("requests") or {}).items():
+                requests_by_route[key] = requests_by_route.get(key, 0) + int(count)
+        return {**totals, "requests": requests_by_route}
 
 
 def _error(start_response, status: str, code: str, message: str, extra_headers=()):
@@ -158,6 +235,7 @@ class CacheNode:
         self.locks = config.data_dir / "locks"
         for directory in (self.blobs, self.tmp, self.locks):
             directory.mkdir(parents=True, exist_ok=True)
+        _configure_logging()
         self.keys = Keys(config.msr_url)
         self.metrics = Metrics(config.data_dir / "metrics")
         self.session = requests.Session()
@@ -166,21 +244,46 @@ class CacheNode:
     # -- WSGI ---------------------------------------------------------------------------
 
     def __call__(self, environ, start_response):
+        started = time.perf_counter()
         path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
+        blob = BLOB_PATH_RE.match(path)
+        route = BLOB_ROUTE if blob else path if path in OTHER_ROUTES else "unmatched"
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        request_id = (query.get("rid") or [""])[0] or environ.get("HTTP_X_REQUEST_ID", "")
+        if not _REQUEST_ID_RE.fullmatch(request_id):
+            request_id = secrets.token_hex(16)
+        _request_id.set(request_id)
+        environ["msr.request_id"] = request_id
+
+        def respond(status, headers, exc_info=None):
+            headers.append(("X-Request-ID", request_id))
+            self.metrics.count_request(route, status[:3])
+            if blob:
+                x_cache = next((value for name, value in headers if name == "X-Cache"), "")
+                access_log.info("%s %s %s", method, route, status[:3], extra={"fields": {
+                    "method": method, "route": route, "status": int(status[:3]),
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "user": environ.get("msr.user", ""), "repository": blob.group("name"),
+                    "digest": blob.group("digest"), "cache": self.config.name, "x_cache": x_cache}})
+            return start_response(status, headers, exc_info)
+
+        return self._route(environ, respond, path, method, blob, query)
+
+    def _route(self, environ, start_response, path, method, match, query):
         if path == "/healthz":
             return self._json(start_response, {"status": "ok", "name": self.config.name})
         if path == "/stats":
-            return self._json(start_response, {**self.metrics.total(), "disk_used": self.disk_used(),
-                                               "name": self.config.name})
+            totals = self.metrics.total()
+            del totals["requests"]
+            return self._json(start_response, {**totals, "disk_used": self.disk_used(), "name": self.config.name})
         if path == "/metrics":
             return self._prometheus(start_response)
         if path == "/purge" and method == "POST":
             return self._purge(environ, start_response)
-        match = BLOB_PATH_RE.match(path)
         if match is None or method not in ("GET", "HEAD"):
             return _error(start_response, "404 Not Found", "UNSUPPORTED", "no such endpoint on a cache")
         name, digest = match.group("name"), match.group("digest")
-        refusal = self._check_grant(environ, name, digest)
+        refusal = self._check_grant(environ, name, digest, query)
         if refusal:
             self.metrics.add("refused")
             return _error(start_response, *refusal)
@@ -198,7 +301,13 @@ class CacheNode:
             metric = f"msr_cache_{name}_total"
             lines += [f"# TYPE {metric} counter", f'{metric}{{cache="{self.config.name}"}} {totals[name]}']
         lines += ["# TYPE msr_cache_disk_used_bytes gauge",
-                  f'msr_cache_disk_used_bytes{{cache="{self.config.name}"}} {self.disk_used()}']
+                  f'msr_cache_disk_used_bytes{{cache="{self.config.name}"}} {self.disk_used()}',
+                  "# HELP msr_cache_requests_total Requests answered, by route and status",
+                  "# TYPE msr_cache_requests_total counter"]
+        for key, count in sorted(totals["requests"].items()):
+            route, _, status = key.rpartition(" ")
+            lines.append(f'msr_cache_requests_total{{cache="{self.config.name}",route="{route}",'
+                         f'status="{status}"}} {count}')
         body = ("\n".join(lines) + "\n").encode()
         start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4"), ("Content-Length", str(len(body)))])
         return [body]
@@ -216,10 +325,8 @@ class CacheNode:
             raise jwt.InvalidTokenError(f"not a {typ}")
         return claims
 
-    def _check_grant(self, environ, name, digest):
-        from urllib.parse import parse_qs
-
-        grant = (parse_qs(environ.get("QUERY_STRING", "")).get("grant") or [""])[0]
+    def _check_grant(self, environ, name, digest, query):
+        grant = (query.get("grant") or [""])[0]
         if not grant:
             return ("401 Unauthorized", "UNAUTHORIZED", "a grant from MSR is required")
         try:
@@ -231,6 +338,7 @@ class CacheNode:
         if claims.get("repo") != name or claims.get("digest") != digest:
             return ("403 Forbidden", "DENIED", "the grant is for another blob")
         environ["msr.grant"] = grant
+        environ["msr.user"] = claims.get("sub") or ""
         return None
 
     # -- blobs --------------------------------------------------------------------------
@@ -296,6 +404,7 @@ class CacheNode:
         url = f"{self.config.upstream}/v2/{name}/blobs/{digest}"
         try:
             upstream = self.session.get(url, params={"grant": environ["msr.grant"]}, stream=True,
+                                        headers={"X-Request-ID": environ["msr.request_id"]},
                                         timeout=(5, 60), allow_redirects=False)
         except requests.RequestException as e:
             os.close(lock_fd)

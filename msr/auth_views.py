@@ -23,6 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.credentials import check_credentials
 from accounts.models import AccessToken
+from msr import logs, metrics
 from msr.events import record
 from msr.models import Event
 from msr.references import is_valid_name
@@ -42,6 +43,8 @@ def _login(request, username: str, password: str):
            request=request)
     if user is None:
         log.info("token refused: bad credentials for %r", username)
+    else:
+        logs.set_user(user.username)
     return user
 
 
@@ -103,6 +106,8 @@ def _token_response(user, scopes, offline: bool, refresh_token: str | None, oaut
     access = grant_access(user, scopes)
     subject = user.username if user else ""
     token, ttl = issue_access_token(subject, access)
+    metrics.TOKENS_ISSUED.inc()
+    logs.set_user(subject)
     body = {
         "token": token,
         "access_token": token,

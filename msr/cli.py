@@ -68,9 +68,9 @@ def _gunicorn_argv(args) -> list[str]:
         # A per-host control socket would collide between several MSRs on one machine.
         "--no-control-socket",
         "--forwarded-allow-ips", os.environ.get("MSR_FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        # Prometheus multiprocess directory and hooks; gunicorn's lines in MSR's log format.
+        "--config", "python:msr.gunicorn_config",
     ]
-    if os.environ.get("MSR_ACCESS_LOG", "").lower() in ("1", "true", "yes"):
-        argv += ["--access-logfile", "-"]
     if os.path.isdir("/dev/shm"):
         argv += ["--worker-tmp-dir", "/dev/shm"]
     settings.STATIC_ROOT.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,7 @@ def _cache_argv(args) -> tuple[list[str], dict]:
     argv = [sys.executable, "-m", "gunicorn", "caches.node:application", "--bind", args.bind,
             "--workers", str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
             "--keep-alive", "5", "--timeout", "300", "--name", f"msr-cache-{args.name}",
-            "--no-control-socket"]
+            "--no-control-socket", "--logger-class", "caches.node.GunicornLogger"]
     if os.path.isdir("/dev/shm"):
         argv += ["--worker-tmp-dir", "/dev/shm"]
     return argv, env

@@ -248,3 +248,27 @@ for _name in ("MSR_GC_INTERVAL", "MSR_GC_GRACE", "MSR_GC_UPLOAD_AGE"):
 if GC_INTERVAL_SECONDS:
     CELERY_BEAT_SCHEDULE["collect-garbage"] = {"task": "msr.tasks.collect_garbage",
                                                "schedule": GC_INTERVAL_SECONDS}
+
+# -- Observability (README, "Observability") ---------------------------------------------------
+import ipaddress as _ipaddress  # noqa: E402
+
+from django.core.exceptions import ImproperlyConfigured as _ImproperlyConfigured  # noqa: E402
+
+from msr import logs as _logs  # noqa: E402  (no Django inside)
+
+# Logs: one JSON object per line (json) or plain lines (text), on stderr, with the request
+# id; MSR_ACCESS_LOG adds one line per request (route, status, duration, user).
+LOG_FORMAT = env_str("MSR_LOG_FORMAT", "json")
+if LOG_FORMAT not in _logs.FORMATTERS:
+    raise _ImproperlyConfigured(f"MSR_LOG_FORMAT={LOG_FORMAT!r}: expected json or text")
+ACCESS_LOG = env_bool("MSR_ACCESS_LOG", False)
+LOGGING = _logs.logging_config(LOG_FORMAT, env_str("MSR_LOG_LEVEL", "INFO"))
+# Celery's workers log through the handler above instead of installing their own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Who may read /metrics without credentials (CIDRs, comma-separated; empty: nobody, and
+# then only a system admin's Basic credentials do).
+try:
+    METRICS_ALLOW = [_ipaddress.ip_network(cidr, strict=False)
+                     for cidr in env_list("MSR_METRICS_ALLOW", ["127.0.0.1/32", "::1/128"])]
+except ValueError as _e:
+    raise _ImproperlyConfigured(f"MSR_METRICS_ALLOW: {_e}") from None

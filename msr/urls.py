@@ -1,11 +1,14 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from msr import auth_views
+from msr import auth_views, health, metrics
 
 urlpatterns = [
     path("auth/token", auth_views.token, name="token"),
     path("auth/jwks.json", auth_views.jwks_view, name="jwks"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v0/", include("msr.api.urls")),
     path("", include("msr.registry.urls")),

@@ -9,7 +9,7 @@ from django.http import FileResponse, HttpResponse
 from accounts.models import User
 from accounts.permissions import readable_repositories
 from caches.files import LimitedFile, RangeNotSatisfiable, parse_range
-from msr import services, uploads
+from msr import metrics, services, uploads
 from msr.events import record_pull
 from msr.models import Manifest, Repository, Tag
 from msr.references import is_valid_digest, is_valid_name, split_name
@@ -62,6 +62,7 @@ class ManifestView(RegistryView):
     def get(self, request, name, reference):
         response = self._fetch(request, name, reference)
         record_pull(self.username, name, reference, response["Docker-Content-Digest"], request)
+        metrics.PULLS.inc()
         return response
 
     def head(self, request, name, reference):
@@ -75,6 +76,7 @@ class ManifestView(RegistryView):
         repository = services.ensure_repository(name)
         content_type = request.META.get("CONTENT_TYPE", "").split(";")[0].strip()
         manifest = services.put_manifest(repository, reference, body, content_type, _user(self))
+        metrics.PUSHES.inc()
         headers = {
             "Location": f"/v2/{name}/manifests/{manifest.digest}",
             "Docker-Content-Digest": manifest.digest,
@@ -134,7 +136,10 @@ class BlobView(RegistryView):
         from caches.grants import choose_cache, redirect_url
 
         cache = choose_cache(self.username, request.META.get("REMOTE_ADDR"))
-        return redirect_url(cache, name, digest, self.username) if cache else None
+        if cache is None:
+            return None
+        metrics.CACHE_REDIRECTS.labels(cache.name).inc()
+        return redirect_url(cache, name, digest, self.username)
 
     def _serve(self, request, digest, size):
         try:

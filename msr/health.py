@@ -1,0 +1,100 @@
+"""Probes for load balancers and orchestrators (no authentication, no UI middleware).
+
+`/healthz`: liveness. The process answers; nothing else is asked, so a database outage
+does not get every web process restarted.
+`/readyz`: readiness. The database answers a query, the broker is reachable (Redis
+PING, or the filesystem broker's folder writable), the blob storage is writable (a file
+created and deleted). 200 when all pass, else 503 naming the failing checks. Error
+messages are shown only to the addresses of MSR_METRICS_ALLOW.
+"""
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import connection
+from django.http import JsonResponse
+
+from msr.metrics import address_allowed
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_SECONDS = 2
+
+
+def healthz(request):
+    return JsonResponse({"status": "ok"})
+
+
+def _writable(folder: Path) -> None:
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".readyz-") as probe:
+        probe.write(b"ok")
+        probe.flush()
+
+
+def check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+def check_broker() -> None:
+    url = settings.CELERY_BROKER_URL
+    scheme = urlsplit(url).scheme
+    if scheme == "filesystem":
+        _writable(Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]))
+    elif scheme in ("redis", "rediss"):
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    else:
+        from kombu import Connection
+
+        with Connection(url, connect_timeout=TIMEOUT_SECONDS) as broker:
+            broker.ensure_connection(max_retries=1, timeout=TIMEOUT_SECONDS)
+
+
+def check_storage() -> None:
+    settings.STORAGE_DIR.mkdir(parents=True, exist_ok=True)  # as the first upload would
+    _writable(settings.STORAGE_DIR)
+
+
+CHECKS = {"database": check_database, "broker": check_broker, "storage": check_storage}
+
+
+def _error(e: Exception) -> str:
+    message = f"{type(e).__name__}: {e}"[:300]
+    password = urlsplit(settings.CELERY_BROKER_URL).password
+    return message.replace(password, "***") if password else message
+
+
+def readyz(request):
+    results, failing = {}, []
+    for name, check in CHECKS.items():
+        started = time.perf_counter()
+        try:
+            check()
+        except Exception as e:
+            failing.append(name)
+            results[name] = {"ok": False, "error": _error(e)}
+        else:
+            results[name] = {"ok": True}
+        results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    if failing:
+        log.warning("not ready: %s", ", ".join(f"{n} ({results[n]['error']})" for n in failing),
+                    extra={"failing": ",".join(failing)})
+        if not address_allowed(request, settings.METRICS_ALLOW):
+            for result in results.values():
+                result.pop("error", None)
+    body = {"status": "unavailable" if failing else "ok", "failing": failing, "checks": results}
+    response = JsonResponse(body, status=503 if failing else 200)
+    response["Cache-Control"] = "no-store"
+    response._has_been_logged = True  # the warning above says more than Django's "Service Unavailable"
+    return response

@@ -1,0 +1,244 @@
+"""Prometheus metrics of MSR, served at `/metrics`.
+
+Counters live in each web process. Under `msr serve` / `msr up` gunicorn runs several
+worker processes, so prometheus_client's multiprocess mode is on (PROMETHEUS_MULTIPROC_DIR,
+set by msr/gunicorn_config.py): each process writes its values to mmap files and a
+scrape adds up every process's files. Counting is an in-memory write under
+prometheus_client's lock: no database, no I/O on the request path.
+
+Mirroring jobs run in Celery workers, other processes and often other hosts; their
+figures come from the Job table at scrape time instead (one grouped query), which is
+right whatever the number of workers and survives their restarts.
+"""
+
+import ipaddress
+import logging
+import os
+import re
+from datetime import timedelta
+
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
+                               disable_created_metrics, generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+log = logging.getLogger(__name__)
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+disable_created_metrics()
+
+# Seconds until the response starts; for a blob GET the body's streaming is not included.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+REQUESTS = Counter("msr_http_requests", "HTTP requests answered, by route (URL pattern), method and status",
+                   ["route", "method", "status"])
+REQUEST_DURATION = Histogram("msr_http_request_duration_seconds",
+                             "Time from request to response headers, by route and method",
+                             ["route", "method"], buckets=_LATENCY_BUCKETS)
+PULLS = Counter("msr_pulls", "Pulls: manifest GETs answered 200")
+PUSHES = Counter("msr_pushes", "Pushes: manifests stored by PUT")
+CACHE_REDIRECTS = Counter("msr_cache_redirects", "Layer GETs redirected (307) to a content cache", ["cache"])
+TOKENS_ISSUED = Counter("msr_tokens_issued", "Access tokens issued by the token service")
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# (route, method, status) -> (counter child, histogram child): labels() takes a lock and
+# builds a key on every call; the children are looked up once per combination.
+_children: dict[tuple, tuple] = {}
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    key = (route, method if method in _METHODS else "other", status)
+    children = _children.get(key)
+    if children is None:
+        children = _children[key] = (REQUESTS.labels(key[0], key[1], str(status)),
+                                     REQUEST_DURATION.labels(key[0], key[1]))
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+# -- route templates -----------------------------------------------------------------------
+
+_templates: dict[str, str] = {}
+_CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")
+
+
+def route_of(request) -> str:
+    """The URL pattern that answered, as a template (`/v2/<name>/manifests/<reference>`):
+    bounded by the number of routes, whatever paths clients send."""
+    match = request.resolver_match
+    if match is None:
+        return "/static/" if request.path_info.startswith("/static/") else "unmatched"
+    template = _templates.get(match.route)
+    if template is None:
+        template = _templates[match.route] = route_template(match.route)
+    return template
+
+
+def route_template(route: str) -> str:
+    """`^v2/(?P<name>.+?)/blobs/uploads/?$` -> `/v2/<name>/blobs/uploads/`;
+    `api/v0/accounts/<str:name>` -> `/api/v0/accounts/<name>`; a regular expression
+    without `$` matches a prefix and ends in `*`."""
+    open_ended = route.startswith("^") and not route.endswith("$")
+    out, i = [], 0
+    try:
+        while i < len(route):
+            if route.startswith("(?P<", i):
+                close = route.index(">", i)
+                out.append(f"<{route[i + 4:close]}>")
+                i = _group_end(route, close + 1)
+            else:
+                out.append(route[i])
+                i += 1
+    except (ValueError, IndexError):
+        return route  # not a pattern we can read: the pattern itself is still bounded
+    template = _CONVERTER.sub(r"<\1>", "".join(out))
+    template = template.replace("^", "").replace("$", "").replace("/?", "/").replace("\\", "")
+    return "/" + template.lstrip("/") + ("*" if open_ended else "")
+
+
+def _group_end(pattern: str, i: int) -> int:
+    """Index just after the `)` closing the group whose body starts at `i`."""
+    depth = 1
+    while depth:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":  # a character class may hold parentheses
+            i += 1
+            while pattern[i] != "]" or pattern[i - 1] == "\\":
+                i += 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        i += 1
+    return i
+
+
+# -- mirroring jobs, from the Job table ------------------------------------------------------
+
+_JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+
+
+class JobCollector:
+    """msr_mirroring_jobs_total{action,status}: jobs that ended (done, failed, canceled);
+    msr_mirroring_jobs_active{action,status}: waiting or running now;
+    msr_mirroring_job_duration_seconds{action}: started_at to finished_at of ended jobs
+    (a retried job's last attempt)."""
+
+    def collect(self):
+        from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
+
+        from mirroring.models import Job
+
+        actions = [action for action, _ in Job.ACTIONS]
+        counts = {(a, s): n for a, s, n in Job.objects.order_by().values_list("action", "status")
+                  .annotate(n=Count("pk"))}
+        ended = CounterMetricFamily("msr_mirroring_jobs", "Mirroring and promotion jobs that ended, by outcome",
+                                    labels=["action", "status"])
+        active = GaugeMetricFamily("msr_mirroring_jobs_active", "Mirroring and promotion jobs waiting or running",
+                                   labels=["action", "status"])
+        for action in actions:
+            for status in (Job.DONE, Job.FAILED, Job.CANCELED):
+                ended.add_metric([action, status], counts.get((action, status), 0))
+            for status in Job.ACTIVE:
+                active.add_metric([action, status], counts.get((action, status), 0))
+        yield ended
+        yield active
+
+        duration = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
+        buckets = {f"le{i}": Count("pk", filter=Q(duration__lte=timedelta(seconds=bound)))
+                   for i, bound in enumerate(_JOB_BUCKETS)}
+        rows = {row["action"]: row for row in Job.objects.order_by()
+                .filter(status__in=(Job.DONE, Job.FAILED, Job.CANCELED), started_at__isnull=False,
+                        finished_at__isnull=False)
+                .annotate(duration=duration).values("action")
+                .annotate(count=Count("pk"), total=Sum("duration"), **buckets)}
+        histogram = HistogramMetricFamily("msr_mirroring_job_duration_seconds",
+                                          "Run time of ended jobs (their last attempt), by action",
+                                          labels=["action"])
+        for action in actions:
+            row = rows.get(action, {})
+            cumulative = [(str(float(bound)), row.get(f"le{i}", 0)) for i, bound in enumerate(_JOB_BUCKETS)]
+            total = row.get("total") or timedelta(0)
+            histogram.add_metric([action], cumulative + [("+Inf", row.get("count", 0))],
+                                 sum_value=total.total_seconds())
+        yield histogram
+
+
+def exposition() -> bytes:
+    """The text of a scrape: every web process's counters, then the job figures (left
+    out while the database is unavailable: the request counters matter most then)."""
+    from django.db import DatabaseError
+
+    if MULTIPROCESS:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    jobs = CollectorRegistry()
+    jobs.register(JobCollector())
+    try:
+        job_text = generate_latest(jobs)
+    except DatabaseError as e:
+        log.warning("metrics: job figures left out, the database is unavailable: %s", e)
+        job_text = b""
+    return generate_latest(registry) + job_text
+
+
+# -- who may scrape ----------------------------------------------------------------------------
+
+
+def address_allowed(request, networks) -> bool:
+    """The client's address is in `networks` and it came straight to MSR. A request that
+    passed a reverse proxy (X-Forwarded-For) does not count as coming from the proxy's
+    address, typically 127.0.0.1."""
+    if request.META.get("HTTP_X_FORWARDED_FOR"):
+        return False
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address.version == network.version and address in network for network in networks)
+
+
+def metrics_view(request):
+    """`GET /metrics`: to the addresses of MSR_METRICS_ALLOW, or with a system admin's
+    Basic credentials (a personal access token as the password)."""
+    from django.conf import settings
+    from django.http import HttpResponse
+
+    if not address_allowed(request, settings.METRICS_ALLOW):
+        refusal = _refusal(request)
+        if refusal is not None:
+            return refusal
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+def _refusal(request):
+    import base64
+    import binascii
+
+    from django.http import HttpResponse
+
+    from accounts.credentials import check_credentials
+
+    scheme, _, encoded = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    user = None
+    if scheme.lower() == "basic":
+        try:
+            username, _, password = base64.b64decode(encoded.strip()).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            username = password = ""
+        user = check_credentials(username, password) if username else None
+    if user is None:
+        response = HttpResponse("metrics: allowed from MSR_METRICS_ALLOW or with a system admin's credentials\n",
+                                status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Basic realm="msr metrics"'
+        return response
+    if not user.is_superuser:
+        return HttpResponse("metrics: only system admins\n", status=403, content_type="text/plain")
+    return None

@@ -5,50 +5,11 @@ The session's MSR server runs no Celery worker, so a job that is created stays w
 the test moves it along in the (shared, committed) database where it needs a running or
 finished job. Screenshots go to the folder tests/test_ui.py uses."""
 
-from pathlib import Path
 
 import pytest
 
 from tests.processes import free_port
-from tests.test_ui import SCREENSHOTS, check_accessibility_basics, shot
-
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def sign_in(browser, msr, personas):
-    contexts = []
-
-    def open_as(persona: str):
-        context = browser.new_context(base_url=msr, viewport={"width": 1280, "height": 900})
-        contexts.append(context)
-        page = context.new_page()
-        page.goto("/login/")
-        page.get_by_label("Username").fill(persona)
-        page.get_by_label("Password").fill(f"{persona}-password")
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url("**/repositories/")
-        return page
-
-    yield open_as
-    for context in contexts:
-        context.close()
-
+from tests.test_ui import browser, check_accessibility_basics, shot, sign_in  # noqa: F401  (fixtures)
 
 @pytest.fixture
 def repository(personas, unique):

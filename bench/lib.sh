@@ -104,6 +104,18 @@ stop_pid() {  # stop_pid PID [seconds]: TERM, wait, then KILL
 proc_children() {  # direct children of PID (all threads)
   cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+$' || true
 }
+stop_gunicorn() {  # stop_gunicorn PID: graceful TERM to a gunicorn master, KILL after 40 s
+  local pid=$1 kids k i
+  [ -n "$pid" ] || return 0
+  kids=$(proc_children "$pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 400); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for k in $kids; do   # workers orphaned by a killed master (checked to be ours)
+    if grep -q gunicorn "/proc/$k/cmdline" 2>/dev/null; then kill -9 "$k" 2>/dev/null || true; fi
+  done
+}
 
 stop_msr() {
   [ -n "$MSR_PID" ] && [ "$MSR_OWNED" = 1 ] || return 0

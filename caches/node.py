@@ -405,7 +405,7 @@ class CacheNode:
         try:
             upstream = self.session.get(url, params={"grant": environ["msr.grant"]}, stream=True,
                                         headers={"X-Request-ID": environ["msr.request_id"]},
-                                        timeout=(5, 60), allow_redirects=False)
+                                        timeout=(5, 60), allow_redirects=True)
         except requests.RequestException as e:
             os.close(lock_fd)
             self.metrics.add("upstream_failures")

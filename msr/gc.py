@@ -52,7 +52,8 @@ push and cannot deadlock with one.
   extra query.
 * The *bytes* leave only under that lock: inside the deleting transaction the file is
   renamed aside (atomic, same file system), and it is removed only after the commit; if
-  the transaction fails it is put back. A push that waited for the lock therefore sees
+  the transaction fails it is put back (S3: copied aside and deleted, as S3 has no
+  rename). A push that waited for the lock therefore sees
   row and file gone together, never a row without its file. (Unlinking the file only
   after the commit, outside the lock, would not do: an upload could recreate the row in
   between, finding the old file still there and dropping its own bytes, and then lose
@@ -77,7 +78,6 @@ see MANIFEST_BLOB_UNKNOWN if a run collects it meanwhile; pushing again uploads 
 """
 
 import logging
-import os
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -85,7 +85,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from graphlib import CycleError, TopologicalSorter
-from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -95,15 +94,12 @@ from django.utils import timezone
 from msr.events import record
 from msr.maintenance import maintenance_lock
 from msr.models import Blob, Event, Manifest, RepositoryBlob, Tag, Upload
-from msr.storage import FilesystemStorage, UploadBusy, get_storage
+from msr.storage import UploadBusy, get_storage
 
 log = logging.getLogger(__name__)
 
 KEEP, DELETE = "keep", "delete"
 UNTAGGED_POLICIES = (KEEP, DELETE)
-# Bytes of deleted blobs wait here (under the storage root) between the row's deletion
-# and its commit.
-ASIDE = "gc-aside"
 MANIFEST_BLOBS = Manifest.blobs.through
 MANIFEST_CHILDREN = Manifest.children.through
 CHUNK = 500
@@ -194,7 +190,7 @@ def _collect_manifests(report: Report, cutoff: datetime, dry_run: bool) -> list[
     return []  # a real run reads what is left
 
 
-def _collect_blobs(report: Report, storage: FilesystemStorage, cutoff: datetime, gone: list[int],
+def _collect_blobs(report: Report, storage, cutoff: datetime, gone: list[int],
                    dry_run: bool) -> None:
     """Delete (or count) unused links, then unreferenced blobs with their bytes."""
     links = plan_links(cutoff, gone)
@@ -219,7 +215,7 @@ def _collect_blobs(report: Report, storage: FilesystemStorage, cutoff: datetime,
         report.spared += len(batch) - count
 
 
-def _collect_uploads(report: Report, storage: FilesystemStorage, cutoff: float, dry_run: bool) -> None:
+def _collect_uploads(report: Report, storage, cutoff: float, dry_run: bool) -> None:
     for upload_id in _stale_uploads(storage, cutoff):
         freed = _upload_size(storage, upload_id) if dry_run else _delete_upload(storage, upload_id, cutoff)
         if freed is not None:
@@ -381,10 +377,10 @@ def _delete_links(batch: dict[str, list[tuple[int, int]]], cutoff: datetime) -> 
     return deleted
 
 
-def _delete_blobs(storage: FilesystemStorage, batch: list[str], cutoff: datetime) -> tuple[int, int, int]:
+def _delete_blobs(storage, batch: list[str], cutoff: datetime) -> tuple[int, int, int]:
     """Delete the blobs of `batch` (row, remaining links, bytes) that are still garbage;
     (count, bytes, links)."""
-    aside: dict[str, Path] = {}
+    aside: dict[str, object] = {}
     try:
         with transaction.atomic():
             held = _lock_blobs(batch, cutoff)
@@ -395,56 +391,38 @@ def _delete_blobs(storage: FilesystemStorage, batch: list[str], cutoff: datetime
             links, _ = RepositoryBlob.objects.filter(blob_id__in=doomed).delete()
             Blob.objects.filter(digest__in=doomed).delete()
             for digest in doomed:
-                path = _set_aside(storage, digest)
+                path = storage.set_aside(digest)
                 if path is not None:
                     aside[digest] = path
     except BaseException:
         for digest, path in aside.items():
             _put_back(storage, digest, path)
         raise
-    for path in aside.values():
-        path.unlink(missing_ok=True)
+    for token in aside.values():
+        storage.drop_aside(token)
     return len(doomed), sum(held[digest] for digest in doomed), links
 
 
-def _set_aside(storage: FilesystemStorage, digest: str) -> Path | None:
-    folder = storage.root / ASIDE
-    folder.mkdir(parents=True, exist_ok=True)
-    aside = folder / f"{digest.replace(':', '-', 1)}.{uuid.uuid4().hex[:12]}"
-    try:
-        os.rename(storage.blob_path(digest), aside)
-    except FileNotFoundError:
-        return None
-    return aside
-
-
-def _put_back(storage: FilesystemStorage, digest: str, aside: Path) -> None:
+def _put_back(storage, digest: str, aside) -> None:
     """The deletion did not commit: the bytes go back (unless a push republished them)."""
     try:
-        if storage.blob_path(digest).exists():
-            aside.unlink(missing_ok=True)
-        else:
-            os.rename(aside, storage.blob_path(digest))
-    except OSError:
+        storage.put_back(digest, aside)
+    except Exception:
         log.exception("could not put back %s from %s", digest, aside)
 
 
-def _recover_aside(storage: FilesystemStorage) -> None:
+def _recover_aside(storage) -> None:
     """Bytes left aside by a run that died before its commit: back if the row is still
     there, else removed. Under the blob's lock, like the deletion itself."""
-    folder = storage.root / ASIDE
-    if not folder.is_dir():
-        return
-    for aside in folder.iterdir():
-        digest = aside.name.rpartition(".")[0].replace("-", ":", 1)
+    for aside, digest in list(storage.list_aside()):
         with transaction.atomic():
             exists = bool(Blob.objects.select_for_update().filter(digest=digest).values_list("digest"))
             try:
-                if exists and not storage.blob_path(digest).exists():
-                    os.rename(aside, storage.blob_path(digest))
+                if exists:
+                    storage.put_back(digest, aside)
                     log.warning("garbage collection: put back %s (a previous run did not finish)", digest)
                 else:
-                    aside.unlink()
+                    storage.drop_aside(aside)
             except FileNotFoundError:  # a concurrent run finished it
                 pass
 
@@ -452,23 +430,15 @@ def _recover_aside(storage: FilesystemStorage) -> None:
 # -- uploads --------------------------------------------------------------------------------
 
 
-def _last_write(storage: FilesystemStorage, upload_id: str) -> float | None:
-    folder = storage.root / "uploads" / upload_id
-    for path in (folder / "data", folder):
-        try:
-            return path.stat().st_mtime
-        except FileNotFoundError:
-            continue
-    return None
+def _last_write(storage, upload_id: str) -> float | None:
+    return storage.upload_last_write(upload_id)
 
 
-def _stale_uploads(storage: FilesystemStorage, cutoff: float) -> list[str]:
+def _stale_uploads(storage, cutoff: float) -> list[str]:
     """Uploads (by row or by upload area) that received nothing since `cutoff`."""
     started = datetime.fromtimestamp(cutoff, tz=UTC)
     ids = {str(pk) for pk in Upload.objects.filter(started_at__lt=started).values_list("pk", flat=True)}
-    folder = storage.root / "uploads"
-    if folder.is_dir():
-        ids.update(entry.name for entry in folder.iterdir())
+    ids.update(storage.list_uploads())
     return sorted(i for i in ids if (_last_write(storage, i) or 0) < cutoff
                   and not Upload.objects.filter(pk=_uuid(i), started_at__gte=started).exists())
 
@@ -480,17 +450,17 @@ def _uuid(value: str):
         return None
 
 
-def _upload_size(storage: FilesystemStorage, upload_id: str) -> int:
+def _upload_size(storage, upload_id: str) -> int:
     return storage.upload_size(upload_id) or 0
 
 
-def _delete_upload(storage: FilesystemStorage, upload_id: str, cutoff: float) -> int | None:
+def _delete_upload(storage, upload_id: str, cutoff: float) -> int | None:
     """Remove an abandoned upload unless a request is writing to it right now."""
     try:
         with storage.locked(upload_id) as fd:
             if (_last_write(storage, upload_id) or 0) >= cutoff:
                 return None
-            size = os.fstat(fd).st_size
+            size = storage.handle_size(fd)
             Upload.objects.filter(pk=_uuid(upload_id)).delete()
             storage.discard_upload(upload_id)
             return size

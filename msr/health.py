@@ -62,8 +62,9 @@ def check_broker() -> None:
 
 
 def check_storage() -> None:
-    settings.STORAGE_DIR.mkdir(parents=True, exist_ok=True)  # as the first upload would
-    _writable(settings.STORAGE_DIR)
+    from msr.storage import get_storage
+
+    get_storage().check()  # filesystem: can write a file; S3: HEAD on the bucket
 
 
 CHECKS = {"database": check_database, "broker": check_broker, "storage": check_storage}

@@ -36,6 +36,7 @@ REQUEST_DURATION = Histogram("msr_http_request_duration_seconds",
 PULLS = Counter("msr_pulls", "Pulls: manifest GETs answered 200")
 PUSHES = Counter("msr_pushes", "Pushes: manifests stored by PUT")
 CACHE_REDIRECTS = Counter("msr_cache_redirects", "Layer GETs redirected (307) to a content cache", ["cache"])
+STORAGE_REDIRECTS = Counter("msr_storage_redirects", "Layer GETs redirected (307) to object storage (presigned URL)")
 TOKENS_ISSUED = Counter("msr_tokens_issued", "Access tokens issued by the token service")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -4,6 +4,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from msr.config import create_once, env_bool, env_int, env_list, env_str
 
@@ -42,6 +43,35 @@ STORAGE_DIR = Path(env_str("MSR_STORAGE_DIR") or DATA_DIR / "storage")
 # fsync a blob before it becomes visible, so a crash cannot leave a published blob with
 # missing bytes.
 STORAGE_FSYNC = env_bool("MSR_STORAGE_FSYNC", True)
+
+# Where blobs live: "filesystem" (STORAGE_DIR; shared by every web process and worker of
+# the deployment) or "s3", an S3-compatible bucket (AWS S3, MinIO, Ceph RGW…). With S3,
+# blob GETs not sent to a cache are answered with a presigned redirect to the bucket
+# (MSR_S3_REDIRECT), so layer bytes do not flow through MSR.
+STORAGE_BACKEND = env_str("MSR_STORAGE", "filesystem").strip().lower()
+if STORAGE_BACKEND not in ("filesystem", "s3"):
+    raise ImproperlyConfigured(f"MSR_STORAGE={STORAGE_BACKEND!r}: expected filesystem or s3")
+S3_BUCKET = env_str("MSR_S3_BUCKET", "")
+if STORAGE_BACKEND == "s3" and not S3_BUCKET:
+    raise ImproperlyConfigured("MSR_STORAGE=s3 needs MSR_S3_BUCKET")
+S3_PREFIX = env_str("MSR_S3_PREFIX", "")
+S3_ENDPOINT_URL = env_str("MSR_S3_ENDPOINT_URL") or None  # unset: AWS
+# The endpoint clients reach for presigned URLs, when it differs from MSR's own.
+S3_PUBLIC_ENDPOINT_URL = env_str("MSR_S3_PUBLIC_ENDPOINT_URL") or None
+S3_REGION = env_str("MSR_S3_REGION") or None
+# Unset: boto3's usual chain (AWS_* variables, shared config, instance profile).
+S3_ACCESS_KEY_ID = env_str("MSR_S3_ACCESS_KEY_ID") or None
+S3_SECRET_ACCESS_KEY = env_str("MSR_S3_SECRET_ACCESS_KEY") or None
+S3_ADDRESSING_STYLE = env_str("MSR_S3_ADDRESSING_STYLE", "auto")
+if S3_ADDRESSING_STYLE not in ("auto", "path", "virtual"):
+    raise ImproperlyConfigured(f"MSR_S3_ADDRESSING_STYLE={S3_ADDRESSING_STYLE!r}: expected auto, path or virtual")
+# Multipart part size: memory per upload in flight; at most 10,000 parts per blob.
+S3_PART_SIZE = env_int("MSR_S3_PART_SIZE", 16 * 1024 * 1024)
+if S3_PART_SIZE < 5 * 1024 * 1024:
+    raise ImproperlyConfigured(f"MSR_S3_PART_SIZE={S3_PART_SIZE}: S3 needs parts of at least 5 MiB (5242880)")
+S3_REDIRECT = env_bool("MSR_S3_REDIRECT", True)
+S3_REDIRECT_TTL_SECONDS = env_int("MSR_S3_REDIRECT_TTL", 1200)
+
 MAX_MANIFEST_BYTES = env_int("MSR_MAX_MANIFEST_BYTES", 4 * 1024 * 1024)
 
 INSTALLED_APPS = [

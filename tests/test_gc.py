@@ -342,7 +342,7 @@ def test_an_upload_whose_stored_copy_is_collected_meanwhile_publishes_its_own(al
 def test_bytes_left_aside_by_a_dead_run_are_put_back_or_removed(alice, repo):
     storage = get_storage()
     kept, dropped = push_blob(alice, repo, layer()), push_blob(alice, repo, layer())
-    folder = storage.root / gc.ASIDE
+    folder = storage.root / storage.ASIDE
     folder.mkdir(exist_ok=True)
     for digest in (kept, dropped):
         os.rename(storage.blob_path(digest), folder / f"{digest.replace(':', '-')}.dead")

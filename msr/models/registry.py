@@ -138,3 +138,17 @@ class Upload(models.Model):
 
     def __str__(self):
         return str(self.id)
+
+
+class StorageLease(models.Model):
+    """A lock on an upload held by one request, across processes and hosts: the S3 store
+    has no file to lock. Taken by inserting the row (the primary key makes it exclusive),
+    kept alive while bytes flow, and free again once `expires_at` has passed, so a
+    process that died holding it blocks the upload for a minute at most."""
+
+    name = models.CharField(max_length=100, primary_key=True)
+    holder = models.CharField(max_length=32)
+    expires_at = models.DateTimeField()
+
+    def __str__(self):
+        return self.name

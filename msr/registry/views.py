@@ -121,6 +121,11 @@ class BlobView(RegistryView):
             location = self._cache_location(request, name, digest)
             if location:
                 return empty_response(307, {"Location": location, "Docker-Content-Digest": digest})
+        # Object storage: the client (or the cache filling itself) fetches from the bucket.
+        location = get_storage().blob_url(digest)
+        if location:
+            metrics.STORAGE_REDIRECTS.inc()
+            return empty_response(307, {"Location": location, "Docker-Content-Digest": digest})
         return self._serve(request, digest, size)
 
     def _check_grant(self, grant, name, digest):
@@ -142,10 +147,6 @@ class BlobView(RegistryView):
         return redirect_url(cache, name, digest, self.username)
 
     def _serve(self, request, digest, size):
-        try:
-            blob = get_storage().open_blob(digest)
-        except FileNotFoundError:
-            raise errors.BlobUnknown("blob missing from storage", detail={"digest": digest}) from None
         start, end = 0, size - 1
         status = 200
         range_header = request.META.get("HTTP_RANGE")
@@ -153,13 +154,15 @@ class BlobView(RegistryView):
             try:
                 start, end = parse_range(range_header, size)
             except RangeNotSatisfiable:
-                blob.close()
                 raise errors.RangeInvalid(
                     "requested range not satisfiable", detail={"Range": range_header},
                     headers={"Content-Range": f"bytes */{size}"},
                 ) from None
             status = 206
-        blob.seek(start)
+        try:
+            blob = get_storage().open_blob(digest, start)
+        except FileNotFoundError:
+            raise errors.BlobUnknown("blob missing from storage", detail={"digest": digest}) from None
         response = FileResponse(
             LimitedFile(blob, end - start + 1), status=status,
             content_type="application/octet-stream",

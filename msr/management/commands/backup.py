@@ -2,7 +2,7 @@
 
 Order gives consistency without stopping MSR: the database first (PostgreSQL: `pg_dump
 --format=custom`, one consistent snapshot; SQLite: the online backup API), then the data
-dir's generated keys, then the blob store. Blobs are content-addressed and never change,
+dir's generated keys, then the blob store (filesystem or S3 bucket, streamed either way). Blobs are content-addressed and never change,
 so every blob the database snapshot references is still there to copy afterwards —
 unless garbage collection deletes it in between: the command refuses to run while a GC
 holds the maintenance lock (msr/maintenance.py), and GC skips its run while a backup
@@ -54,22 +54,44 @@ def pg_args(settings_dict) -> tuple[list[str], dict]:
     return args, env
 
 
-def copy_tree_incremental(source: Path, target: Path) -> tuple[int, int]:
-    """Copy files missing (or of another size) in `target`; (files copied, bytes)."""
+def blob_relpath(digest: str) -> Path:
+    """Where a blob sits under DIR/blobs (the filesystem store's layout)."""
+    algorithm, _, encoded = digest.partition(":")
+    return Path(algorithm) / encoded[:2] / encoded
+
+
+def export_blobs(storage, target: Path) -> tuple[int, int]:
+    """Copy the store's blobs missing (or of another size) in `target`, streamed from
+    whichever store (filesystem or S3); (files copied, bytes)."""
     copied = size = 0
-    if not source.exists():
-        return 0, 0
-    for path in source.rglob("*"):
-        if not path.is_file():
-            continue
-        dest = target / path.relative_to(source)
-        length = path.stat().st_size
+    for digest, length in storage.iter_blobs():
+        dest = target / blob_relpath(digest)
         if dest.exists() and dest.stat().st_size == length:
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + ".partial")
-        shutil.copyfile(path, partial)
+        source = storage.open_blob(digest)
+        try:
+            with open(partial, "wb") as out:
+                shutil.copyfileobj(source, out, 1024 * 1024)
+        finally:
+            source.close()
         os.replace(partial, dest)
+        copied += 1
+        size += length
+    return copied, size
+
+
+def import_blobs(storage, source: Path) -> tuple[int, int]:
+    """Put the blobs of `source` the store lacks (or holds with another size); (files, bytes)."""
+    copied = size = 0
+    for path in sorted(source.glob("*/*/*")) if source.is_dir() else []:
+        if not path.is_file() or path.name.endswith(".partial"):
+            continue
+        digest, length = f"{path.parent.parent.name}:{path.name}", path.stat().st_size
+        if storage.blob_size(digest) == length:
+            continue
+        storage.store_blob(digest, path)
         copied += 1
         size += length
     return copied, size
@@ -123,15 +145,13 @@ class Command(BaseCommand):
                     shutil.copyfile(path, target / "keys" / name)
                     os.chmod(target / "keys" / name, 0o600)
                     keys.append(name)
+            from msr.models import Blob
             from msr.storage import get_storage
 
-            blobs_dir = Path(get_storage().root) / "blobs"
-            files, size = copy_tree_incremental(blobs_dir, target / "blobs")
-            from msr.models import Blob
-
+            files, size = export_blobs(get_storage(), target / "blobs")
             missing = [d for d in Blob.objects.filter(created_at__lte=_aware(started))
                        .values_list("digest", flat=True)
-                       if not (target / "blobs" / Path(get_storage().blob_path(d)).relative_to(blobs_dir)).exists()]
+                       if not (target / "blobs" / blob_relpath(d)).exists()]
             if missing:
                 raise CommandError(f"{len(missing)} blob(s) of the database are missing from the store, "
                                    f"e.g. {missing[0]}: the backup is incomplete")

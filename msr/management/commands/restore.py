@@ -19,7 +19,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, connections
 
-from msr.management.commands.backup import copy_tree_incremental, maintenance_lock, pg_args
+from msr.management.commands.backup import import_blobs, maintenance_lock, pg_args
 
 
 def _has_repositories() -> bool:
@@ -79,7 +79,7 @@ class Command(BaseCommand):
                 restored_keys.append(name)
             from msr.storage import get_storage
 
-            files, size = copy_tree_incremental(source / "blobs", Path(get_storage().root) / "blobs")
+            files, size = import_blobs(get_storage(), source / "blobs")
         call_command("migrate", interactive=False, verbosity=0)
         self.stdout.write(f"restored from {source}: database, keys {', '.join(restored_keys) or 'none'}, "
                           f"{files} blob file(s), {size} bytes; migrations applied")

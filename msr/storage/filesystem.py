@@ -15,59 +15,18 @@ import fcntl
 import hashlib
 import os
 import shutil
-import threading
-from collections import OrderedDict
+import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from django.conf import settings
-
-CHUNK_SIZE = 1024 * 1024
-
-
-class UploadBusy(Exception):
-    """Another request is writing to this upload right now."""
-
-
-class DigestMismatch(Exception):
-    def __init__(self, expected, actual):
-        super().__init__(f"expected {expected}, computed {actual}")
-        self.expected, self.actual = expected, actual
-
-
-class _HasherCache:
-    """SHA-256 state of recent uploads in this process, so that a chunked upload that
-    keeps its connection (and so its worker) is hashed once, as it arrives. Python cannot
-    serialise a hash state; another process falls back to re-reading the file."""
-
-    def __init__(self, capacity=256):
-        self._entries: OrderedDict[str, tuple[int, "hashlib._Hash"]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._capacity = capacity
-
-    def take(self, upload_id: str, offset: int):
-        with self._lock:
-            entry = self._entries.pop(upload_id, None)
-        if entry and entry[0] == offset:
-            return entry[1]
-        return None
-
-    def put(self, upload_id: str, offset: int, hasher) -> None:
-        with self._lock:
-            self._entries[upload_id] = (offset, hasher)
-            while len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
-
-    def drop(self, upload_id: str) -> None:
-        with self._lock:
-            self._entries.pop(upload_id, None)
-
+from msr.storage.base import CHUNK_SIZE, DigestMismatch, HasherCache, UploadBusy
 
 class FilesystemStorage:
     def __init__(self, root: Path, fsync: bool = True):
         self.root = Path(root)
         self.fsync = fsync
-        self._hashers = _HasherCache()
+        self._hashers = HasherCache()
 
     # -- blobs -------------------------------------------------------------------------
 
@@ -81,11 +40,70 @@ class FilesystemStorage:
         except FileNotFoundError:
             return None
 
-    def open_blob(self, digest: str):
-        return open(self.blob_path(digest), "rb")
+    def open_blob(self, digest: str, offset: int = 0):
+        f = open(self.blob_path(digest), "rb")
+        if offset:
+            f.seek(offset)
+        return f
+
+    def blob_url(self, digest: str) -> None:
+        return None  # served by MSR itself, with sendfile
 
     def delete_blob(self, digest: str) -> None:
         self.blob_path(digest).unlink(missing_ok=True)
+
+    def iter_blobs(self):
+        folder = self.root / "blobs"
+        if not folder.is_dir():
+            return
+        for path in folder.glob("*/*/*"):
+            if path.is_file():
+                yield f"{path.parent.parent.name}:{path.name}", path.stat().st_size
+
+    def store_blob(self, digest: str, source: Path) -> None:
+        target = self.blob_path(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+
+    def check(self) -> None:
+        """The store can take an upload: its folder exists (created as the first upload
+        would) and is writable."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.root, prefix=".readyz-") as probe:
+            probe.write(b"ok")
+            probe.flush()
+
+    # -- garbage collection: bytes set aside inside the deleting transaction -----------
+
+    ASIDE = "gc-aside"
+
+    def set_aside(self, digest: str) -> Path | None:
+        folder = self.root / self.ASIDE
+        folder.mkdir(parents=True, exist_ok=True)
+        aside = folder / f"{digest.replace(':', '-', 1)}.{uuid.uuid4().hex[:12]}"
+        try:
+            os.rename(self.blob_path(digest), aside)  # atomic, same file system
+        except FileNotFoundError:
+            return None
+        return aside
+
+    def put_back(self, digest: str, aside: Path) -> None:
+        """Back as the blob, unless a push published the same bytes meanwhile."""
+        if self.blob_path(digest).exists():
+            aside.unlink(missing_ok=True)
+        else:
+            os.rename(aside, self.blob_path(digest))
+
+    def drop_aside(self, aside: Path) -> None:
+        aside.unlink(missing_ok=True)
+
+    def list_aside(self):
+        folder = self.root / self.ASIDE
+        if folder.is_dir():
+            for aside in folder.iterdir():
+                yield aside, aside.name.rpartition(".")[0].replace("-", ":", 1)
 
     # -- uploads -----------------------------------------------------------------------
 
@@ -102,6 +120,22 @@ class FilesystemStorage:
             return (self._upload_dir(upload_id) / "data").stat().st_size
         except FileNotFoundError:
             return None
+
+    def upload_last_write(self, upload_id: str) -> float | None:
+        folder = self._upload_dir(upload_id)
+        for path in (folder / "data", folder):
+            try:
+                return path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+        return None
+
+    def list_uploads(self) -> list[str]:
+        folder = self.root / "uploads"
+        return [entry.name for entry in folder.iterdir()] if folder.is_dir() else []
+
+    def handle_size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
 
     @contextmanager
     def locked(self, upload_id: str):
@@ -209,13 +243,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-_storage = None
-
-
-def get_storage() -> FilesystemStorage:
-    global _storage
-    if _storage is None:
-        _storage = FilesystemStorage(settings.STORAGE_DIR, fsync=settings.STORAGE_FSYNC)
-    return _storage

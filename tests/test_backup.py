@@ -25,9 +25,24 @@ def _skopeo(*args, check=True):
     return run(["skopeo", *args], check=check)
 
 
-def test_backup_wipe_restore_and_pull_every_image_back(db_url, tmp_path):
+@pytest.fixture(scope="module")
+def emulator(artifacts_dir):
+    from tests.s3 import S3Emulator
+
+    emulator = S3Emulator(artifacts_dir / "logs")
+    yield emulator
+    emulator.stop()
+
+
+@pytest.mark.parametrize("storage", ["filesystem", "s3"])
+def test_backup_wipe_restore_and_pull_every_image_back(db_url, tmp_path, storage, request):
     base, _, _ = REDIS.rpartition("/")
-    deployment = Deployment("backup", tmp_path / "deployment", db_url, f"{base}/15")
+    bucket = extra = None
+    if storage == "s3":  # blobs in a bucket of the S3 emulator: backed up from it, restored into it
+        emulator = request.getfixturevalue("emulator")
+        bucket = emulator.bucket()
+        extra = emulator.env(bucket)
+    deployment = Deployment("backup", tmp_path / "deployment", db_url, f"{base}/15", extra_env=extra)
     try:
         deployment.manage("migrate", "--no-input", "-v", "0")
         token = deployment.shell(
@@ -67,11 +82,16 @@ def test_backup_wipe_restore_and_pull_every_image_back(db_url, tmp_path):
             deployment._pg("DROP DATABASE {0} WITH (FORCE)", "CREATE DATABASE {0}")
         shutil.rmtree(deployment.data_dir)
         deployment.data_dir.mkdir()
+        if bucket:
+            for key in emulator.keys(bucket):
+                emulator.client.delete_object(Bucket=bucket, Key=key)
         refused = _skopeo("inspect", "--tls-verify=false", "--creds", creds,
                           f"docker://{host}/shop/app0:v0", check=False)
         assert refused.returncode != 0  # it is really gone
 
         deployment.manage("restore", str(backup))
+        if bucket:
+            assert len(emulator.keys(bucket, "blobs/")) == len(list((backup / "blobs").glob("*/*/*")))
         url = deployment.start_web()
         host = url.removeprefix("http://")
         for reference, digest in images.items():

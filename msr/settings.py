@@ -48,13 +48,13 @@ STORAGE_FSYNC = env_bool("MSR_STORAGE_FSYNC", True)
 # the deployment) or "s3", an S3-compatible bucket (AWS S3, MinIO, Ceph RGW…). With S3,
 # blob GETs not sent to a cache are answered with a presigned redirect to the bucket
 # (MSR_S3_REDIRECT), so layer bytes do not flow through MSR.
-STORAGE_BACKEND = env_str("MSR_STORAGE", "filesystem").strip().lower()
+STORAGE_BACKEND = (env_str("MSR_STORAGE") or "filesystem").strip().lower()
 if STORAGE_BACKEND not in ("filesystem", "s3"):
     raise ImproperlyConfigured(f"MSR_STORAGE={STORAGE_BACKEND!r}: expected filesystem or s3")
-S3_BUCKET = env_str("MSR_S3_BUCKET", "")
+S3_BUCKET = env_str("MSR_S3_BUCKET") or ""
 if STORAGE_BACKEND == "s3" and not S3_BUCKET:
     raise ImproperlyConfigured("MSR_STORAGE=s3 needs MSR_S3_BUCKET")
-S3_PREFIX = env_str("MSR_S3_PREFIX", "")
+S3_PREFIX = env_str("MSR_S3_PREFIX") or ""
 S3_ENDPOINT_URL = env_str("MSR_S3_ENDPOINT_URL") or None  # unset: AWS
 # The endpoint clients reach for presigned URLs, when it differs from MSR's own.
 S3_PUBLIC_ENDPOINT_URL = env_str("MSR_S3_PUBLIC_ENDPOINT_URL") or None
@@ -62,7 +62,7 @@ S3_REGION = env_str("MSR_S3_REGION") or None
 # Unset: boto3's usual chain (AWS_* variables, shared config, instance profile).
 S3_ACCESS_KEY_ID = env_str("MSR_S3_ACCESS_KEY_ID") or None
 S3_SECRET_ACCESS_KEY = env_str("MSR_S3_SECRET_ACCESS_KEY") or None
-S3_ADDRESSING_STYLE = env_str("MSR_S3_ADDRESSING_STYLE", "auto")
+S3_ADDRESSING_STYLE = env_str("MSR_S3_ADDRESSING_STYLE") or "auto"
 if S3_ADDRESSING_STYLE not in ("auto", "path", "virtual"):
     raise ImproperlyConfigured(f"MSR_S3_ADDRESSING_STYLE={S3_ADDRESSING_STYLE!r}: expected auto, path or virtual")
 # Multipart part size: memory per upload in flight; at most 10,000 parts per blob.

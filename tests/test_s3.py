@@ -226,3 +226,18 @@ def test_readyz_names_an_unreachable_bucket(site):
         assert response.status_code == 503 and "storage" in response.text
     finally:
         web.stop()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"MSR_STORAGE": "nfs"}, "MSR_STORAGE='nfs': expected filesystem or s3"),
+    ({"MSR_STORAGE": "s3"}, "MSR_STORAGE=s3 needs MSR_S3_BUCKET"),
+    ({"MSR_STORAGE": "s3", "MSR_S3_BUCKET": "b", "MSR_S3_PART_SIZE": "1048576"}, "at least 5 MiB"),
+    ({"MSR_STORAGE": "s3", "MSR_S3_BUCKET": "b", "MSR_S3_ADDRESSING_STYLE": "dns"}, "expected auto, path or virtual"),
+])
+def test_a_wrong_storage_setting_stops_msr_with_its_name(tmp_path, env, message):
+    import subprocess
+
+    result = subprocess.run([MSR, "manage", "check"], capture_output=True, text=True, timeout=60,
+                            env={**{k: v for k, v in os.environ.items() if not k.startswith("MSR_")},
+                                 "MSR_DATA_DIR": str(tmp_path), **env})
+    assert result.returncode != 0 and message in result.stderr

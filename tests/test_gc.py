@@ -14,6 +14,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import requests
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -22,7 +23,7 @@ from msr import gc, uploads
 from msr.models import Blob, Event, Manifest, Repository, RepositoryBlob, Upload
 from msr.storage import get_storage
 from tests.client import Registry, sha256
-from tests.processes import MSR, run
+from tests.processes import MSR, run, start_msr
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -60,12 +61,12 @@ def age(name: str, seconds: int = 2 * HOUR) -> None:
 
 def stored(digest: str) -> bool:
     """The blob's row and its bytes, both there."""
-    return Blob.objects.filter(pk=digest).exists() and get_storage().blob_path(digest).exists()
+    return Blob.objects.filter(pk=digest).exists() and get_storage().blob_size(digest) is not None
 
 
 def gone(digest: str) -> bool:
     """Neither the blob's row nor its bytes."""
-    return not Blob.objects.filter(pk=digest).exists() and not get_storage().blob_path(digest).exists()
+    return not Blob.objects.filter(pk=digest).exists() and get_storage().blob_size(digest) is None
 
 
 def manifest_exists(name: str, digest: str) -> bool:
@@ -132,6 +133,8 @@ def pull(client: Registry, name: str, reference: str, token: str | None = None) 
         if descriptor is None:
             continue
         blob = client.request("GET", f"/v2/{name}/blobs/{descriptor['digest']}", token=token)
+        if blob.status_code == 307:  # S3: a presigned URL into the bucket
+            blob = requests.get(blob.headers["Location"], timeout=60)
         assert blob.status_code == 200, f"{name}:{reference} blob {descriptor['digest']}: {blob.status_code} {blob.text}"
         assert sha256(blob.content) == descriptor["digest"]
     return response.headers["Docker-Content-Digest"]
@@ -316,41 +319,85 @@ def test_the_scheduled_task_uses_the_configured_policy():
 # -- the mark: a push and a collection at the same moment -------------------------------------
 
 
-def test_an_upload_whose_stored_copy_is_collected_meanwhile_publishes_its_own(alice, repo, monkeypatch):
+def test_an_upload_whose_stored_copy_is_collected_meanwhile_publishes_its_own(site, repo, monkeypatch):
     """The upload finds the blob already stored (so keeps its bytes in the upload area);
     the collector removes the stored copy before the upload links it."""
+    url, storage = site
+    alice = Registry(url, "alice", site_token())
     data = layer(10_000)
     digest = push_blob(alice, repo, data)
     age(repo)
-    storage = get_storage()
     commit = storage.commit_upload
 
-    def commit_then_collect(fd, upload_id, expected):
-        size = commit(fd, upload_id, expected)
+    def commit_then_collect(handle, upload_id, expected):
+        size = commit(handle, upload_id, expected)
         monkeypatch.setattr(storage, "commit_upload", commit)
         assert gc._delete_blobs(storage, [expected], timezone.now())[0] == 1
-        assert not storage.blob_path(expected).exists()
+        assert storage.blob_size(expected) is None
         return size
 
     monkeypatch.setattr(storage, "commit_upload", commit_then_collect)
     upload = uploads.start_upload(repository(repo), None)
     assert uploads.complete_upload(upload, digest, [data]) == len(data)
-    assert stored(digest) and storage.blob_path(digest).read_bytes() == data
-    assert blob_status(alice, repo, digest) == 200
+    assert stored(digest) and storage.open_blob(digest).read() == data
+    assert pull_blob(alice, repo, digest) == digest
 
 
-def test_bytes_left_aside_by_a_dead_run_are_put_back_or_removed(alice, repo):
-    storage = get_storage()
+def test_bytes_left_aside_by_a_dead_run_are_put_back_or_removed(site, repo):
+    url, storage = site
+    alice = Registry(url, "alice", site_token())
     kept, dropped = push_blob(alice, repo, layer()), push_blob(alice, repo, layer())
-    folder = storage.root / storage.ASIDE
-    folder.mkdir(exist_ok=True)
     for digest in (kept, dropped):
-        os.rename(storage.blob_path(digest), folder / f"{digest.replace(':', '-')}.dead")
+        assert storage.set_aside(digest) is not None  # a run that died before its commit
     RepositoryBlob.objects.filter(blob_id=dropped).delete()
     Blob.objects.filter(pk=dropped).delete()  # the dead run's deletion did commit for this one
     gc.collect(grace=HOUR)
-    assert stored(kept) and blob_status(alice, repo, kept) == 200
-    assert not any(folder.iterdir())
+    assert stored(kept) and pull_blob(alice, repo, kept) == kept
+    assert gone(dropped)
+    assert list(storage.list_aside()) == []
+
+
+def site_token() -> str:
+    from accounts.models import AccessToken, User
+
+    return AccessToken.issue(User.objects.get(username="alice"), AccessToken.PERSONAL, "gc tests")[1]
+
+
+def pull_blob(client: Registry, name: str, digest: str) -> str:
+    response = client.request("GET", f"/v2/{name}/blobs/{digest}", scope=f"repository:{name}:pull")
+    if response.status_code == 307:
+        response = requests.get(response.headers["Location"], timeout=60)
+    assert response.status_code == 200, response.text
+    return sha256(response.content)
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def site(request, msr, personas, db_url, artifacts_dir, monkeypatch):
+    """(MSR URL, store) the collector in this process shares: the session's MSR on the
+    filesystem, or a second `msr serve` on the same database and data dir with its blobs
+    in a bucket of the S3 emulator (moto), layer GETs answered by presigned redirects."""
+    if request.param == "filesystem":
+        yield msr, get_storage()
+        return
+    import msr.storage
+    from msr.storage.s3 import S3Storage
+    from tests.s3 import CREDENTIALS, S3Emulator
+
+    emulator = S3Emulator(artifacts_dir / "logs")
+    process = None
+    try:
+        bucket = emulator.bucket()
+        process, url = start_msr("serve", settings.DATA_DIR, db_url, artifacts_dir / "logs",
+                                 extra_env=emulator.env(bucket))
+        store = S3Storage(bucket, endpoint_url=emulator.url, addressing_style="path", part_size=5 * 1024 * 1024,
+                          access_key=CREDENTIALS["aws_access_key_id"],
+                          secret_key=CREDENTIALS["aws_secret_access_key"])
+        monkeypatch.setattr(msr.storage, "_storage", store)
+        yield url, store
+    finally:
+        if process:
+            process.stop()
+        emulator.stop()
 
 
 def _slowly(plan):
@@ -361,7 +408,7 @@ def _slowly(plan):
     return planned_a_while_ago
 
 
-def test_nothing_referenced_is_deleted_while_pushes_go_on(msr, personas, unique, monkeypatch):
+def test_nothing_referenced_is_deleted_while_pushes_go_on(site, unique, monkeypatch):
     """Pushers keep pushing images made of shared layers (which lose and regain their last
     reference all the time, as tags are deleted), reusing layers by HEAD and by mount the
     way clients do, while the collector runs back to back with grace 0 and the
@@ -370,6 +417,8 @@ def test_nothing_referenced_is_deleted_while_pushes_go_on(msr, personas, unique,
     # Each plan is stale by the time it is carried out (as on a large registry), so the
     # pushes land between a plan and its deletions: only the re-check under the locks
     # stands between them and a lost layer.
+    url, _ = site
+    token = site_token()
     for planner in ("plan_manifests", "plan_links", "plan_blobs"):
         monkeypatch.setattr(gc, planner, _slowly(getattr(gc, planner)))
     names = [f"acme/gc-race-{unique}-{i}" for i in range(3)]
@@ -428,7 +477,7 @@ def test_nothing_referenced_is_deleted_while_pushes_go_on(msr, personas, unique,
         raise AssertionError(f"{name}:{tag} could not be pushed in 20 attempts")
 
     def pusher(number: int) -> None:
-        client = Registry(msr, "alice", personas["alice"].token)
+        client = Registry(url, "alice", token)
         rng = random.Random(number)
         try:
             name = names[number % len(names)]
@@ -455,7 +504,7 @@ def test_nothing_referenced_is_deleted_while_pushes_go_on(msr, personas, unique,
             stop.set()
 
     def puller() -> None:
-        client = Registry(msr, "alice", personas["alice"].token)
+        client = Registry(url, "alice", token)
         try:
             while not stop.is_set():
                 with lock:
@@ -508,7 +557,7 @@ def test_nothing_referenced_is_deleted_while_pushes_go_on(msr, personas, unique,
     assert freed["manifests"] >= 1 and freed["blobs"] >= 1 and freed["spared"] >= 1, (freed, counts)
 
     # Every tag left pulls completely, before and after one more collection.
-    client = Registry(msr, "alice", personas["alice"].token)
+    client = Registry(url, "alice", token)
     alive = {key: digest for key, digest in tags.items() if digest}
     for (name, tag), digest in alive.items():
         assert pull(client, name, tag) == digest

@@ -26,6 +26,7 @@ BENCH_PIDS=()        # plain processes (docker-registry, nginx, samplers): TERM,
 BENCH_TMP=""
 MSR_PID=""; MSR_OWNED=0; MSR_URL=""; MSR_HOSTPORT=""; MSR_CREDS=""; MSR_USER=""
 MSR_PG_DB=""         # scratch PostgreSQL database to drop at exit
+BENCH_PG_DBS=()      # more of them (pg_scratch_db), dropped at exit too
 declare -A RSS_PIDS=()
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -142,6 +143,12 @@ bench_cleanup() {
   for pid in "${BENCH_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${BENCH_PIDS[@]}"; do stop_pid "$pid" 5; done
   BENCH_PIDS=()
+  local db
+  for db in "${BENCH_PG_DBS[@]}"; do   # scratch databases from pg_scratch_db
+    psql "$PG_URL/postgres" -qX -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 \
+      || log "could not drop scratch database $db"
+  done
+  BENCH_PG_DBS=()
   if [ -n "$MSR_PG_DB" ]; then
     psql "$PG_URL/postgres" -qX -c "DROP DATABASE IF EXISTS $MSR_PG_DB WITH (FORCE)" >/dev/null 2>&1 \
       || log "could not drop scratch database $MSR_PG_DB"
@@ -344,4 +351,98 @@ ratio() {  # ratio A B -> "1.23x" (n/a if either is missing or B is 0)
 
 host_summary() {  # one line about the machine, for result headers
   echo "$(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), $(uname -sr)"
+}
+
+# -- helpers for scripts that start several MSRs themselves (s3.sh) -----------------------
+
+# msr_env_unset -> MSR_ENV_UNSET: `env` arguments removing every MSR_* / DATABASE_URL*
+# variable except MSR_WEB_WORKERS, MSR_WEB_THREADS, MSR_STORAGE_FSYNC, MSR_LOG_LEVEL
+# (the same rule as setup_msr)
+msr_env_unset() {
+  local v
+  MSR_ENV_UNSET=()
+  for v in $(compgen -e); do
+    case $v in
+      MSR_WEB_WORKERS|MSR_WEB_THREADS|MSR_STORAGE_FSYNC|MSR_LOG_LEVEL) ;;
+      MSR_*|DATABASE_URL*) MSR_ENV_UNSET+=(-u "$v");;
+    esac
+  done
+}
+
+# pg_scratch_db -> PG_SCRATCH_URL: a new database in $PG_URL, dropped in bench_cleanup
+pg_scratch_db() {
+  need psql
+  local db="msr_bench_$$_${RANDOM}${RANDOM}"
+  psql "$PG_URL/postgres" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" >/dev/null \
+    || die "could not create a database in $PG_URL (see --pg-url)"
+  BENCH_PG_DBS+=("$db")
+  PG_SCRATCH_URL="$PG_URL/$db"
+}
+
+# start_moto DIR -> MOTO_PID, MOTO_URL: moto's standalone S3 emulator (moto_server, from
+# <checkout>/.venv/bin, else next to the msr command, else PATH; or $MOTO_BIN) on a free
+# port of 127.0.0.1, running in DIR with TMPDIR=DIR/tmp (moto spills objects over ~5 MiB
+# to temporary files), stopped by PID in bench_cleanup. It checks no credentials.
+MOTO_BIN=${MOTO_BIN:-}
+start_moto() {
+  local dir=$1 port
+  if [ -z "$MOTO_BIN" ]; then
+    if [ -x "$REPO_ROOT/.venv/bin/moto_server" ]; then MOTO_BIN="$REPO_ROOT/.venv/bin/moto_server"
+    elif [ -n "$MSR_BIN" ] && [ -x "$(dirname "$(command -v "$MSR_BIN")")/moto_server" ]; then
+      MOTO_BIN="$(dirname "$(command -v "$MSR_BIN")")/moto_server"
+    else MOTO_BIN=$(command -v moto_server || true); fi
+  fi
+  [ -n "$MOTO_BIN" ] && [ -x "$MOTO_BIN" ] \
+    || die "moto_server not found: pip install 'moto[server]' into $REPO_ROOT/.venv (or MOTO_BIN=PATH)"
+  mkdir -p "$dir/tmp"
+  port=$(free_port)
+  (cd "$dir" && exec env TMPDIR="$dir/tmp" "$MOTO_BIN" -H 127.0.0.1 -p "$port") >"$dir/moto.log" 2>&1 &
+  MOTO_PID=$!
+  MOTO_URL="http://127.0.0.1:$port"
+  BENCH_PIDS+=("$MOTO_PID")
+  wait_http "$MOTO_URL/" 60 "$MOTO_PID" "$dir/moto.log"
+}
+s3_create_bucket() {  # s3_create_bucket ENDPOINT BUCKET: unsigned PUT (for moto, which checks no signature)
+  local code
+  code=$(curl -s -o "$BENCH_TMP/bucket.out" -w '%{http_code}' -X PUT "$1/$2") || code=000
+  [ "$code" = 200 ] || die "creating bucket $2 at $1: HTTP $code $(cat "$BENCH_TMP/bucket.out" 2>/dev/null)"
+}
+forget_pid() {  # forget_pid PID: drop from BENCH_PIDS (after stopping it: its PID may be reused)
+  local p keep=()
+  for p in "${BENCH_PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  BENCH_PIDS=("${keep[@]}")
+}
+
+tree_cpu() {  # tree_cpu PID... -> CPU seconds (user + system, waited-for children included) of the trees
+  "$PYTHON" - "$@" <<'PY'
+import os, sys
+tck = os.sysconf("SC_CLK_TCK")
+def kids(pid):
+    out = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+def cpu(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / tck
+total, seen, todo = 0.0, set(), [int(p) for p in sys.argv[1:] if p]
+while todo:
+    p = todo.pop()
+    if p not in seen:
+        seen.add(p)
+        total += cpu(p)
+        todo += kids(p)
+print(f"{total:.2f}")
+PY
+}
+machine_busy_cpu() {  # CPU seconds the whole machine has been busy since boot (all cores)
+  awk -v t="$(getconf CLK_TCK)" '/^cpu /{ printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / t; exit }' /proc/stat
 }

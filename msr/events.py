@@ -17,13 +17,14 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from msr import signals
+from msr.addresses import client_address
 from msr.models import Event, Webhook, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
 
 def client_ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None if request is not None else None
+    return client_address(request.META) if request is not None else None
 
 
 def record(type, actor="", repository="", tag="", digest="", detail=None, request=None) -> Event:

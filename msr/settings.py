@@ -302,3 +302,14 @@ try:
                      for cidr in env_list("MSR_METRICS_ALLOW", ["127.0.0.1/32", "::1/128"])]
 except ValueError as _e:
     raise _ImproperlyConfigured(f"MSR_METRICS_ALLOW: {_e}") from None
+
+# The reverse proxies in front of MSR (addresses or CIDRs; "*": whatever connects), the
+# same variable gunicorn reads to trust their X-Forwarded-Proto. From them MSR also takes
+# the client's address out of X-Forwarded-For (msr/addresses.py), for the caches' network
+# rules and the audit trail.
+_forwarded = env_list("MSR_FORWARDED_ALLOW_IPS", ["127.0.0.1"])
+try:
+    FORWARDED_ALLOW = None if "*" in _forwarded else [
+        _ipaddress.ip_network(item, strict=False) for item in _forwarded]
+except ValueError as _e:
+    raise _ImproperlyConfigured(f"MSR_FORWARDED_ALLOW_IPS: {_e}") from None

@@ -80,6 +80,49 @@ def test_a_network_rule_picks_the_cache_unless_the_user_chose_one(msr, personas,
                        json={"defaultContentCache": None})
 
 
+def test_behind_a_proxy_the_rule_matches_the_forwarded_client_address(msr, personas, nodes, layer):
+    """MSR behind nginx sees the proxy's address (here 127.0.0.1, trusted by default):
+    the rule matches the client address the proxy appended to X-Forwarded-For, not
+    addresses the client wrote into the header itself; and the audit trail records it."""
+    from msr.models import Event
+
+    _, digest = layer
+    admin = _admin(personas)
+    rules = f"{msr}/api/v0/cache_network_rules"
+    rule = admin.post(rules, json={"cidr": "198.51.100.0/24", "cache": "asia"})
+    assert rule.status_code == 201
+    try:
+        bob = Registry(msr, "bob", personas["bob"].token)
+        token = bob.token("repository:acme/private-app:pull")
+        path = f"/v2/acme/private-app/blobs/{digest}"
+        for forwarded, expected in [
+            ("198.51.100.7", 307),                 # the proxy saw a client in the rule's network
+            ("198.51.100.7, 127.0.0.1", 307),      # through two trusted proxies
+            ("198.51.100.7, 203.0.113.9", 200),    # client spoofed the header; the proxy saw 203.0.113.9
+            ("not-an-address", 200),
+        ]:
+            response = bob.request("GET", path, token=token, headers={"X-Forwarded-For": forwarded})
+            assert response.status_code == expected, forwarded
+            if expected == 307:
+                assert response.headers["Location"].startswith(nodes["asia"])
+        assert bob.request("GET", path, token=token).status_code == 200  # no header: 127.0.0.1
+
+        alice = Registry(msr, "alice", personas["alice"].token)
+        alice.push_image("acme/private-app", "behind-proxy", layers=(b"proxied layer",))
+        manifest = bob.request("GET", "/v2/acme/private-app/manifests/behind-proxy", token=token,
+                               headers={"X-Forwarded-For": "198.51.100.8"})
+        assert manifest.status_code == 200
+
+        def recorded():  # pulls are written in batches, within a second or so
+            return Event.objects.filter(type=Event.PULL, actor="bob", client_ip="198.51.100.8").exists()
+        deadline = time.monotonic() + 15
+        while not recorded() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert recorded()
+    finally:
+        admin.delete(f"{rules}/{rule.json()['id']}")
+
+
 def test_purge_one_blob_from_msr(msr, personas, nodes, layer):
     from caches.models import ContentCache
 

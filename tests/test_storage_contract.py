@@ -91,6 +91,11 @@ def test_reads_start_at_an_offset(store):
     upload(store, "u1", data)
     for offset in (1, 4999, PART, len(data) - 1):
         assert read(store, digest, offset) == data[offset:]
+    blob = store.open_blob(digest, PART - 10, 20)  # a range across the part boundary
+    try:
+        assert blob.read(20) == data[PART - 10:PART + 10]
+    finally:
+        blob.close()
 
 
 def test_chunks_that_arrive_at_different_processes_add_up(make_store):

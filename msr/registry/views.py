@@ -10,9 +10,10 @@ from accounts.models import User
 from accounts.permissions import readable_repositories
 from caches.files import LimitedFile, RangeNotSatisfiable, parse_range
 from msr import metrics, services, uploads
+from msr.addresses import client_address
 from msr.events import record_pull
 from msr.models import Manifest, Repository, Tag
-from msr.references import is_valid_digest, is_valid_name, split_name
+from msr.references import is_valid_digest, is_valid_name
 from msr.registry import errors
 from msr.registry.base import RegistryView, empty_response, request_body
 from msr.storage import CHUNK_SIZE, get_storage
@@ -140,7 +141,7 @@ class BlobView(RegistryView):
         """Where this client should fetch the layer: its cache, or None for MSR itself."""
         from caches.grants import choose_cache, redirect_url
 
-        cache = choose_cache(self.username, request.META.get("REMOTE_ADDR"))
+        cache = choose_cache(self.username, client_address(request.META))
         if cache is None:
             return None
         metrics.CACHE_REDIRECTS.labels(cache.name).inc()
@@ -160,7 +161,7 @@ class BlobView(RegistryView):
                 ) from None
             status = 206
         try:
-            blob = get_storage().open_blob(digest, start)
+            blob = get_storage().open_blob(digest, start, end - start + 1)
         except FileNotFoundError:
             raise errors.BlobUnknown("blob missing from storage", detail={"digest": digest}) from None
         response = FileResponse(

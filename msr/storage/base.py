@@ -8,7 +8,8 @@ for both by tests/test_storage_contract.py:
 
 blobs
     blob_size(digest) -> int | None          None when absent
-    open_blob(digest, offset=0) -> file       read() from `offset`; FileNotFoundError
+    open_blob(digest, offset=0, length=None)  read() from `offset`, at most `length`
+                                              bytes wanted; FileNotFoundError
     blob_url(digest) -> str | None            a URL the client may fetch the bytes from
                                               directly (S3: presigned), or None
     delete_blob(digest)

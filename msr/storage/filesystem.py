@@ -40,7 +40,9 @@ class FilesystemStorage:
         except FileNotFoundError:
             return None
 
-    def open_blob(self, digest: str, offset: int = 0):
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None):
+        """The file at `offset`; the caller reads at most `length` (sendfile needs the
+        real file)."""
         f = open(self.blob_path(digest), "rb")
         if offset:
             f.seek(offset)

@@ -136,9 +136,12 @@ class S3Storage:
                 return None
             raise
 
-    def open_blob(self, digest: str, offset: int = 0):
-        """The blob's bytes from `offset` as a stream (read(n), close())."""
-        extra = {"Range": f"bytes={offset}-"} if offset else {}
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None):
+        """The blob's bytes from `offset` (`length` of them, or to the end) as a stream
+        (read(n), close())."""
+        extra = {}
+        if offset or length is not None:
+            extra["Range"] = f"bytes={offset}-{'' if length is None else offset + length - 1}"
         try:
             return self.s3.get_object(Bucket=self.bucket, Key=self.blob_key(digest), **extra)["Body"]
         except ClientError as e:

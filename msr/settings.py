@@ -279,6 +279,24 @@ if GC_INTERVAL_SECONDS:
     CELERY_BEAT_SCHEDULE["collect-garbage"] = {"task": "msr.tasks.collect_garbage",
                                                "schedule": GC_INTERVAL_SECONDS}
 
+# Retention (msr/retention.py): rows older than this many days are deleted by beat every
+# MSR_RETENTION_INTERVAL seconds (0: off) and by `msr manage prune`; 0 days keeps them.
+RETENTION_DAYS = {
+    "pull_events": env_int("MSR_RETENTION_PULL_EVENTS_DAYS", 90),
+    "audit_events": env_int("MSR_RETENTION_AUDIT_EVENTS_DAYS", 0),
+    "jobs": env_int("MSR_RETENTION_JOBS_DAYS", 90),
+    "webhook_deliveries": env_int("MSR_RETENTION_WEBHOOK_DELIVERIES_DAYS", 30),
+    "cache_metrics": env_int("MSR_RETENTION_CACHE_METRICS_DAYS", 30),
+}
+RETENTION_INTERVAL_SECONDS = env_int("MSR_RETENTION_INTERVAL", 3600)
+for _name, _value in [*((f"MSR_RETENTION_{k.upper()}_DAYS", v) for k, v in RETENTION_DAYS.items()),
+                      ("MSR_RETENTION_INTERVAL", RETENTION_INTERVAL_SECONDS)]:
+    if _value < 0:
+        raise ImproperlyConfigured(f"{_name}={_value}: expected 0 or more")
+if RETENTION_INTERVAL_SECONDS:
+    CELERY_BEAT_SCHEDULE["prune-records"] = {"task": "msr.tasks.prune_records",
+                                             "schedule": RETENTION_INTERVAL_SECONDS}
+
 # -- Observability (README, "Observability") ---------------------------------------------------
 import ipaddress as _ipaddress  # noqa: E402
 

@@ -93,3 +93,12 @@ def collect_garbage() -> dict:
     except Busy as e:  # a backup is copying blobs: the next scheduled run collects
         log.warning("garbage collection skipped: %s", e)
         return {"skipped": str(e)}
+
+
+@shared_task
+def prune_records() -> dict:
+    """Delete records past their retention (msr/retention.py); beat runs it every
+    RETENTION_INTERVAL_SECONDS."""
+    from msr import retention
+
+    return retention.prune()

@@ -33,3 +33,17 @@ def decrypt(ciphertext: str) -> str:
         return _fernet().decrypt(ciphertext.encode()).decode()
     except InvalidToken:
         raise ValueError("cannot decrypt a stored secret: was MSR_ENCRYPTION_KEY changed?") from None
+
+
+def rotate(ciphertext: str) -> str:
+    """The secret encrypted with the first (newest) key; ValueError if no key reads it."""
+    if not ciphertext:
+        return ""
+    try:
+        return _fernet().rotate(ciphertext.encode()).decode()
+    except InvalidToken:
+        raise ValueError("cannot decrypt a stored secret with any of MSR_ENCRYPTION_KEY's keys") from None
+
+
+# Every model field holding a secret encrypted with these keys: (app label.model, field).
+ENCRYPTED_FIELDS = [("msr.Webhook", "secret_encrypted"), ("mirroring.Policy", "secret_encrypted")]

@@ -180,7 +180,8 @@ check_pulled() {  # check_pulled DIR LAYERSFILE
 # record.py: one JSON line per copy from the figures passed as key=value, the samplers'
 # JSON files and the lines the copy added to MSR's access log (and moto's log); checks.
 cat >"$BENCH_TMP/record.py" <<'PY'
-import json, re, sys
+import bisect, json, re, sys
+from datetime import datetime
 out, args = sys.argv[1], dict(a.split("=", 1) for a in sys.argv[2:])
 rec = {}
 for k, v in args.items():
@@ -189,7 +190,7 @@ for k, v in args.items():
             rec[k] = json.load(open(v))
         except (OSError, ValueError):
             rec[k] = None
-    elif k in ("log", "from", "moto_log", "moto_from", "blobs"):
+    elif k in ("log", "from", "moto_log", "moto_from", "blobs", "cpu"):
         continue
     else:
         try:
@@ -209,18 +210,36 @@ for line in lines:
     route, method, status, ms = e.get("route", ""), e.get("method"), e.get("status"), e.get("duration_ms", 0)
     statuses[str(status)] = statuses.get(str(status), 0) + 1
     if route.endswith("/blobs/uploads/<upload_id>"):
-        (patch if method == "PATCH" else put if method == "PUT" else []).append((ms, status))
+        end = datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()
+        (patch if method == "PATCH" else put if method == "PUT" else []).append((ms, status, end - ms / 1000, end))
     if method == "GET" and route.endswith("/blobs/<digest>"):
         gets[str(status)] = gets.get(str(status), 0) + 1
 rec.update(requests=n, statuses=statuses, blob_gets=gets,
-           patch_ms=sorted(m for m, _ in patch), put_ms=sorted(m for m, _ in put))
+           patch_ms=sorted(x[0] for x in patch), put_ms=sorted(x[0] for x in put))
+# CPU of MSR's tree and of moto during the longest PATCH and the longest PUT (the layer's,
+# for a one-layer image), interpolated from the 0.1 s samples
+samples = [tuple(map(float, l.split())) for l in open(args["cpu"]) if len(l.split()) == 3]
+def at(t, col):
+    ts = [s[0] for s in samples]
+    i = bisect.bisect_left(ts, t)
+    if i <= 0:
+        return samples[0][col]
+    if i >= len(samples):
+        return samples[-1][col]
+    (t0, *a), (t1, *b) = samples[i - 1], samples[i]
+    return a[col - 1] + (b[col - 1] - a[col - 1]) * (t - t0) / (t1 - t0)
+for name, reqs in (("patch", patch), ("put", put)):
+    if reqs and len(samples) >= 2:
+        _, _, t0, t1 = max(reqs)
+        rec[f"{name}_msr_cpu"] = round(at(t1, 1) - at(t0, 1), 3)
+        rec[f"{name}_moto_cpu"] = round(at(t1, 2) - at(t0, 2), 3)
 blobs = int(args["blobs"])
 errors = []
 if any(int(s) >= 500 for s in statuses):
     errors.append(f"5xx answers: {statuses}")
 if rec["op"] == "push":
-    if len(put) != blobs or any(s != 201 for _, s in put):
-        errors.append(f"{len(put)} upload PUTs ({[s for _, s in put]}), want {blobs} x 201")
+    if len(put) != blobs or any(x[1] != 201 for x in put):
+        errors.append(f"{len(put)} upload PUTs ({[x[1] for x in put]}), want {blobs} x 201")
 else:
     want = "307" if rec["store"] == "s3" else "200"
     if gets.get(want, 0) != blobs or sum(gets.values()) != blobs:
@@ -238,6 +257,75 @@ if errors:
     sys.exit(1)
 PY
 
+# cpu_sampler.py OUT ROOT [MOTO]: every 0.1 s one line "epoch seconds, CPU s of ROOT's tree,
+# CPU s of MOTO" until SIGTERM or ROOT exits; with the access log's request times this splits
+# MSR's and moto's CPU between the upload's PATCH and its completing PUT.
+cat >"$BENCH_TMP/cpu_sampler.py" <<'PY'
+import os, signal, sys, time
+tck = os.sysconf("SC_CLK_TCK")
+stop = False
+def on_signal(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, on_signal)
+def kids(pid):
+    out = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+def cpu(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / tck
+def tree(pid):
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += cpu(p)
+        except OSError:
+            continue
+        todo += kids(p)
+    return total
+root, moto = int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0
+with open(sys.argv[1], "w", buffering=1) as out:
+    while not stop:
+        try:
+            cpu(root)
+        except OSError:
+            break
+        out.write(f"{time.time():.3f} {tree(root):.2f} {tree(moto) if moto else 0:.2f}\n")
+        time.sleep(0.1)
+PY
+idle_rss() {  # idle_rss PID -> "sum_kb max_kb" of VmRSS over the process tree
+  "$PYTHON" - "$1" <<'PY'
+import os, sys
+def kids(pid):
+    out = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+vals, todo = [], [int(sys.argv[1])]
+while todo:
+    p = todo.pop()
+    try:
+        with open(f"/proc/{p}/status") as f:
+            vals += [int(l.split()[1]) for l in f if l.startswith("VmRSS:")]
+    except OSError:
+        pass
+    todo += kids(p)
+print(sum(vals), max(vals or [0]))
+PY
+}
+
 children_cpu() {  # children_cpu VAR: user + sys seconds of this shell's finished children
   times >"$BENCH_TMP/times.out"
   printf -v "$1" '%s' "$(tail -n 1 "$BENCH_TMP/times.out" | awk '{ n = 0
@@ -251,7 +339,7 @@ RUN_ID=$(date +%H%M%S)-$$
 # copy DEP IMG ROUND push|pull [set]: one timed skopeo copy with its measurements
 copy() {
   local d=$1 img=$2 r=$3 op=$4 set=${5:-main} repo ref creds src dst from mfrom=0 logf="$BENCH_TMP/copy.log"
-  local t0 t1 c0 c1 m0=0 m1=0 b0 b1 k0 k1 load nblobs msg moto=${MOTO[$1]:-}
+  local t0 t1 c0 c1 m0=0 m1=0 b0 b1 k0 k1 load nblobs msg moto=${MOTO[$1]:-} idle_sum idle_max cpu_pid
   repo="admin/s3b-$img-$RUN_ID-$set-r$r"; ref="docker://${HOSTPORT[$d]}/$repo:v1"
   nblobs=$(($(wc -l <"$BENCH_TMP/img-$img.layers") + 1))   # layers + config
   if [ "$op" = push ]; then
@@ -265,8 +353,11 @@ copy() {
   sync
   from=$(wc -l <"${ALOG[$d]}")
   [ -z "$moto" ] || mfrom=$(wc -l <"${MOTO_LOG[$d]}")
+  read -r idle_sum idle_max < <(idle_rss "${WEB_PID[$d]}")
   start_rss msr "${WEB_PID[$d]}"
   [ -z "$moto" ] || start_rss moto "$moto"
+  "$PYTHON" "$BENCH_TMP/cpu_sampler.py" "$BENCH_TMP/cpu.txt" "${WEB_PID[$d]}" $moto &
+  cpu_pid=$!; BENCH_PIDS+=("$cpu_pid")
   sleep 0.3   # the samplers' first sample: the idle size
   load=$(cut -d' ' -f1 /proc/loadavg)
   c0=$(tree_cpu "${WEB_PID[$d]}"); [ -z "$moto" ] || m0=$(tree_cpu "$moto"); b0=$(machine_busy_cpu)
@@ -279,30 +370,33 @@ copy() {
   children_cpu k1
   b1=$(machine_busy_cpu); c1=$(tree_cpu "${WEB_PID[$d]}"); [ -z "$moto" ] || m1=$(tree_cpu "$moto")
   stop_rss msr; [ -z "$moto" ] || stop_rss moto
+  sleep 0.2   # the last access lines, and a CPU sample after them
+  stop_pid "$cpu_pid" 5; forget_pid "$cpu_pid"
   if [ "$op" = push ] && grep -qiE 'skipped|already exists' "$logf"; then
     cat "$logf" >&2; die "$d: skopeo reused blobs instead of pushing them"
   fi
   if [ "$op" = pull ]; then check_pulled "$BENCH_TMP/pull" "$BENCH_TMP/img-$img.layers"; rm -rf "$BENCH_TMP/pull"; fi
-  sleep 0.2   # the last access lines
   msg=$("$PYTHON" "$BENCH_TMP/record.py" "$RECORDS" set="$set" dep="$d" store="${STORE[$d]}" part="${PART[$d]:-0}" \
         img="$img" round="$r" op="$op" s="$(sub "$t0" "$t1")" msr_cpu="$(sub "$c0" "$c1")" \
         moto_cpu="$(sub "$m0" "$m1")" skopeo_cpu="$(sub "$k0" "$k1")" busy_cpu="$(sub "$b0" "$b1")" \
-        load="$load" rss_msr="$BENCH_TMP/rss-msr.json" ${moto:+rss_moto="$BENCH_TMP/rss-moto.json"} \
+        load="$load" idle_sum_kb="$idle_sum" idle_max_kb="$idle_max" cpu="$BENCH_TMP/cpu.txt" rss_msr="$BENCH_TMP/rss-msr.json" ${moto:+rss_moto="$BENCH_TMP/rss-moto.json"} \
         log="${ALOG[$d]}" from="$from" moto_log="${MOTO_LOG[$d]:-}" moto_from="$mfrom" blobs="$nblobs") \
     || die "$d $op $img: $msg"
   rm -f "$BENCH_TMP"/rss-msr.json "$BENCH_TMP"/rss-moto.json
   log "$set r$r $d $img: $op $(sub "$t0" "$t1") s (MSR CPU $(sub "$c0" "$c1") s${moto:+, moto CPU $(sub "$m0" "$m1") s})"
 }
 
-warm_up() {  # untimed push + pull of a tiny image: token caches, boto3 clients, the first requests
-  local d=$1
-  [ -d "$BENCH_TMP/img-tiny" ] || make_image tiny --layers 3 --size-mb 0.1
+warm_up() {  # untimed push + pull of a tiny image, twice: token caches, boto3 clients, first requests
+  local d=$1 i
+  for i in 1 2; do
+  make_image tiny --layers 3 --size-mb 0.1
   skopeo copy --dest-tls-verify=false --dest-creds "admin:${PW[$d]}" "oci:$BENCH_TMP/img-tiny:v1" \
-    "docker://${HOSTPORT[$d]}/admin/warmup:v1" >"$BENCH_TMP/warm.log" 2>&1 || { cat "$BENCH_TMP/warm.log" >&2; die "$d: warm-up push failed"; }
+    "docker://${HOSTPORT[$d]}/admin/warmup$i:v1" >"$BENCH_TMP/warm.log" 2>&1 || { cat "$BENCH_TMP/warm.log" >&2; die "$d: warm-up push failed"; }
   rm -rf "$BENCH_TMP/warm"
-  skopeo copy --src-tls-verify=false --src-creds "admin:${PW[$d]}" "docker://${HOSTPORT[$d]}/admin/warmup:v1" \
+  skopeo copy --src-tls-verify=false --src-creds "admin:${PW[$d]}" "docker://${HOSTPORT[$d]}/admin/warmup$i:v1" \
     "oci:$BENCH_TMP/warm:v1" >"$BENCH_TMP/warm.log" 2>&1 || { cat "$BENCH_TMP/warm.log" >&2; die "$d: warm-up pull failed"; }
   rm -rf "$BENCH_TMP/warm"
+  done
 }
 
 # -- run ---------------------------------------------------------------------------------
@@ -364,19 +458,25 @@ def med(xs):
 def f(v, d=2):
     return "n/a" if v is None else f"{v:.{d}f}"
 def sel(set_="main", **kw):
-    return [r for r in recs if r["set"] == set_ and all(r[k] == v for k, v in kw.items())]
+    return [r for r in recs if r["set"] == set_ and all(r.get(k) == v for k, v in kw.items())]
 def m(rs, fn):
-    return med([fn(r) for r in rs])
+    vals = []
+    for r in rs:
+        try:
+            vals.append(fn(r))
+        except (KeyError, TypeError):
+            pass
+    return med(vals)
 def rss(r, key, field):
-    d = r.get(key)
-    return None if not d else d[field] / MB
-def grow(r):
-    d = r.get("rss_msr")
-    return None if not d else (d["peak_total_kb"] - d["first_total_kb"]) / MB
+    return r[key][field] / MB
+def grow_sum(r):
+    return (r["rss_msr"]["peak_total_kb"] - r["idle_sum_kb"]) / MB
+def grow_max(r):
+    return (r["rss_msr"]["peak_max_kb"] - r["idle_max_kb"]) / MB
 def maxput(r):
-    return max(r["put_ms"]) / 1000 if r["put_ms"] else None
+    return max(r["put_ms"]) / 1000
 def maxpatch(r):
-    return max(r["patch_ms"]) / 1000 if r["patch_ms"] else None
+    return max(r["patch_ms"]) / 1000
 def others(r):
     return r["busy_cpu"] - r["msr_cpu"] - r["moto_cpu"] - r["skopeo_cpu"]
 def ratio(a, b):
@@ -386,6 +486,7 @@ big = f"1 x {meta['size_mb']:g} MiB"
 multi = f"{meta['layers']} x {meta['layer_mb']:g} MiB"
 imgs = [("big", big), ("multi", multi)]
 stores = [("fs", "filesystem"), ("s3", "S3 (moto), 16 MiB parts")]
+size_mib = {"big": meta["size_mb"], "multi": meta["layers"] * meta["layer_mb"]}
 R = meta["rounds"]
 o = []
 w = o.append
@@ -395,10 +496,10 @@ w(f"- machine: {meta['machine']}; load average {meta['load_start']} at the start
   f"{meta['elapsed_s']} s in all")
 w(f"- MSR: `msr serve`, {meta['workers']} workers x {meta['threads']} threads, {meta['db']}, fsync {meta['fsync']}, "
   f"access log on; tree {meta['tree']}")
-w(f"- S3: {meta['versions']}, moto_server on 127.0.0.1 (one per S3 deployment), path-style, "
+w(f"- S3: {meta['versions']}; moto_server on 127.0.0.1, one per S3 deployment; path-style; "
   "MSR_S3_REDIRECT=true (pulls follow a 307 to a presigned moto URL)")
 w(f"- images: {big} and {multi}, random data, gzip level {meta['gzip_level']}, new blobs each round; pulls into "
-  f"`{meta['dest']}:`; medians of {R} round(s), order fs/s3 alternating")
+  f"`{meta['dest']}:`; medians of {R} round(s), fs/s3 order alternating")
 w(f"- command: `{meta['command']}`")
 w("")
 w("### Wall time, seconds")
@@ -415,35 +516,52 @@ for d, label in stores:
     w(f"| {label} | " + " | ".join(row) + " |")
 w("| S3 / filesystem | " + " | ".join(ratio(T["s3", i, op], T["fs", i, op]) for i, _ in imgs for op in ("push", "pull")) + " |")
 w("")
-w("### Push: where the time and the memory go (medians)")
+w("### Push: where the time goes (medians)")
 w("")
-w("MiB/s = layer bytes / wall time. PATCH = the layer's bytes arriving (S3: parts sent to the bucket as "
-  "they fill); PUT = completing the upload (filesystem: fsync, rename; S3: complete the multipart "
-  "upload, server-side copy to the digest's key, delete the upload's objects), both from MSR's "
-  "access log, the longest of the push. RSS of MSR's process tree, MiB: peak of the sum, growth of "
-  "the sum over the copy's first (idle) sample, peak of the largest process, peak PSS sum. CPU seconds during the copy.")
+w("PATCH = the layer's bytes arriving (S3: parts sent to the bucket as they fill); PUT = completing the "
+  "upload (filesystem: fsync + rename; S3: complete the multipart upload, server-side copy to the "
+  "digest's key, delete the upload's objects). Durations from MSR's access log, the longest PATCH and "
+  "PUT of the push (for the one-layer image: the layer's). CPU seconds: over the whole push, and within "
+  "the PATCH / PUT (0.1 s samples).")
 w("")
-w("| image | MSR store | push s | MiB/s | layer PATCH s | completion PUT s | MSR CPU s | moto CPU s | skopeo CPU s "
-  "| MSR RSS peak sum | growth | largest process | PSS sum | moto peak RSS MiB |")
-w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-size_mib = {"big": meta["size_mb"], "multi": meta["layers"] * meta["layer_mb"]}
+w("| image | MSR store | push s | MiB/s | PATCH s | PUT s | MSR CPU s | MSR CPU in PATCH / PUT | moto CPU s | moto CPU in PATCH / PUT | skopeo CPU s |")
+w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for img, il in imgs:
     for d, label in stores:
         rs = sel(dep=d, img=img, op="push")
         s = m(rs, lambda r: r["s"])
+        s3 = d != "fs"
         w(f"| {il} | {label} | {f(s)} | {f(size_mib[img] / s if s else None, 0)} | {f(m(rs, maxpatch))} | {f(m(rs, maxput))} "
-          f"| {f(m(rs, lambda r: r['msr_cpu']))} | {f(m(rs, lambda r: r['moto_cpu'])) if d != 'fs' else ''} "
-          f"| {f(m(rs, lambda r: r['skopeo_cpu']))} | {f(m(rs, lambda r: rss(r, 'rss_msr', 'peak_total_kb')), 0)} "
-          f"| {f(m(rs, grow), 0)} | {f(m(rs, lambda r: rss(r, 'rss_msr', 'peak_max_kb')), 0)} "
-          f"| {f(m(rs, lambda r: rss(r, 'rss_msr', 'peak_pss_kb')), 0)} "
-          f"| {f(m(rs, lambda r: rss(r, 'rss_moto', 'peak_total_kb')), 0) if d != 'fs' else ''} |")
+          f"| {f(m(rs, lambda r: r['msr_cpu']))} | {f(m(rs, lambda r: r['patch_msr_cpu']))} / {f(m(rs, lambda r: r['put_msr_cpu']))} "
+          f"| {f(m(rs, lambda r: r['moto_cpu'])) if s3 else ''} "
+          f"| {(f(m(rs, lambda r: r['patch_moto_cpu'])) + ' / ' + f(m(rs, lambda r: r['put_moto_cpu']))) if s3 else ''} "
+          f"| {f(m(rs, lambda r: r['skopeo_cpu']))} |")
+w("")
+w("### Push: memory (medians, MiB)")
+w("")
+w("MSR's process tree (gunicorn master + 2 workers), VmRSS sampled every 50 ms during the push: idle = "
+  "just before it; peak of the sum over the tree and its growth over idle; peak of the largest single "
+  "process and its growth over the largest idle process (an upload runs in one worker, so this is "
+  "the memory one worker held for its uploads); peak PSS sum. moto: idle -> peak.")
+w("")
+w("| image | MSR store | idle sum | peak sum | growth | largest process peak | growth | PSS peak | moto RSS idle -> peak |")
+w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+for img, il in imgs:
+    for d, label in stores:
+        rs = sel(dep=d, img=img, op="push")
+        moto = (f"{f(m(rs, lambda r: rss(r, 'rss_moto', 'first_total_kb')), 0)} -> "
+                f"{f(m(rs, lambda r: rss(r, 'rss_moto', 'peak_total_kb')), 0)}") if d != "fs" else ""
+        w(f"| {il} | {label} | {f(m(rs, lambda r: r['idle_sum_kb'] / MB), 0)} "
+          f"| {f(m(rs, lambda r: rss(r, 'rss_msr', 'peak_total_kb')), 0)} | {f(m(rs, grow_sum), 0)} "
+          f"| {f(m(rs, lambda r: rss(r, 'rss_msr', 'peak_max_kb')), 0)} | {f(m(rs, grow_max), 0)} "
+          f"| {f(m(rs, lambda r: rss(r, 'rss_msr', 'peak_pss_kb')), 0)} | {moto} |")
 w("")
 w("### Pull (medians)")
 w("")
-w("Blob GETs as MSR answered them (from its access log); for S3 each 307 was followed to moto, whose log "
-  "shows the same number of presigned GETs answered 200.")
+w("Blob GETs as MSR answered them (its access log); for S3 each 307 was followed to moto, whose log "
+  "shows as many presigned GETs answered 200 (checked).")
 w("")
-w("| image | MSR store | pull s | MiB/s | blob GETs answered by MSR | MSR CPU s | moto CPU s | skopeo CPU s | MSR RSS largest process | moto peak RSS MiB |")
+w("| image | MSR store | pull s | MiB/s | blob GETs answered by MSR | MSR CPU s | moto CPU s | skopeo CPU s | MSR largest process MiB | moto peak RSS MiB |")
 w("|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
 for img, il in imgs:
     for d, label in stores:
@@ -459,37 +577,35 @@ parts = sorted({r["part"] for r in recs if r["set"] == "parts"})
 if parts:
     w("### MSR_S3_PART_SIZE (S3 only)")
     w("")
-    w("16 MiB: the medians above; the other sizes: one push and pull each of the last round's images, "
-      "on a fresh deployment and moto of their own. MSR RSS: largest process, and growth of the tree's sum over idle, MiB.")
+    w("16 MiB: the medians above; other sizes: one push and pull of the last round's images each, on a "
+      "fresh deployment with its own moto (single runs). Growth: MiB over idle, of the largest MSR "
+      "process (the worker that took the upload) and of the tree's sum.")
     w("")
-    w(f"| part size | runs | push {big} s | completion PUT s | MSR CPU s | RSS largest | growth | moto peak RSS MiB "
-      f"| push {multi} s | RSS largest | growth | pull {big} s |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w(f"| part size | runs | push {big} s | PUT s | moto CPU in PUT | growth largest / sum | moto peak RSS MiB "
+      f"| push {multi} s | growth largest / sum | pull {big} s |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [(16, sel(dep="s3", img="big", op="push"), sel(dep="s3", img="multi", op="push"), sel(dep="s3", img="big", op="pull"))]
     for p in parts:
         rows.append((int(p), sel("parts", part=p, img="big", op="push"), sel("parts", part=p, img="multi", op="push"),
                      sel("parts", part=p, img="big", op="pull")))
     for p, bp, mp, bl in sorted(rows, key=lambda x: x[0]):
-        w(f"| {p} MiB | {len(bp)} | {f(m(bp, lambda r: r['s']))} | {f(m(bp, maxput))} | {f(m(bp, lambda r: r['msr_cpu']))} "
-          f"| {f(m(bp, lambda r: rss(r, 'rss_msr', 'peak_max_kb')), 0)} | {f(m(bp, grow), 0)} "
+        w(f"| {p} MiB | {len(bp)} | {f(m(bp, lambda r: r['s']))} | {f(m(bp, maxput))} | {f(m(bp, lambda r: r['put_moto_cpu']))} "
+          f"| {f(m(bp, grow_max), 0)} / {f(m(bp, grow_sum), 0)} "
           f"| {f(m(bp, lambda r: rss(r, 'rss_moto', 'peak_total_kb')), 0)} | {f(m(mp, lambda r: r['s']))} "
-          f"| {f(m(mp, lambda r: rss(r, 'rss_msr', 'peak_max_kb')), 0)} | {f(m(mp, grow), 0)} | {f(m(bl, lambda r: r['s']))} |")
+          f"| {f(m(mp, grow_max), 0)} / {f(m(mp, grow_sum), 0)} | {f(m(bl, lambda r: r['s']))} |")
     w("")
 w("### Per copy")
 w("")
-w("Seconds; in brackets the CPU seconds used by other work on the machine during the copy (machine busy "
-  "time minus MSR, moto and skopeo; includes the RSS samplers and the kernel's writeback), and the 1-minute load "
-  "average when it started.")
+w("Seconds, then in brackets: CPU seconds taken by other work on the machine during the copy (the "
+  "machine's busy time minus MSR, moto and skopeo; includes the samplers and kernel writeback) and "
+  "the 1-minute load average when the copy started.")
 w("")
-for r in recs:
-    pass
 by = {}
 for r in recs:
-    key = (r["set"], r["dep"], r["img"], r["op"])
-    by.setdefault(key, []).append(f"{r['s']:.2f} ({others(r):.1f}, {r['load']:.2f})")
+    by.setdefault((r["set"], r["dep"], r["img"], r["op"]), []).append(
+        f"{r['s']:.2f} ({others(r):.1f}, {r['load']:.2f})")
 for (set_, d, img, op), vals in by.items():
     w(f"- {d} {dict(imgs)[img]} {op}: " + "; ".join(vals))
-idle = [r["rss_msr"]["first_total_kb"] / MB for r in recs if r.get("rss_msr") and r["set"] == "main"]
 w("")
 print("\n".join(o))
 PY

@@ -3,14 +3,18 @@
 `/healthz`: liveness. The process answers; nothing else is asked, so a database outage
 does not get every web process restarted.
 `/readyz`: readiness. The database answers a query, the broker is reachable (Redis
-PING, or the filesystem broker's folder writable), the blob storage is writable (a file
-created and deleted). 200 when all pass, else 503 naming the failing checks. Error
-messages are shown only to the addresses of MSR_METRICS_ALLOW.
+PING, or the filesystem broker's folder writable), the blob storage is usable (a file
+created and deleted; S3: HEAD on the bucket). The checks run in parallel and each has
+CHECK_DEADLINE_SECONDS to answer. 200 when all pass, else 503 naming the failing checks.
+Error messages are shown only to the addresses of MSR_METRICS_ALLOW.
 """
 
 import logging
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -76,12 +80,42 @@ def _error(e: Exception) -> str:
     return message.replace(password, "***") if password else message
 
 
+# Checks run in these threads so that one that hangs (a database or bucket that stopped
+# answering without closing the connection) costs the probe CHECK_DEADLINE_SECONDS, not
+# the client libraries' own timeouts (minutes). A hung check keeps its thread until its
+# call returns; with every thread hung, new checks wait and time out too: still "not
+# ready", which is the truth.
+CHECK_DEADLINE_SECONDS = 3
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz")
+        return _pool
+
+
+def _run(check) -> None:
+    try:
+        check()
+    finally:
+        connection.close()  # this thread's own connection (Django's are per thread)
+
+
 def readyz(request):
     results, failing = {}, []
-    for name, check in CHECKS.items():
-        started = time.perf_counter()
+    started = time.perf_counter()
+    futures = {name: _executor().submit(_run, check) for name, check in CHECKS.items()}
+    deadline = started + CHECK_DEADLINE_SECONDS
+    for name, future in futures.items():
         try:
-            check()
+            future.result(timeout=max(0.0, deadline - time.perf_counter()))
+        except FutureTimeout:
+            failing.append(name)
+            results[name] = {"ok": False, "error": f"no answer within {CHECK_DEADLINE_SECONDS} s"}
         except Exception as e:
             failing.append(name)
             results[name] = {"ok": False, "error": _error(e)}

@@ -241,3 +241,34 @@ def test_a_wrong_storage_setting_stops_msr_with_its_name(tmp_path, env, message)
                             env={**{k: v for k, v in os.environ.items() if not k.startswith("MSR_")},
                                  "MSR_DATA_DIR": str(tmp_path), **env})
     assert result.returncode != 0 and message in result.stderr
+
+
+def test_readyz_answers_in_seconds_when_the_bucket_hangs(site):
+    """An endpoint that takes the connection and never answers (a hung S3 gateway):
+    /readyz still answers promptly, naming the storage, instead of waiting out boto3's
+    timeouts and retries (minutes)."""
+    import socket
+    import time
+
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(64)  # the kernel completes connections; nobody ever reads or answers
+    deployment = site["deployment"]
+    port = free_port()
+    env = {**deployment.env, "MSR_S3_ENDPOINT_URL": f"http://127.0.0.1:{blackhole.getsockname()[1]}"}
+    web = Process([MSR, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env,
+                  deployment.logs / f"web-hung-{port}.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        web.wait_http(f"{url}/v2/")
+        for _ in range(2):  # the second probe finds the first one's check still hung
+            started = time.monotonic()
+            response = requests.get(f"{url}/readyz", timeout=60)
+            assert time.monotonic() - started < 15
+            body = response.json()
+            assert response.status_code == 503 and body["failing"] == ["storage"], body
+            assert body["checks"]["storage"]["error"] == "no answer within 3 s"
+            assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
+    finally:
+        web.stop()
+        blackhole.close()

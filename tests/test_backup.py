@@ -125,3 +125,29 @@ def test_garbage_collection_waits_for_a_running_backup():
         assert "skipped" in collect_garbage()
         assert gc.collect(dry_run=True, grace=86400).dry_run  # a dry run deletes nothing: allowed
     assert gc.collect(grace=86400).dry_run is False
+
+
+def test_a_backup_on_another_host_keeps_garbage_collection_out():
+    """The file lock only covers one host; the database lease covers the deployment. A
+    holder that died (its lease no longer renewed) frees it when the lease expires."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from msr import gc
+    from msr.maintenance import LEASE_NAME, Busy, maintenance_lock
+    from msr.models import StorageLease
+
+    other_host = StorageLease.objects.create(name=LEASE_NAME, holder="backup-on-host-b",
+                                             expires_at=timezone.now() + timedelta(seconds=120))
+    try:
+        with pytest.raises(Busy, match="database lease 'maintenance'"):
+            gc.collect(grace=86400)
+        other_host.expires_at = timezone.now() - timedelta(seconds=1)  # host b died two minutes ago
+        other_host.save()
+        with maintenance_lock("collect garbage"):
+            held = StorageLease.objects.get(name=LEASE_NAME)
+            assert held.holder != "backup-on-host-b" and held.expires_at > timezone.now()
+        assert not StorageLease.objects.filter(name=LEASE_NAME).exists()  # released
+    finally:
+        StorageLease.objects.filter(name=LEASE_NAME).delete()

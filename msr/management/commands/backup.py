@@ -32,13 +32,13 @@ KEY_FILES = ("secret_key", "token_key.pem", "encryption_key")
 
 
 @contextmanager
-def maintenance_lock(what: str):
+def maintenance_lock(what: str, database: bool = True):
     """msr.maintenance's lock (exclusive with garbage collection), as a CommandError."""
     from msr.maintenance import Busy
     from msr.maintenance import maintenance_lock as lock
 
     try:
-        with lock(what):
+        with lock(what, database=database):
             yield
     except Busy as e:
         raise CommandError(str(e)) from None
@@ -116,7 +116,10 @@ class Command(BaseCommand):
                 args, env = pg_args(connection.settings_dict)
                 dump = target / "database.dump"
                 partial = target / "database.dump.partial"
+                # Leases (this backup's own maintenance lease, uploads' locks) mean nothing
+                # in a restored deployment.
                 result = subprocess.run(["pg_dump", "--format=custom", "--no-owner", "--no-privileges",
+                                         "--exclude-table-data=msr_storagelease",
                                          "--file", str(partial), *args], env=env, capture_output=True, text=True)
                 if result.returncode != 0:
                     partial.unlink(missing_ok=True)

@@ -52,7 +52,8 @@ class Command(BaseCommand):
         if _has_repositories() and not force:
             raise CommandError("this deployment's database holds repositories; restore into an empty one "
                                "or pass --force to replace it")
-        with maintenance_lock("restore"):
+        # The file lock only: the database, where the cross-host lease lives, is replaced.
+        with maintenance_lock("restore", database=False):
             dump = source / meta["database"]
             if engine == "postgresql":
                 args, env = pg_args(connection.settings_dict)

@@ -22,7 +22,11 @@ CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
 
 def start_upload(repository: Repository, user) -> Upload:
     upload = Upload.objects.create(repository=repository, user=user)
-    get_storage().start_upload(str(upload.id))
+    try:
+        get_storage().start_upload(str(upload.id))
+    except BaseException:  # the store is unavailable: no row without its upload area
+        Upload.objects.filter(pk=upload.pk).delete()
+        raise
     return upload
 
 

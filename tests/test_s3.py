@@ -272,3 +272,30 @@ def test_readyz_answers_in_seconds_when_the_bucket_hangs(site):
     finally:
         web.stop()
         blackhole.close()
+
+
+def test_pushes_get_a_503_not_a_500_while_the_bucket_is_unreachable(site):
+    """The S3 endpoint refuses connections (down): an upload is answered 503 UNAVAILABLE
+    with Retry-After, in the OCI error format, and nothing is half-written."""
+    deployment = site["deployment"]
+    port = free_port()
+    env = {**deployment.env, "MSR_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    web = Process([MSR, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env,
+                  deployment.logs / f"web-s3down-{port}.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        web.wait_http(f"{url}/v2/")
+        registry = Registry(url, "admin", site["token"])
+        data = b"pushed while S3 is down"
+        response = registry.request("POST", f"/v2/shop/down/blobs/uploads/?digest={sha256(data)}",
+                                    scope="repository:shop/down:pull,push", data=data)
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "5"
+        assert response.json()["errors"][0]["code"] == "UNAVAILABLE"
+        assert "blob storage" in response.json()["errors"][0]["message"]
+        assert deployment.shell("from msr.models import Upload\n"
+                                "print(Upload.objects.filter(repository__name='down').count())").strip() == "0"
+    finally:
+        web.stop()
+    # the same push through the healthy web process succeeds: nothing was left behind
+    assert site["registry"].push_blob("shop/down", data).status_code == 201

@@ -21,7 +21,7 @@ from msr.access import (
 from msr.events import record
 from msr.models import Event, Repository, Tag
 from msr.references import is_valid_name
-from msr.storage import get_storage
+from msr.storage import STORAGE_ERRORS, get_storage
 
 REPOSITORY_NAME = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*"
 
@@ -235,7 +235,7 @@ def _config_platform(digest: str) -> list[dict]:
     try:
         with get_storage().open_blob(digest) as f:
             config = json.loads(f.read(1024 * 1024))
-    except (OSError, ValueError):
+    except (*STORAGE_ERRORS, ValueError):
         return []
     if not isinstance(config, dict) or "architecture" not in config:
         return []

@@ -12,7 +12,7 @@ from django.views import View
 from msr.references import is_valid_name
 from msr.registry import errors
 from msr.tokens import InvalidToken, granted_actions, verify_access_token
-from msr.storage import CHUNK_SIZE
+from msr.storage import CHUNK_SIZE, STORAGE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,10 @@ class RegistryView(View):
             response = errors.error_response(e)
         except DatabaseError:
             log.exception("database error on %s %s", request.method, request.path)
-            response = errors.error_response(
-                errors.RegistryError("the registry's database is unavailable, try again")
-            )
-            response.status_code = 503
-            response["Retry-After"] = "5"
+            response = errors.error_response(errors.Unavailable("the registry's database is unavailable, try again"))
+        except STORAGE_ERRORS:
+            log.exception("blob storage error on %s %s", request.method, request.path)
+            response = errors.error_response(errors.Unavailable("the registry's blob storage is unavailable, try again"))
         response["Docker-Distribution-Api-Version"] = "registry/2.0"
         response["X-Content-Type-Options"] = "nosniff"
         if not response.has_header("Content-Length") and not response.streaming:

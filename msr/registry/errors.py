@@ -104,6 +104,13 @@ class Busy(RegistryError):
     code, status, message = "BLOB_UPLOAD_INVALID", 409, "another request is writing to this upload"
 
 
+class Unavailable(RegistryError):
+    code, status, message = "UNAVAILABLE", 503, "service unavailable, try again"
+
+    def __init__(self, message=None, detail=None, headers=None):
+        super().__init__(message, detail, {"Retry-After": "5", **(headers or {})})
+
+
 def error_response(error: RegistryError, challenge: str | None = None) -> HttpResponse:
     body = json.dumps({"errors": [error.as_dict()]}).encode()
     response = HttpResponse(body, status=error.status, content_type="application/json")

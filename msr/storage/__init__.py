@@ -3,10 +3,10 @@ The operations both provide are listed in msr/storage/base.py."""
 
 from django.conf import settings
 
-from msr.storage.base import CHUNK_SIZE, DigestMismatch, UploadBusy
+from msr.storage.base import CHUNK_SIZE, STORAGE_ERRORS, DigestMismatch, UploadBusy
 from msr.storage.filesystem import FilesystemStorage
 
-__all__ = ["CHUNK_SIZE", "DigestMismatch", "FilesystemStorage", "UploadBusy", "get_storage", "make_storage"]
+__all__ = ["CHUNK_SIZE", "STORAGE_ERRORS", "DigestMismatch", "FilesystemStorage", "UploadBusy", "get_storage", "make_storage"]
 
 _storage = None
 

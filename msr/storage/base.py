@@ -39,6 +39,22 @@ from collections import OrderedDict
 CHUNK_SIZE = 1024 * 1024
 
 
+def _storage_errors() -> tuple:
+    errors = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        pass
+    else:
+        errors += [BotoCoreError, ClientError]
+    return tuple(errors)
+
+
+# What a store raises when it cannot do its job right now (a full or read-only disk, an
+# unreachable or refusing bucket): the registry answers 503 UNAVAILABLE, not 500.
+STORAGE_ERRORS = _storage_errors()
+
+
 class UploadBusy(Exception):
     """Another request is writing to this upload right now."""
 

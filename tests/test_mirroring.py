@@ -5,7 +5,9 @@ by policies and checked with skopeo.
 dev:  the developer `dana` has read-write on the organization `team`. A promotion policy
       on team/app turns `1.4` into `1.4-rc`; a push mirror carries `*-rc` tags to qa.
 qa:   dana has read-only on team/app; `mirror` (read-write on the organization) is the
-      push mirror's identity.
+      push mirror's identity. qa keeps its blobs in an S3 bucket (moto's S3 emulator):
+      mirrors upload into it as multipart uploads, and pulls and polls from qa follow
+      presigned redirects into the bucket.
 prod: dana has no access; a poll mirror fetches `*-rc` from qa as `reader` (read-only).
 """
 
@@ -53,17 +55,23 @@ def redis_db(n: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def deployments(db_url, tmp_path_factory):
+def deployments(db_url, tmp_path_factory, artifacts_dir):
     import redis
+
+    from tests.s3 import S3Emulator
 
     root = tmp_path_factory.mktemp("deployments")
     made = {}
+    emulator = S3Emulator(artifacts_dir / "logs")
     try:
         for i, name in enumerate(("dev", "qa", "prod")):
             redis.Redis.from_url(redis_db(12 + i)).flushdb()
             # dev uploads blobs above 1 MB in chunks (PATCH with Content-Range), so the
             # 3 MB layers of the fault tests take the chunked path
             extra = {"MSR_MIRROR_CHUNK_BYTES": "1000000"} if name == "dev" else {}
+            if name == "qa":
+                bucket = emulator.bucket()
+                extra = emulator.env(bucket)
             made[name] = Deployment(name, root / name, db_url, redis_db(12 + i), extra_env=extra)
         migrations = [d.migrate_async() for d in made.values()]
         for process in migrations:
@@ -78,11 +86,13 @@ def deployments(db_url, tmp_path_factory):
         made["dev"].start_worker()
         made["prod"].start_worker()
         made["secrets"] = secrets
+        made["s3"], made["bucket"] = emulator, bucket
         yield made
     finally:
         for d in made.values():
             if isinstance(d, Deployment):
                 d.stop()
+        emulator.stop()
 
 
 def host(url: str) -> str:
@@ -152,6 +162,11 @@ def test_dev_to_qa_to_prod_by_promotion_push_mirror_and_poll_mirror(deployments,
     assert secrets["MIRROR"] not in detail["log"]
     polled = wait_for(lambda: job_of(prod, poll.json()["id"]), what="poll job done")
     assert polled["results"][0]["digest"] == pushed
+    # qa's layers are in its bucket (prod fetched them from there through redirects)
+    manifest = json.loads((layout / "blobs/sha256" / pushed.split(":")[1]).read_bytes())
+    in_bucket = set(deployments["s3"].keys(deployments["bucket"], "blobs/"))
+    assert {f"blobs/sha256/{d['digest'][7:9]}/{d['digest'][7:]}" for d in manifest["layers"]} <= in_bucket
+    assert not (qa.data_dir / "storage" / "blobs").exists()
 
     # The developer: pulls from qa, cannot push to qa, cannot pull from prod.
     back = tmp_path / "from-qa"

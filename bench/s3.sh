@@ -12,7 +12,7 @@
 #   s3   MSR_STORAGE=s3 in a bucket of its own moto_server, MSR_S3_PART_SIZE 16 MiB (MSR's
 #        default), path-style addressing, MSR_S3_REDIRECT=true (blob GETs answer 307 to a
 #        presigned URL of the bucket; skopeo follows it to moto)
-# Each deployment gets an untimed warm-up push and pull of a tiny image first.
+# Each deployment first gets two untimed warm-up pushes and pulls of a tiny image.
 #
 # Each of --rounds rounds (default 3) makes two images with mkimage.py and a new seed
 # (random data, gzip level 0, so nothing compresses and skopeo pushes the digests it
@@ -27,14 +27,17 @@
 #
 # Measured during each copy:
 #   - peak RSS of MSR's process tree (gunicorn master + workers; rss_sampler.py every
-#     50 ms, a sampler per copy): sum, largest process, PSS sum, and the sum's growth over
-#     the sampler's first (idle) sample; moto's peak RSS apart
+#     50 ms, a sampler per copy): sum, largest process, PSS sum, and the growth of the sum
+#     and of the largest process over their sizes just before the copy; moto's RSS apart
+#     (every 0.5 s: reading a multi-GiB process's smaps_rollup 20 times a second costs
+#     about 2/3 of a core)
 #   - CPU seconds of MSR's tree, of moto, of skopeo; the machine's busy CPU seconds, so
 #     that other work on the machine shows (reported as "others")
 #   - from MSR's access log: duration of the layer's PATCH (the bytes arriving; on S3 the
 #     parts go to the bucket as they fill) and of the PUT that completes the upload (file
 #     store: fsync + rename; S3: complete the multipart upload, then a server-side copy
-#     to the digest's key, then delete the upload's objects); blob GETs by status.
+#     to the digest's key, then delete the upload's objects), and MSR's and moto's CPU
+#     within each (a CPU sampler every 0.1 s against the requests' times); blob GETs by status.
 #     Checks: every upload completed with 201, no 5xx; on a pull, fs answers every blob
 #     GET with 200, s3 with 307, and moto's log shows the GETs of the presigned URLs.
 #
@@ -47,10 +50,11 @@
 #          [--part-sizes-mb "5 64"] [--dest oci|dir] [--gzip-level 0]
 #          [--out DIR | --no-save] [--msr-bin PATH] [--msr-workers N] [--msr-threads N]
 #          [--db sqlite|postgres] [--pg-url URL] [--keep]
-#   --out DIR   results go to DIR/<UTC time>-s3.md (+ .log); default bench/results
+#   --out DIR   results go to DIR/<UTC time>-s3.md (+ .log, and .jsonl: every copy's raw
+#               figures); default bench/results
 #   MOTO_BIN=PATH  moto_server to use (default <checkout>/.venv/bin/moto_server)
 # Defaults: about 5-7 minutes on 2 cores; ~3 GiB of scratch disk (two copies of each
-# round's images, moto's spilled objects, one pull at a time). Smoke test (~1 min):
+# round's images, moto's spilled objects, one pull at a time). Smoke test (~30 s):
 #   ./s3.sh --size-mb 32 --layers 2 --layer-mb 6 --rounds 1 --part-sizes-mb "" --no-save
 # Needs: bash, python3, curl, skopeo, sync, msr and moto_server (pip install -e '.[test]'
 # into .venv). --msr-url is not supported: both deployments are started here.
@@ -355,7 +359,9 @@ copy() {
   [ -z "$moto" ] || mfrom=$(wc -l <"${MOTO_LOG[$d]}")
   read -r idle_sum idle_max < <(idle_rss "${WEB_PID[$d]}")
   start_rss msr "${WEB_PID[$d]}"
-  [ -z "$moto" ] || start_rss moto "$moto"
+  # moto grows to GiBs, and reading a big process's smaps_rollup (the sampler's PSS) costs
+  # CPU: 20 samples/s on a 2 GiB process take ~2/3 of a core. Twice a second for moto.
+  [ -z "$moto" ] || RSS_INTERVAL=0.5 start_rss moto "$moto"
   "$PYTHON" "$BENCH_TMP/cpu_sampler.py" "$BENCH_TMP/cpu.txt" "${WEB_PID[$d]}" $moto &
   cpu_pid=$!; BENCH_PIDS+=("$cpu_pid")
   sleep 0.3   # the samplers' first sample: the idle size
@@ -400,7 +406,14 @@ warm_up() {  # untimed push + pull of a tiny image, twice: token caches, boto3 c
 }
 
 # -- run ---------------------------------------------------------------------------------
+busy_share() {  # the machine's busy CPU share (%) over 5 s
+  local a b
+  a=$(machine_busy_cpu); sleep 5; b=$(machine_busy_cpu)
+  awk -v a="$a" -v b="$b" -v n="$(nproc)" 'BEGIN{ printf "%.0f\n", 100 * (b - a) / (5 * n) }'
+}
+BUSY_START=$(busy_share)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+log "machine ${BUSY_START} % busy over 5 s before the start (load average $LOAD_START)"
 T_START=$SECONDS
 start_deployment fs fs
 start_deployment s3 s3 16
@@ -444,7 +457,7 @@ cat >"$BENCH_TMP/meta.json" <<EOF
  "gzip_level": $GZIP_LEVEL, "db": "$MSR_DB", "workers": "${MSR_WORKERS:-${MSR_WEB_WORKERS:-2}}",
  "threads": "${MSR_THREADS:-${MSR_WEB_THREADS:-8}}", "fsync": "${MSR_STORAGE_FSYNC:-true}",
  "machine": "$(host_summary)", "skopeo": "$(skopeo --version | awk '{print $3}')", "versions": "$VERSIONS",
- "tree": "$TREE", "ts": "$TS", "load_start": "$LOAD_START", "load_end": "$LOAD_END", "elapsed_s": $ELAPSED,
+ "tree": "$TREE", "ts": "$TS", "busy_start": "$BUSY_START", "load_start": "$LOAD_START", "load_end": "$LOAD_END", "elapsed_s": $ELAPSED,
  "command": "bench/s3.sh${ORIG_ARGS:+ $ORIG_ARGS}"}
 EOF
 cat >"$BENCH_TMP/report.py" <<'PY'
@@ -492,8 +505,8 @@ o = []
 w = o.append
 w(f"## MSR on the filesystem store vs on S3 (moto's emulator), skopeo {meta['skopeo']}")
 w("")
-w(f"- machine: {meta['machine']}; load average {meta['load_start']} at the start, {meta['load_end']} at the end; "
-  f"{meta['elapsed_s']} s in all")
+w(f"- machine: {meta['machine']}; {meta['busy_start']} % busy over 5 s before the start; load average "
+  f"{meta['load_start']} at the start, {meta['load_end']} at the end; {meta['elapsed_s']} s in all")
 w(f"- MSR: `msr serve`, {meta['workers']} workers x {meta['threads']} threads, {meta['db']}, fsync {meta['fsync']}, "
   f"access log on; tree {meta['tree']}")
 w(f"- S3: {meta['versions']}; moto_server on 127.0.0.1, one per S3 deployment; path-style; "
@@ -542,7 +555,7 @@ w("")
 w("MSR's process tree (gunicorn master + 2 workers), VmRSS sampled every 50 ms during the push: idle = "
   "just before it; peak of the sum over the tree and its growth over idle; peak of the largest single "
   "process and its growth over the largest idle process (an upload runs in one worker, so this is "
-  "the memory one worker held for its uploads); peak PSS sum. moto: idle -> peak.")
+  "the memory one worker held for its uploads); peak PSS sum. moto (sampled every 0.5 s): idle -> peak.")
 w("")
 w("| image | MSR store | idle sum | peak sum | growth | largest process peak | growth | PSS peak | moto RSS idle -> peak |")
 w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -581,16 +594,16 @@ if parts:
       "fresh deployment with its own moto (single runs). Growth: MiB over idle, of the largest MSR "
       "process (the worker that took the upload) and of the tree's sum.")
     w("")
-    w(f"| part size | runs | push {big} s | PUT s | moto CPU in PUT | growth largest / sum | moto peak RSS MiB "
-      f"| push {multi} s | growth largest / sum | pull {big} s |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w(f"| part size | runs | push {big} s | PUT s | moto CPU in PUT | growth largest / sum | largest / part size "
+      f"| moto peak RSS MiB | push {multi} s | growth largest / sum | pull {big} s |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [(16, sel(dep="s3", img="big", op="push"), sel(dep="s3", img="multi", op="push"), sel(dep="s3", img="big", op="pull"))]
     for p in parts:
         rows.append((int(p), sel("parts", part=p, img="big", op="push"), sel("parts", part=p, img="multi", op="push"),
                      sel("parts", part=p, img="big", op="pull")))
     for p, bp, mp, bl in sorted(rows, key=lambda x: x[0]):
         w(f"| {p} MiB | {len(bp)} | {f(m(bp, lambda r: r['s']))} | {f(m(bp, maxput))} | {f(m(bp, lambda r: r['put_moto_cpu']))} "
-          f"| {f(m(bp, grow_max), 0)} / {f(m(bp, grow_sum), 0)} "
+          f"| {f(m(bp, grow_max), 0)} / {f(m(bp, grow_sum), 0)} | {f(m(bp, lambda r: grow_max(r) / p), 1)} "
           f"| {f(m(bp, lambda r: rss(r, 'rss_moto', 'peak_total_kb')), 0)} | {f(m(mp, lambda r: r['s']))} "
           f"| {f(m(mp, grow_max), 0)} / {f(m(mp, grow_sum), 0)} | {f(m(bl, lambda r: r['s']))} |")
     w("")
@@ -603,7 +616,7 @@ w("")
 by = {}
 for r in recs:
     by.setdefault((r["set"], r["dep"], r["img"], r["op"]), []).append(
-        f"{r['s']:.2f} ({others(r):.1f}, {r['load']:.2f})")
+        f"{r['s']:.2f} ({max(others(r), 0.0):.1f}, {r['load']:.2f})")
 for (set_, d, img, op), vals in by.items():
     w(f"- {d} {dict(imgs)[img]} {op}: " + "; ".join(vals))
 w("")

@@ -330,3 +330,34 @@ def test_s3_concurrent_writers_one_wins(make_s3_store):
         thread.join()
     assert sorted(results) == ["busy", "busy", "busy", "wrote"]
     assert store.upload_size("u1") == 10
+
+
+def test_s3_the_lease_is_renewed_while_held_and_a_lost_lease_stops_the_writer(make_s3_store, monkeypatch):
+    """A long request (a slow client, completion's server-side copy of a big blob) keeps
+    its upload; a request whose lease was taken over stops writing."""
+    from msr.models import StorageLease
+    from msr.storage import s3
+
+    monkeypatch.setattr(s3, "LEASE_SECONDS", 1)
+    monkeypatch.setattr(s3, "LEASE_RENEW_SECONDS", 0.2)
+    store, other = make_s3_store(), make_s3_store()
+    store.start_upload("u1")
+    with store.locked("u1") as handle:
+        time.sleep(2.5)  # more than twice the lease
+        with pytest.raises(UploadBusy):
+            with other.locked("u1"):
+                pass
+        store.append(handle, "u1", [b"still mine"])
+        # the lease is taken from under it (it had expired on a stalled host, say)
+        StorageLease.objects.filter(name="upload:u1").update(holder="someone else")
+        time.sleep(0.6)
+
+        def more():
+            yield b"x" * 10
+            time.sleep(0.1)
+            yield b"y" * 10
+
+        with pytest.raises(UploadBusy):
+            store.append(handle, "u1", more())
+    StorageLease.objects.filter(name="upload:u1").delete()
+    assert store.upload_size("u1") == 10  # the writer that lost its lease recorded nothing

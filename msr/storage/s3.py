@@ -9,7 +9,7 @@ Keys under MSR_S3_PREFIX:
     gc-aside/<algorithm>-<hex>.<random>       bytes the collector is deleting
 
 An upload streams into an S3 multipart upload in parts of MSR_S3_PART_SIZE (memory per
-upload: one part). S3 wants every part but the last to be at least 5 MiB, and a client's
+upload in flight: about two parts). S3 wants every part but the last to be at least 5 MiB, and a client's
 chunks (PATCH requests) may be any size and reach any web process on any host, so what
 is left after the last full part when a request ends is kept as a small `tail` object
 and read back by the next request. The `state` object is written last, so it always
@@ -60,11 +60,16 @@ def _missing(error: ClientError) -> bool:
 
 
 class S3Upload:
-    """A locked upload: its state as read under the lock, and the lease to keep alive."""
+    """A locked upload: its state as read under the lock, and whether the lease that
+    locks it was lost (expired and taken by another request: stop writing)."""
 
-    def __init__(self, upload_id: str, state: dict, holder: str):
-        self.upload_id, self.state, self.holder = upload_id, state, holder
-        self.renewed = time.monotonic()
+    def __init__(self, upload_id: str, state: dict):
+        self.upload_id, self.state = upload_id, state
+        self.lost = threading.Event()
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise UploadBusy(self.upload_id)
 
     @property
     def size(self) -> int:
@@ -228,7 +233,8 @@ class S3Storage:
     @contextmanager
     def locked(self, upload_id: str):
         """Hold the upload's lease (across hosts) or raise UploadBusy; FileNotFoundError
-        when there is no such upload."""
+        when there is no such upload. A thread renews the lease while it is held, through
+        long appends and through completion's server-side copy alike."""
         from msr.models import StorageLease
 
         name, holder = f"upload:{upload_id}", secrets.token_hex(16)
@@ -240,24 +246,37 @@ class S3Storage:
                                             expires_at=now + timedelta(seconds=LEASE_SECONDS))
         except IntegrityError:
             raise UploadBusy(upload_id) from None
+        stop = threading.Event()
+        handle = None
+        renewer = threading.Thread(target=self._renew, args=(name, holder, stop, lambda: handle),
+                                   name="upload-lease", daemon=True)
+        renewer.start()
         try:
             state = self._read_state(upload_id)
             if state is None:
                 raise FileNotFoundError(upload_id)
-            yield S3Upload(upload_id, state, holder)
+            handle = S3Upload(upload_id, state)
+            yield handle
         finally:
+            stop.set()
+            renewer.join(timeout=10)
             StorageLease.objects.filter(name=name, holder=holder).delete()
 
-    def _renew(self, handle: S3Upload) -> None:
+    @staticmethod
+    def _renew(name: str, holder: str, stop: threading.Event, handle) -> None:
+        from django.db import connection
+
         from msr.models import StorageLease
 
-        if time.monotonic() - handle.renewed < LEASE_RENEW_SECONDS:
-            return
-        kept = StorageLease.objects.filter(name=f"upload:{handle.upload_id}", holder=handle.holder).update(
-            expires_at=timezone.now() + timedelta(seconds=LEASE_SECONDS))
-        if not kept:  # expired and taken by another request: stop writing
-            raise UploadBusy(handle.upload_id)
-        handle.renewed = time.monotonic()
+        try:
+            while not stop.wait(LEASE_RENEW_SECONDS):
+                kept = StorageLease.objects.filter(name=name, holder=holder).update(
+                    expires_at=timezone.now() + timedelta(seconds=LEASE_SECONDS))
+                if not kept and handle() is not None:
+                    handle().lost.set()
+                    return
+        finally:
+            connection.close()
 
     # -- uploads: bytes ----------------------------------------------------------------------
 
@@ -294,11 +313,19 @@ class S3Storage:
                 if hasher is not None:
                     hasher.update(chunk)
                 while len(buffer) >= self.part_size:
-                    self._upload_part(handle, bytes(buffer[:self.part_size]))
-                    del buffer[:self.part_size]
-                self._renew(handle)
+                    # The full buffer becomes the part and the (small) rest a new buffer:
+                    # no copy of the part itself.
+                    part, buffer = buffer, bytearray(memoryview(buffer)[self.part_size:])
+                    del part[self.part_size:]
+                    try:
+                        self._upload_part(handle, part)
+                    except BaseException:
+                        buffer = part + buffer  # not sent: the bytes stay for the tail
+                        raise
+                handle.check()
         finally:
-            if size != state["size"]:
+            # A writer that lost its lease leaves the state to the request that took it.
+            if size != state["size"] and not handle.lost.is_set():
                 tail = None
                 if buffer:
                     tail = self._upload_key(upload_id, f"tail-{uuid.uuid4().hex[:16]}")
@@ -326,6 +353,7 @@ class S3Storage:
             if actual != digest:
                 raise DigestMismatch(digest, actual)
             if self.blob_size(digest) is None:
+                handle.check()
                 self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
                 self._forget(upload_id)
             return len(data)
@@ -335,6 +363,7 @@ class S3Storage:
         if actual != digest:
             raise DigestMismatch(digest, actual)
         if self.blob_size(digest) is None:
+            handle.check()
             self.s3.copy({"Bucket": self.bucket, "Key": self._upload_key(upload_id, "data")},
                          self.bucket, key, Config=self._transfer)
             self._forget(upload_id)

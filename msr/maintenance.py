@@ -13,15 +13,10 @@ Two locks, taken in this order:
 import fcntl
 import logging
 import os
-import secrets
-import threading
-from contextlib import contextmanager
-from datetime import timedelta
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
-from django.utils import timezone
 
 log = logging.getLogger(__name__)
 
@@ -62,35 +57,13 @@ def maintenance_lock(what: str, database: bool = True):
 
 @contextmanager
 def _lease(what: str):
-    from msr.models import StorageLease
+    from msr.leases import LeaseTaken, lease
 
-    holder = secrets.token_hex(16)
-    now = timezone.now()
-    StorageLease.objects.filter(name=LEASE_NAME, expires_at__lt=now).delete()
-    try:
-        with transaction.atomic():
-            StorageLease.objects.create(name=LEASE_NAME, holder=holder,
-                                        expires_at=now + timedelta(seconds=LEASE_SECONDS))
-    except IntegrityError:
-        raise _busy(what, "held by another process or host: database lease 'maintenance'") from None
-    stop = threading.Event()
-
-    def renew():
+    with ExitStack() as stack:
         try:
-            while not stop.wait(RENEW_SECONDS):
-                kept = StorageLease.objects.filter(name=LEASE_NAME, holder=holder).update(
-                    expires_at=timezone.now() + timedelta(seconds=LEASE_SECONDS))
-                if not kept:
-                    log.error("the maintenance lease was lost while %s ran (its renewal came too late)", what)
-                    return
-        finally:
-            connection.close()
-
-    renewer = threading.Thread(target=renew, name="maintenance-lease", daemon=True)
-    renewer.start()
-    try:
+            held = stack.enter_context(lease(LEASE_NAME, LEASE_SECONDS, RENEW_SECONDS))
+        except LeaseTaken:
+            raise _busy(what, "held by another process or host: database lease 'maintenance'") from None
         yield
-    finally:
-        stop.set()
-        renewer.join(timeout=10)
-        StorageLease.objects.filter(name=LEASE_NAME, holder=holder).delete()
+        if held.lost.is_set():
+            log.error("the maintenance lease was lost while %s ran (a renewal came too late)", what)

@@ -74,6 +74,17 @@ def artifacts_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def s3_emulator(artifacts_dir):
+    """moto's S3 emulator on 127.0.0.1 (tests/s3.py), one for the session; each user
+    makes its own bucket."""
+    from tests.s3 import S3Emulator
+
+    emulator = S3Emulator(artifacts_dir / "logs")
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="session")
 def msr(db_url, artifacts_dir):
     """A real `msr serve` (gunicorn, 2 workers) on the test database and data dir."""
     process, url = start_msr("serve", settings.DATA_DIR, db_url, artifacts_dir / "logs")

@@ -66,6 +66,17 @@ class Deployment:
         assert result.returncode == 0, f"{self.name}: msr manage {args}:\n{result.stdout}\n{result.stderr}"
         return result
 
+    def with_admin(self, organization: str) -> str:
+        """Migrate, create `admin` (password admin-password) owning `organization`; return
+        a personal access token of admin's."""
+        self.manage("migrate", "--no-input", "-v", "0")
+        return self.shell(
+            "from accounts.models import AccessToken\n"
+            "from accounts.services import create_organization, create_user\n"
+            "admin = create_user('admin', 'admin-password', is_admin=True)\n"
+            f"create_organization({organization!r}, owner=admin)\n"
+            "print(AccessToken.issue(admin, name='ci')[1])").strip()
+
     def migrate_async(self) -> subprocess.Popen:
         return subprocess.Popen([MSR, "manage", "migrate", "--no-input", "-v", "0"], env=self.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

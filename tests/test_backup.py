@@ -25,32 +25,17 @@ def _skopeo(*args, check=True):
     return run(["skopeo", *args], check=check)
 
 
-@pytest.fixture(scope="module")
-def emulator(artifacts_dir):
-    from tests.s3 import S3Emulator
-
-    emulator = S3Emulator(artifacts_dir / "logs")
-    yield emulator
-    emulator.stop()
-
-
 @pytest.mark.parametrize("storage", ["filesystem", "s3"])
 def test_backup_wipe_restore_and_pull_every_image_back(db_url, tmp_path, storage, request):
     base, _, _ = REDIS.rpartition("/")
     bucket = extra = None
     if storage == "s3":  # blobs in a bucket of the S3 emulator: backed up from it, restored into it
-        emulator = request.getfixturevalue("emulator")
+        emulator = request.getfixturevalue("s3_emulator")
         bucket = emulator.bucket()
         extra = emulator.env(bucket)
     deployment = Deployment("backup", tmp_path / "deployment", db_url, f"{base}/15", extra_env=extra)
     try:
-        deployment.manage("migrate", "--no-input", "-v", "0")
-        token = deployment.shell(
-            "from accounts.models import AccessToken\n"
-            "from accounts.services import create_organization, create_user\n"
-            "admin = create_user('admin', 'admin-password', is_admin=True)\n"
-            "create_organization('shop', owner=admin)\n"
-            "print(AccessToken.issue(admin, name='ci')[1])").strip()
+        token = deployment.with_admin("shop")
         url = deployment.start_web()
         host = url.removeprefix("http://")
         creds = f"admin:{token}"

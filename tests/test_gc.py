@@ -381,9 +381,9 @@ def site(request, msr, personas, db_url, artifacts_dir, monkeypatch):
         return
     import msr.storage
     from msr.storage.s3 import S3Storage
-    from tests.s3 import CREDENTIALS, S3Emulator
+    from tests.s3 import CREDENTIALS
 
-    emulator = S3Emulator(artifacts_dir / "logs")
+    emulator = request.getfixturevalue("s3_emulator")
     process = None
     try:
         bucket = emulator.bucket()
@@ -397,7 +397,6 @@ def site(request, msr, personas, db_url, artifacts_dir, monkeypatch):
     finally:
         if process:
             process.stop()
-        emulator.stop()
 
 
 def _slowly(plan):

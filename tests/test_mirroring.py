@@ -55,14 +55,12 @@ def redis_db(n: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def deployments(db_url, tmp_path_factory, artifacts_dir):
+def deployments(db_url, tmp_path_factory, s3_emulator):
     import redis
-
-    from tests.s3 import S3Emulator
 
     root = tmp_path_factory.mktemp("deployments")
     made = {}
-    emulator = S3Emulator(artifacts_dir / "logs")
+    emulator = s3_emulator
     try:
         for i, name in enumerate(("dev", "qa", "prod")):
             redis.Redis.from_url(redis_db(12 + i)).flushdb()
@@ -92,7 +90,6 @@ def deployments(db_url, tmp_path_factory, artifacts_dir):
         for d in made.values():
             if isinstance(d, Deployment):
                 d.stop()
-        emulator.stop()
 
 
 def host(url: str) -> str:

@@ -7,6 +7,7 @@ redirect, and garbage collection frees bucket space."""
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -15,7 +16,6 @@ from tests.client import Registry, sha256
 from tests.deployments import Deployment
 from tests.images import make_image_layout
 from tests.processes import MSR, Process, free_port, run, start_cache
-from tests.s3 import S3Emulator
 from tests.test_clients import _need
 
 REDIS = os.environ.get("MSR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -23,10 +23,8 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def emulator(artifacts_dir):
-    emulator = S3Emulator(artifacts_dir / "logs")
-    yield emulator
-    emulator.stop()
+def emulator(s3_emulator):
+    return s3_emulator
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +35,7 @@ def site(db_url, emulator, tmp_path_factory):
     deployment = Deployment("s3", tmp_path_factory.mktemp("s3"), db_url, f"{base}/15",
                             extra_env=emulator.env(bucket))
     try:
-        deployment.manage("migrate", "--no-input", "-v", "0")
-        token = deployment.shell(
-            "from accounts.models import AccessToken\n"
-            "from accounts.services import create_organization, create_user\n"
-            "admin = create_user('admin', 'admin-password', is_admin=True)\n"
-            "create_organization('shop', owner=admin)\n"
-            "print(AccessToken.issue(admin, name='ci')[1])").strip()
+        token = deployment.with_admin("shop")
         deployment.start_web()
         yield {"deployment": deployment, "bucket": bucket, "token": token, "url": deployment.url,
                "registry": Registry(deployment.url, "admin", token)}
@@ -63,6 +55,20 @@ def image(site, tmp_path_factory):
     layers = {layer["digest"]: (layout / "blobs/sha256" / layer["digest"].split(":")[1]).read_bytes()
               for layer in manifest["layers"]}
     return {"digest": digest, "layers": layers, "config": manifest["config"]["digest"]}
+
+
+@contextmanager
+def another_web(deployment, env: dict):
+    """One more `msr serve` (one worker) of the deployment, its environment changed by `env`."""
+    port = free_port()
+    web = Process([MSR, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"], {**deployment.env, **env},
+                  deployment.logs / f"web-{port}.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        web.wait_http(f"{url}/v2/")
+        yield url
+    finally:
+        web.stop()
 
 
 def _keys(emulator, site, prefix):
@@ -178,13 +184,7 @@ def test_a_cache_node_fills_itself_through_the_bucket_redirect(site, image, tmp_
 def test_redirects_off_msr_streams_from_the_bucket_with_ranges(site, image):
     """MSR_S3_REDIRECT=false (clients that cannot reach the bucket): MSR serves the bytes."""
     deployment = site["deployment"]
-    port = free_port()
-    env = {**deployment.env, "MSR_S3_REDIRECT": "false"}
-    web = Process([MSR, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env,
-                  deployment.logs / f"web-noredirect-{port}.log")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        web.wait_http(f"{url}/v2/")
+    with another_web(deployment, {"MSR_S3_REDIRECT": "false"}) as url:
         registry = Registry(url, "admin", site["token"])
         token = registry.token("repository:shop/app:pull")
         big = next(d for d, data in image["layers"].items() if len(data) > 12 * MiB)
@@ -194,8 +194,6 @@ def test_redirects_off_msr_streams_from_the_bucket_with_ranges(site, image):
                                 headers={"Range": f"bytes={6 * MiB}-{6 * MiB + 99}"})
         assert part.status_code == 206 and part.content == image["layers"][big][6 * MiB:6 * MiB + 100]
         assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
-    finally:
-        web.stop()
 
 
 def test_garbage_collection_frees_bucket_space(emulator, site, image):
@@ -215,17 +213,9 @@ def test_garbage_collection_frees_bucket_space(emulator, site, image):
 
 def test_readyz_names_an_unreachable_bucket(site):
     deployment = site["deployment"]
-    port = free_port()
-    env = {**deployment.env, "MSR_S3_BUCKET": "no-such-bucket"}
-    web = Process([MSR, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env,
-                  deployment.logs / f"web-nobucket-{port}.log")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        web.wait_http(f"{url}/v2/")
+    with another_web(deployment, {"MSR_S3_BUCKET": "no-such-bucket"}) as url:
         response = requests.get(f"{url}/readyz", timeout=30)
         assert response.status_code == 503 and "storage" in response.text
-    finally:
-        web.stop()
 
 
 @pytest.mark.parametrize("env, message", [
@@ -253,24 +243,18 @@ def test_readyz_answers_in_seconds_when_the_bucket_hangs(site):
     blackhole = socket.socket()
     blackhole.bind(("127.0.0.1", 0))
     blackhole.listen(64)  # the kernel completes connections; nobody ever reads or answers
-    deployment = site["deployment"]
-    port = free_port()
-    env = {**deployment.env, "MSR_S3_ENDPOINT_URL": f"http://127.0.0.1:{blackhole.getsockname()[1]}"}
-    web = Process([MSR, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env,
-                  deployment.logs / f"web-hung-{port}.log")
+    endpoint = f"http://127.0.0.1:{blackhole.getsockname()[1]}"
     try:
-        url = f"http://127.0.0.1:{port}"
-        web.wait_http(f"{url}/v2/")
-        for _ in range(2):  # the second probe finds the first one's check still hung
-            started = time.monotonic()
-            response = requests.get(f"{url}/readyz", timeout=60)
-            assert time.monotonic() - started < 15
-            body = response.json()
-            assert response.status_code == 503 and body["failing"] == ["storage"], body
-            assert body["checks"]["storage"]["error"] == "no answer within 3 s"
-            assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
+        with another_web(site["deployment"], {"MSR_S3_ENDPOINT_URL": endpoint}) as url:
+            for _ in range(2):  # the second probe finds the first one's check still hung
+                started = time.monotonic()
+                response = requests.get(f"{url}/readyz", timeout=60)
+                assert time.monotonic() - started < 15
+                body = response.json()
+                assert response.status_code == 503 and body["failing"] == ["storage"], body
+                assert body["checks"]["storage"]["error"] == "no answer within 3 s"
+                assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
     finally:
-        web.stop()
         blackhole.close()
 
 
@@ -278,13 +262,7 @@ def test_pushes_get_a_503_not_a_500_while_the_bucket_is_unreachable(site):
     """The S3 endpoint refuses connections (down): an upload is answered 503 UNAVAILABLE
     with Retry-After, in the OCI error format, and nothing is half-written."""
     deployment = site["deployment"]
-    port = free_port()
-    env = {**deployment.env, "MSR_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
-    web = Process([MSR, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env,
-                  deployment.logs / f"web-s3down-{port}.log")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        web.wait_http(f"{url}/v2/")
+    with another_web(deployment, {"MSR_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}) as url:
         registry = Registry(url, "admin", site["token"])
         data = b"pushed while S3 is down"
         response = registry.request("POST", f"/v2/shop/down/blobs/uploads/?digest={sha256(data)}",
@@ -295,7 +273,5 @@ def test_pushes_get_a_503_not_a_500_while_the_bucket_is_unreachable(site):
         assert "blob storage" in response.json()["errors"][0]["message"]
         assert deployment.shell("from msr.models import Upload\n"
                                 "print(Upload.objects.filter(repository__name='down').count())").strip() == "0"
-    finally:
-        web.stop()
     # the same push through the healthy web process succeeds: nothing was left behind
     assert site["registry"].push_blob("shop/down", data).status_code == 201

@@ -18,16 +18,9 @@ from django.utils import timezone
 
 from msr.storage import DigestMismatch, FilesystemStorage, UploadBusy
 from msr.storage.s3 import MIN_PART_SIZE, S3Storage
-from tests.s3 import CREDENTIALS, S3Emulator
+from tests.s3 import CREDENTIALS
 
 PART = MIN_PART_SIZE  # the smallest part S3 allows: several parts with little data
-
-
-@pytest.fixture(scope="module")
-def emulator(artifacts_dir):
-    emulator = S3Emulator(artifacts_dir / "logs")
-    yield emulator
-    emulator.stop()
 
 
 @pytest.fixture(params=["filesystem", "s3"])
@@ -39,7 +32,8 @@ def make_store(request, tmp_path):
 
 
 @pytest.fixture
-def make_s3_store(emulator):
+def make_s3_store(s3_emulator):
+    emulator = s3_emulator
     bucket = emulator.bucket()
     return lambda: S3Storage(bucket, prefix="registry", endpoint_url=emulator.url, addressing_style="path",
                              access_key=CREDENTIALS["aws_access_key_id"],
@@ -270,8 +264,8 @@ def test_blob_url_fetches_the_same_bytes_or_is_none(store):
 # -- S3 only ---------------------------------------------------------------------------------
 
 
-def test_s3_check_fails_for_a_missing_bucket(emulator):
-    store = S3Storage("no-such-bucket", endpoint_url=emulator.url, addressing_style="path",
+def test_s3_check_fails_for_a_missing_bucket(s3_emulator):
+    store = S3Storage("no-such-bucket", endpoint_url=s3_emulator.url, addressing_style="path",
                       access_key="x", secret_key="y", part_size=PART)
     with pytest.raises(Exception, match="404|Not Found|NoSuchBucket"):
         store.check()

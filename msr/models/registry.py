@@ -141,10 +141,11 @@ class Upload(models.Model):
 
 
 class StorageLease(models.Model):
-    """A lock on an upload held by one request, across processes and hosts: the S3 store
-    has no file to lock. Taken by inserting the row (the primary key makes it exclusive),
-    kept alive while bytes flow, and free again once `expires_at` has passed, so a
-    process that died holding it blocks the upload for a minute at most."""
+    """A named lock across processes and hosts (msr/leases.py): an S3 upload's appends
+    ("upload:<id>": S3 has no file to lock) and maintenance ("maintenance"). Taken by
+    inserting the row (the primary key makes it exclusive), renewed while held, free
+    again once `expires_at` has passed, so a process that died holding it blocks the
+    work only until then."""
 
     name = models.CharField(max_length=100, primary_key=True)
     holder = models.CharField(max_length=32)

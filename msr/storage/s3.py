@@ -32,20 +32,16 @@ redirects are off.
 
 import hashlib
 import json
-import secrets
 import threading
 import time
 import uuid
-from contextlib import contextmanager
-from datetime import timedelta
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from msr.storage.base import CHUNK_SIZE, DigestMismatch, HasherCache, UploadBusy
 
@@ -63,9 +59,8 @@ class S3Upload:
     """A locked upload: its state as read under the lock, and whether the lease that
     locks it was lost (expired and taken by another request: stop writing)."""
 
-    def __init__(self, upload_id: str, state: dict):
-        self.upload_id, self.state = upload_id, state
-        self.lost = threading.Event()
+    def __init__(self, upload_id: str, state: dict, lost: threading.Event):
+        self.upload_id, self.state, self.lost = upload_id, state, lost
 
     def check(self) -> None:
         if self.lost.is_set():
@@ -232,51 +227,20 @@ class S3Storage:
 
     @contextmanager
     def locked(self, upload_id: str):
-        """Hold the upload's lease (across hosts) or raise UploadBusy; FileNotFoundError
-        when there is no such upload. A thread renews the lease while it is held, through
-        long appends and through completion's server-side copy alike."""
-        from msr.models import StorageLease
+        """Hold the upload's lease (across hosts; msr/leases.py) or raise UploadBusy;
+        FileNotFoundError when there is no such upload. The lease is renewed while held,
+        through long appends and through completion's server-side copy alike."""
+        from msr.leases import LeaseTaken, lease
 
-        name, holder = f"upload:{upload_id}", secrets.token_hex(16)
-        now = timezone.now()
-        StorageLease.objects.filter(name=name, expires_at__lt=now).delete()
-        try:
-            with transaction.atomic():
-                StorageLease.objects.create(name=name, holder=holder,
-                                            expires_at=now + timedelta(seconds=LEASE_SECONDS))
-        except IntegrityError:
-            raise UploadBusy(upload_id) from None
-        stop = threading.Event()
-        handle = None
-        renewer = threading.Thread(target=self._renew, args=(name, holder, stop, lambda: handle),
-                                   name="upload-lease", daemon=True)
-        renewer.start()
-        try:
+        with ExitStack() as stack:
+            try:
+                held = stack.enter_context(lease(f"upload:{upload_id}", LEASE_SECONDS, LEASE_RENEW_SECONDS))
+            except LeaseTaken:
+                raise UploadBusy(upload_id) from None
             state = self._read_state(upload_id)
             if state is None:
                 raise FileNotFoundError(upload_id)
-            handle = S3Upload(upload_id, state)
-            yield handle
-        finally:
-            stop.set()
-            renewer.join(timeout=10)
-            StorageLease.objects.filter(name=name, holder=holder).delete()
-
-    @staticmethod
-    def _renew(name: str, holder: str, stop: threading.Event, handle) -> None:
-        from django.db import connection
-
-        from msr.models import StorageLease
-
-        try:
-            while not stop.wait(LEASE_RENEW_SECONDS):
-                kept = StorageLease.objects.filter(name=name, holder=holder).update(
-                    expires_at=timezone.now() + timedelta(seconds=LEASE_SECONDS))
-                if not kept and handle() is not None:
-                    handle().lost.set()
-                    return
-        finally:
-            connection.close()
+            yield S3Upload(upload_id, state, held.lost)
 
     # -- uploads: bytes ----------------------------------------------------------------------
 

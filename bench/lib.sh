@@ -414,34 +414,18 @@ forget_pid() {  # forget_pid PID: drop from BENCH_PIDS (after stopping it: its P
 }
 
 tree_cpu() {  # tree_cpu PID... -> CPU seconds (user + system, waited-for children included) of the trees
-  "$PYTHON" - "$@" <<'PY'
-import os, sys
-tck = os.sysconf("SC_CLK_TCK")
-def kids(pid):
-    out = []
-    try:
-        for t in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{t}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
-def cpu(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / tck
-total, seen, todo = 0.0, set(), [int(p) for p in sys.argv[1:] if p]
-while todo:
-    p = todo.pop()
-    if p not in seen:
-        seen.add(p)
-        total += cpu(p)
-        todo += kids(p)
-print(f"{total:.2f}")
-PY
+  "$PYTHON" "$BENCH_DIR/proctree.py" cpu "$@"
+}
+tree_rss() {  # tree_rss PID -> "sum_kb max_kb" of VmRSS over the process tree
+  "$PYTHON" "$BENCH_DIR/proctree.py" rss "$1"
+}
+children_cpu() {  # children_cpu VAR: user + sys seconds of this shell's finished children
+  # `times` must run in this shell (a subshell starts its children's counters at 0); its
+  # second line is the children's "XmY.YYYs XmY.YYYs"
+  times >"$BENCH_TMP/times.out"
+  printf -v "$1" '%s' "$(tail -n 1 "$BENCH_TMP/times.out" | awk '{ n = 0
+    for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); n += a[1] * 60 + a[2] }
+    printf "%.2f\n", n }')"
 }
 machine_busy_cpu() {  # CPU seconds the whole machine has been busy since boot (all cores)
   awk -v t="$(getconf CLK_TCK)" '/^cpu /{ printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / t; exit }' /proc/stat

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Load client of bench/load.sh: C concurrent registry clients pulling one image over and
 over for D seconds, each over its own keep-alive HTTP/1.1 connections, run by P processes
-(asyncio, standard library only).
+(asyncio, standard library only; proctree.py next to it).
 
     load_client.py run --url http://127.0.0.1:5000 --repo admin/load --tag v1 \\
         --manifest-digest sha256:... [--creds USER:PASS] [--redirect-to URL] \\
@@ -63,6 +63,8 @@ import threading
 import time
 import urllib.request
 from urllib.parse import urlencode, urlsplit
+
+from proctree import tree_cpu, tree_pids, tree_rss
 
 ACCEPT = ("application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
           "application/vnd.docker.distribution.manifest.v2+json, "
@@ -562,49 +564,6 @@ def child_main(args, nclients, pipe):
     pipe.close()
 
 
-def proc_tree(pid):
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(x) for x in f.read().split())
-        except OSError:
-            pass
-    return pids
-
-
-def tree_cpu(pid):
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for p in proc_tree(pid):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / tick
-
-
-def tree_rss_kb(pid):
-    total = largest = 0
-    for p in proc_tree(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        kb = int(line.split()[1])
-                        total += kb
-                        largest = max(largest, kb)
-                        break
-        except OSError:
-            pass
-    return total, largest
-
-
 def machine_cpu():
     """(total, idle + iowait, irq + softirq) ticks of all CPUs."""
     with open("/proc/stat") as f:
@@ -699,7 +658,7 @@ def cmd_run(args):
     for _, pe in children:
         pe.send(t0_wall)
     time.sleep(max(0, t0_wall - time.time()))
-    cpu0 = {k: tree_cpu(pid) for k, pid in watch.items()}
+    cpu0 = {k: tree_cpu(pid, reaped=False) for k, pid in watch.items()}  # utime + stime
     m0, procs0 = machine_cpu(), all_procs()
     rss = {k: [0, 0] for k in watch}
     stop = threading.Event()
@@ -707,14 +666,14 @@ def cmd_run(args):
     def sample():
         while not stop.is_set():
             for k, pid in watch.items():
-                total, largest = tree_rss_kb(pid)
+                total, largest = tree_rss(pid)
                 rss[k][0] = max(rss[k][0], total)
                 rss[k][1] = max(rss[k][1], largest)
             stop.wait(0.25)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     time.sleep(max(0, t0_wall + args.duration - time.time()))
-    cpu1 = {k: tree_cpu(pid) for k, pid in watch.items()}
+    cpu1 = {k: tree_cpu(pid, reaped=False) for k, pid in watch.items()}  # utime + stime
     m1, procs1 = machine_cpu(), all_procs()
     stop.set()
     sampler.join()
@@ -772,7 +731,7 @@ def cmd_run(args):
     tick = os.sysconf("SC_CLK_TCK")
     ours = {os.getpid(), *(p.pid for p, _ in children)}
     for pid in watch.values():
-        ours.update(proc_tree(pid))
+        ours.update(tree_pids(pid))
     kernel_threads, others = 0, {}
     for pid, (comm, ppid, t1) in procs1.items():
         if pid in ours or pid not in procs0:

@@ -234,48 +234,9 @@ tag_digest() {  # tag_digest A|B REPO TAG -> digest (empty if the tag does not e
   jget digest <<<"${out%$'\n'*}"
 }
 
-# CPU seconds (user + system, children waited for included) of process trees
-cat >"$BENCH_TMP/cpu.py" <<'PY'
-import os, sys
-tck = os.sysconf("SC_CLK_TCK")
-def kids(pid):
-    out = []
-    try:
-        for t in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{t}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
-def cpu(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / tck   # utime stime cutime cstime
-total = 0.0
-seen = set()
-todo = [int(p) for p in sys.argv[1:] if p]
-while todo:
-    p = todo.pop()
-    if p in seen:
-        continue
-    seen.add(p)
-    total += cpu(p)
-    todo += kids(p)
-print(f"{total:.2f}")
-PY
-cpu_a() { "$PYTHON" "$BENCH_TMP/cpu.py" "${WEB_PID[A]}" "$WORKER_PID"; }
-cpu_b() { "$PYTHON" "$BENCH_TMP/cpu.py" "${WEB_PID[B]}"; }
-children_cpu() {  # children_cpu VAR: user + sys seconds of this shell's finished children
-  # `times` must run in this shell (a subshell starts its children's counters at 0); its
-  # second line is the children's "XmY.YYYs XmY.YYYs"
-  times >"$BENCH_TMP/times.out"
-  printf -v "$1" '%s' "$(tail -n 1 "$BENCH_TMP/times.out" | awk '{ n = 0
-    for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); n += a[1] * 60 + a[2] }
-    printf "%.2f\n", n }')"
-}
+# CPU seconds (user + system, children waited for included) of A's and B's process trees
+cpu_a() { tree_cpu "${WEB_PID[A]}" "$WORKER_PID"; }
+cpu_b() { tree_cpu "${WEB_PID[B]}"; }
 
 # The job client: POST /api/v0/jobs, poll GET /api/v0/jobs/<id> until it ends; JSON out.
 cat >"$BENCH_TMP/jobctl.py" <<'PY'

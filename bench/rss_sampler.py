@@ -21,7 +21,8 @@ single process. On SIGTERM/SIGINT, or when PID exits, writes a JSON summary to -
 VmRSS counts pages shared between processes (gunicorn workers forked from a --preload
 master share the code and the imported modules) once per process, so the sum
 overstates the real footprint of a multi-process server; the largest single process
-is the figure to compare with a one-process server. Standard library only.
+is the figure to compare with a one-process server. Standard library only (and
+proctree.py next to it).
 """
 import argparse
 import json
@@ -30,64 +31,7 @@ import signal
 import sys
 import time
 
-
-def children(pid):
-    """Direct children of pid (from /proc/<pid>/task/*/children, else a /proc scan)."""
-    kids = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return kids
-    have_children_file = False
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids.extend(int(x) for x in f.read().split())
-            have_children_file = True
-        except OSError:
-            pass
-    if not have_children_file:  # kernel without CONFIG_PROC_CHILDREN
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        stat = f.read()
-                    if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                        kids.append(int(entry))
-                except (OSError, ValueError, IndexError):
-                    pass
-    return kids
-
-
-def tree(root):
-    pids, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        todo.extend(children(pid))
-    return pids
-
-
-def rss_kb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None  # gone, or a zombie (no VmRSS line)
-
-
-def pss_kb(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
+from proctree import pss_kb, rss_kb, tree_pids
 
 
 def main(argv=None):
@@ -115,7 +59,7 @@ def main(argv=None):
     while not stop:
         now = time.monotonic()
         if now - last_scan >= args.rescan or not pids:
-            pids, last_scan = tree(args.pid), now
+            pids, last_scan = tree_pids(args.pid), now
         values = [(rss_kb(p), p) for p in pids]
         values = [(v, p) for v, p in values if v is not None]
         if not values:

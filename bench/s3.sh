@@ -261,81 +261,6 @@ if errors:
     sys.exit(1)
 PY
 
-# cpu_sampler.py OUT ROOT [MOTO]: every 0.1 s one line "epoch seconds, CPU s of ROOT's tree,
-# CPU s of MOTO" until SIGTERM or ROOT exits; with the access log's request times this splits
-# MSR's and moto's CPU between the upload's PATCH and its completing PUT.
-cat >"$BENCH_TMP/cpu_sampler.py" <<'PY'
-import os, signal, sys, time
-tck = os.sysconf("SC_CLK_TCK")
-stop = False
-def on_signal(*_):
-    global stop
-    stop = True
-signal.signal(signal.SIGTERM, on_signal)
-def kids(pid):
-    out = []
-    try:
-        for t in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{t}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
-def cpu(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / tck
-def tree(pid):
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            total += cpu(p)
-        except OSError:
-            continue
-        todo += kids(p)
-    return total
-root, moto = int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0
-with open(sys.argv[1], "w", buffering=1) as out:
-    while not stop:
-        try:
-            cpu(root)
-        except OSError:
-            break
-        out.write(f"{time.time():.3f} {tree(root):.2f} {tree(moto) if moto else 0:.2f}\n")
-        time.sleep(0.1)
-PY
-idle_rss() {  # idle_rss PID -> "sum_kb max_kb" of VmRSS over the process tree
-  "$PYTHON" - "$1" <<'PY'
-import os, sys
-def kids(pid):
-    out = []
-    try:
-        for t in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{t}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
-vals, todo = [], [int(sys.argv[1])]
-while todo:
-    p = todo.pop()
-    try:
-        with open(f"/proc/{p}/status") as f:
-            vals += [int(l.split()[1]) for l in f if l.startswith("VmRSS:")]
-    except OSError:
-        pass
-    todo += kids(p)
-print(sum(vals), max(vals or [0]))
-PY
-}
-
-children_cpu() {  # children_cpu VAR: user + sys seconds of this shell's finished children
-  times >"$BENCH_TMP/times.out"
-  printf -v "$1" '%s' "$(tail -n 1 "$BENCH_TMP/times.out" | awk '{ n = 0
-    for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); n += a[1] * 60 + a[2] }
-    printf "%.2f\n", n }')"
-}
 sub() { awk -v a="$1" -v b="$2" 'BEGIN{ printf "%.3f\n", b - a }'; }
 
 RECORDS="$BENCH_TMP/records.jsonl"
@@ -357,12 +282,14 @@ copy() {
   sync
   from=$(wc -l <"${ALOG[$d]}")
   [ -z "$moto" ] || mfrom=$(wc -l <"${MOTO_LOG[$d]}")
-  read -r idle_sum idle_max < <(idle_rss "${WEB_PID[$d]}")
+  read -r idle_sum idle_max < <(tree_rss "${WEB_PID[$d]}")
   start_rss msr "${WEB_PID[$d]}"
   # moto grows to GiBs, and reading a big process's smaps_rollup (the sampler's PSS) costs
   # CPU: 20 samples/s on a 2 GiB process take ~2/3 of a core. Twice a second for moto.
   [ -z "$moto" ] || RSS_INTERVAL=0.5 start_rss moto "$moto"
-  "$PYTHON" "$BENCH_TMP/cpu_sampler.py" "$BENCH_TMP/cpu.txt" "${WEB_PID[$d]}" $moto &
+  # every 0.1 s: time, CPU s of MSR's tree, of moto; with the access log's request times this
+  # splits MSR's and moto's CPU between the upload's PATCH and its completing PUT
+  "$PYTHON" "$BENCH_DIR/proctree.py" cpu-log "$BENCH_TMP/cpu.txt" "${WEB_PID[$d]}" $moto &
   cpu_pid=$!; BENCH_PIDS+=("$cpu_pid")
   sleep 0.3   # the samplers' first sample: the idle size
   load=$(cut -d' ' -f1 /proc/loadavg)

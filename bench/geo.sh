@@ -204,14 +204,7 @@ api() {  # api METHOD PATH [JSON] -> body of /api/v0/PATH as admin (fails on HTT
   printf '%s\n' "$out"
 }
 msr_env() {  # MSR_ENV: env arguments for msr commands (scratch data dir, nothing inherited)
-  local v
-  MSR_ENV=()
-  for v in $(compgen -e); do
-    case $v in
-      MSR_WEB_WORKERS|MSR_WEB_THREADS|MSR_STORAGE_FSYNC|MSR_LOG_LEVEL) ;;
-      MSR_*|DATABASE_URL*) MSR_ENV+=(-u "$v");;
-    esac
-  done
+  msr_env_unset; MSR_ENV=("${MSR_ENV_UNSET[@]}")
 }
 start_msr_geo() {
   local port pw opts=()

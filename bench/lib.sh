@@ -260,19 +260,14 @@ setup_msr() {
   fi
   [ -n "$MSR_BIN" ] || die "no msr command: pass --msr-bin, or pip install -e '$REPO_ROOT[test]' into $REPO_ROOT/.venv"
   command -v "$MSR_BIN" >/dev/null 2>&1 || die "msr command not found: $MSR_BIN"
-  local port pw data v envargs=() opts=()
+  local port pw data envargs=() opts=()
   port=$(free_port)
   pw="bench-$("$PYTHON" -c 'import secrets; print(secrets.token_hex(12))')"
   data="$BENCH_TMP/msr-data"
   # Only what this script chooses reaches MSR: no inherited DATABASE_URL, storage dir,
   # keys or *_FILE settings that could point outside the scratch dir. Worker count,
   # threads, fsync and log level may come from the environment (reported in the label).
-  for v in $(compgen -e); do
-    case $v in
-      MSR_WEB_WORKERS|MSR_WEB_THREADS|MSR_STORAGE_FSYNC|MSR_LOG_LEVEL) ;;
-      MSR_*|DATABASE_URL*) envargs+=(-u "$v");;
-    esac
-  done
+  msr_env_unset; envargs=("${MSR_ENV_UNSET[@]}")
   local dbdesc=sqlite
   if [ "$MSR_DB" = postgres ]; then
     need psql
@@ -341,6 +336,20 @@ rss_field() {  # rss_field NAME FIELD -> value (MiB for *_kb fields), or n/a
 print("%.0f" % (v/1024) if sys.argv[2].endswith("_kb") else v)' "$f" "$2"
 }
 
+# mkimage_layout NAME mkimage-args... -> OCI layout $BENCH_TMP/img-NAME (tag v1, gzip layers at
+# ${GZIP_LEVEL:-0}), mkimage.py's JSON in img-NAME.json, "hex size" per layer in img-NAME.layers
+mkimage_layout() {
+  local name=$1; shift
+  rm -rf "$BENCH_TMP/img-$name"
+  "$PYTHON" "$BENCH_DIR/mkimage.py" "$@" --compression gzip --gzip-level "${GZIP_LEVEL:-0}" \
+    --out "$BENCH_TMP/img-$name" --tag v1 >"$BENCH_TMP/img-$name.json" 2>/dev/null \
+    || die "mkimage.py failed for $name"
+  "$PYTHON" -c 'import json,sys
+d=json.load(open(sys.argv[1]))
+for l in d["layers"]: print(l["digest"].split(":",1)[1], l["size"])' "$BENCH_TMP/img-$name.json" \
+    >"$BENCH_TMP/img-$name.layers"
+}
+
 median() {  # median of numbers on stdin
   sort -g | awk '{a[NR]=$1} END{ if(NR==0){print "nan"; exit} if(NR%2){print a[(NR+1)/2]} else {printf "%.6g\n", (a[NR/2]+a[NR/2+1])/2} }'
 }
@@ -357,7 +366,7 @@ host_summary() {  # one line about the machine, for result headers
 
 # msr_env_unset -> MSR_ENV_UNSET: `env` arguments removing every MSR_* / DATABASE_URL*
 # variable except MSR_WEB_WORKERS, MSR_WEB_THREADS, MSR_STORAGE_FSYNC, MSR_LOG_LEVEL
-# (the same rule as setup_msr)
+# (setup_msr's and geo.sh's rule too)
 msr_env_unset() {
   local v
   MSR_ENV_UNSET=()

@@ -61,19 +61,6 @@ BIG_LABEL=$(size_label "$SIZE_MB")
 MULTI_LABEL="${LAYERS}-layer"
 RUN_ID=$(date +%H%M%S)-$$
 
-# make_image NAME SEED-ARGS... -> layout $BENCH_TMP/img-NAME, expected layers in .layers
-make_image() {
-  local name=$1; shift
-  rm -rf "$BENCH_TMP/img-$name"
-  "$PYTHON" "$BENCH_DIR/mkimage.py" "$@" --compression gzip --gzip-level "$GZIP_LEVEL" \
-    --out "$BENCH_TMP/img-$name" --tag v1 >"$BENCH_TMP/img-$name.json" 2>/dev/null \
-    || die "mkimage.py failed for $name"
-  "$PYTHON" -c 'import json,sys
-d=json.load(open(sys.argv[1]))
-for l in d["layers"]: print(l["digest"].split(":",1)[1], l["size"])' "$BENCH_TMP/img-$name.json" \
-    >"$BENCH_TMP/img-$name.layers"
-}
-
 # copy_timed OUTVAR LOG skopeo-args... : run skopeo copy, store wall seconds in OUTVAR
 copy_timed() {
   local __out=$1 logf=$2 t0 t1; shift 2
@@ -99,8 +86,8 @@ declare -A VALS   # VALS[reg,metric] = "v1 v2 ..."
 REGS=(msr dist)
 for r in $(seq "$ROUNDS"); do
   log "round $r/$ROUNDS: making images ($BIG_LABEL single layer; $LAYERS x $LAYER_MB MiB)"
-  make_image big --layers 1 --size-mb "$SIZE_MB"
-  make_image multi --layers "$LAYERS" --size-mb "$LAYER_MB"
+  mkimage_layout big --layers 1 --size-mb "$SIZE_MB"
+  mkimage_layout multi --layers "$LAYERS" --size-mb "$LAYER_MB"
   if [ $((r % 2)) = 1 ]; then order=(msr dist); else order=(dist msr); fi
   for reg in "${order[@]}"; do
     if [ "$reg" = msr ]; then

@@ -161,17 +161,6 @@ stop_deployment() {
 }
 
 # -- images ------------------------------------------------------------------------------
-make_image() {  # make_image NAME mkimage-args... -> $BENCH_TMP/img-NAME (+ .layers: hex size per blob)
-  local name=$1; shift
-  rm -rf "$BENCH_TMP/img-$name"
-  "$PYTHON" "$BENCH_DIR/mkimage.py" "$@" --compression gzip --gzip-level "$GZIP_LEVEL" \
-    --out "$BENCH_TMP/img-$name" --tag v1 >"$BENCH_TMP/img-$name.json" 2>/dev/null \
-    || die "mkimage.py failed for $name"
-  "$PYTHON" -c 'import json,sys
-d=json.load(open(sys.argv[1]))
-for l in d["layers"]: print(l["digest"].split(":",1)[1], l["size"])' "$BENCH_TMP/img-$name.json" \
-    >"$BENCH_TMP/img-$name.layers"
-}
 check_pulled() {  # check_pulled DIR LAYERSFILE
   local hex size got f
   while read -r hex size; do
@@ -322,7 +311,7 @@ copy() {
 warm_up() {  # untimed push + pull of a tiny image, twice: token caches, boto3 clients, first requests
   local d=$1 i
   for i in 1 2; do
-  make_image tiny --layers 3 --size-mb 0.1
+  mkimage_layout tiny --layers 3 --size-mb 0.1
   skopeo copy --dest-tls-verify=false --dest-creds "admin:${PW[$d]}" "oci:$BENCH_TMP/img-tiny:v1" \
     "docker://${HOSTPORT[$d]}/admin/warmup$i:v1" >"$BENCH_TMP/warm.log" 2>&1 || { cat "$BENCH_TMP/warm.log" >&2; die "$d: warm-up push failed"; }
   rm -rf "$BENCH_TMP/warm"
@@ -348,8 +337,8 @@ warm_up fs; warm_up s3
 
 for r in $(seq "$ROUNDS"); do
   log "round $r/$ROUNDS: making images (1 x $SIZE_MB MiB; $LAYERS x $LAYER_MB MiB), load $(cut -d' ' -f1-3 /proc/loadavg)"
-  make_image big --layers 1 --size-mb "$SIZE_MB"
-  make_image multi --layers "$LAYERS" --size-mb "$LAYER_MB"
+  mkimage_layout big --layers 1 --size-mb "$SIZE_MB"
+  mkimage_layout multi --layers "$LAYERS" --size-mb "$LAYER_MB"
   if [ $((r % 2)) = 1 ]; then order=(fs s3); else order=(s3 fs); fi
   for d in "${order[@]}"; do
     for img in big multi; do

@@ -244,11 +244,10 @@ class S3Storage:
 
     # -- uploads: bytes ----------------------------------------------------------------------
 
-    def _read_tail(self, state: dict) -> bytearray:
+    def _read_tail(self, state: dict) -> bytes:
         if not state["tail"]:
-            return bytearray()
-        body = self.s3.get_object(Bucket=self.bucket, Key=state["tail"])["Body"]
-        return bytearray(body.read())
+            return b""
+        return self.s3.get_object(Bucket=self.bucket, Key=state["tail"])["Body"].read()
 
     def _upload_part(self, handle: S3Upload, data) -> None:
         state = handle.state
@@ -269,7 +268,7 @@ class S3Storage:
         size = state["size"]
         hasher = self._hashers.take(upload_id, size) or (hashlib.sha256() if size == 0 else None)
         old_tail = state["tail"]
-        buffer = self._read_tail(state)
+        buffer = bytearray(self._read_tail(state))
         try:
             for chunk in chunks:
                 buffer += chunk
@@ -293,7 +292,7 @@ class S3Storage:
                 tail = None
                 if buffer:
                     tail = self._upload_key(upload_id, f"tail-{uuid.uuid4().hex[:16]}")
-                    self.s3.put_object(Bucket=self.bucket, Key=tail, Body=bytes(buffer))
+                    self.s3.put_object(Bucket=self.bucket, Key=tail, Body=buffer)
                 state.update(tail=tail, tail_size=len(buffer), size=size,
                              sha256=hasher.hexdigest() if hasher is not None else None)
                 self._write_state(upload_id, state)
@@ -312,7 +311,7 @@ class S3Storage:
         algorithm = digest.partition(":")[0]
         key = self.blob_key(digest)
         if state["mpu"] is None and not state["staged"]:
-            data = bytes(self._read_tail(state))  # less than one part
+            data = self._read_tail(state)  # less than one part
             actual = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
             if actual != digest:
                 raise DigestMismatch(digest, actual)
@@ -337,7 +336,7 @@ class S3Storage:
         """Send the tail as the last part and assemble the multipart upload."""
         state, upload_id = handle.state, handle.upload_id
         if state["tail"]:
-            self._upload_part(handle, bytes(self._read_tail(state)))
+            self._upload_part(handle, self._read_tail(state))
         self.s3.complete_multipart_upload(
             Bucket=self.bucket, Key=self._upload_key(upload_id, "data"), UploadId=state["mpu"],
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag, _ in state["parts"]]})

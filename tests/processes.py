@@ -95,6 +95,18 @@ def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
+def need(tool: str, path: str | None = None) -> None:
+    """Skip the test when `tool` (on PATH, or at `path`) is missing; with
+    MSR_REQUIRE_CLIENTS=1 (CI) fail it instead."""
+    import pytest
+
+    if (Path(path).exists() if path else have(tool)):
+        return
+    if os.environ.get("MSR_REQUIRE_CLIENTS") == "1":
+        pytest.fail(f"{tool} is not installed (MSR_REQUIRE_CLIENTS=1)")
+    pytest.skip(f"{tool} is not installed")
+
+
 def run(argv, timeout=300, check=True, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and result.returncode != 0:

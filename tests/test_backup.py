@@ -11,17 +11,13 @@ import pytest
 
 from tests.deployments import Deployment
 from tests.images import make_image_layout, make_index_layout
-from tests.processes import have, run
+from tests.processes import need, run
 
 REDIS = os.environ.get("MSR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-REQUIRE = os.environ.get("MSR_REQUIRE_CLIENTS") == "1"
 
 
 def _skopeo(*args, check=True):
-    if not have("skopeo"):
-        if REQUIRE:
-            pytest.fail("skopeo is not installed (MSR_REQUIRE_CLIENTS=1)")
-        pytest.skip("skopeo is not installed")
+    need("skopeo")
     return run(["skopeo", *args], check=check)
 
 

@@ -6,21 +6,16 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tests.processes import MSR, have
+from tests.processes import MSR, need
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
-REQUIRE = os.environ.get("MSR_REQUIRE_CLIENTS") == "1"
 
 
 def compose(*args, env=None):
-    if not have("docker-compose"):
-        if REQUIRE:
-            pytest.fail("docker-compose is not installed (MSR_REQUIRE_CLIENTS=1)")
-        pytest.skip("docker-compose is not installed")
+    need("docker-compose")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "MSR_"))}
     return subprocess.run(["docker-compose", "-f", str(DOCKER / "compose.yaml"), *args],
                           env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60)

@@ -21,10 +21,9 @@ import requests
 
 from tests.deployments import Deployment, wait_for
 from tests.images import make_image_layout
-from tests.processes import have, run
+from tests.processes import need, run
 
 REDIS = os.environ.get("MSR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-REQUIRE = os.environ.get("MSR_REQUIRE_CLIENTS") == "1"
 
 SETUP = """
 from accounts.models import AccessToken
@@ -97,10 +96,7 @@ def host(url: str) -> str:
 
 
 def skopeo(*args, check=True):
-    if not have("skopeo"):
-        if REQUIRE:
-            pytest.fail("skopeo is not installed (MSR_REQUIRE_CLIENTS=1)")
-        pytest.skip("skopeo is not installed")
+    need("skopeo")
     return run(["skopeo", *args], check=check)
 
 
@@ -326,10 +322,7 @@ def distribution(tmp_path):
     """Debian's docker-registry (CNCF Distribution 2.8), no auth, on a free port."""
     from tests.processes import Process, free_port
 
-    if not have("docker-registry"):
-        if REQUIRE:
-            pytest.fail("docker-registry is not installed (MSR_REQUIRE_CLIENTS=1)")
-        pytest.skip("docker-registry is not installed")
+    need("docker-registry")
     port = free_port()
     root = tmp_path / "distribution"
     root.mkdir()

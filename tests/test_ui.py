@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from tests.images import make_image_layout
-from tests.processes import run
-from tests.test_clients import REQUIRE, _need
+from tests.processes import need, run
+from tests.test_clients import _need
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(os.environ.get("MSR_SCREENSHOT_DIR") or "/tmp/msr-screenshots")
@@ -19,10 +19,7 @@ SCREENSHOTS = Path(os.environ.get("MSR_SCREENSHOT_DIR") or "/tmp/msr-screenshots
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        if REQUIRE:
-            pytest.fail("chromium is not installed (MSR_REQUIRE_CLIENTS=1)")
-        pytest.skip("chromium is not installed")
+    need("chromium", CHROMIUM)
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -13,13 +13,16 @@ import ipaddress
 from django.conf import settings
 
 
-def _trusted(address) -> bool:
-    networks = settings.FORWARDED_ALLOW
-    if networks is None:
-        return True
+def in_networks(address, networks) -> bool:
+    """`address` (an ip_address; IPv4-mapped IPv6 counts as IPv4) is in one of `networks`."""
     if address.version == 6 and address.ipv4_mapped:
         address = address.ipv4_mapped
     return any(address.version == network.version and address in network for network in networks)
+
+
+def _trusted(address) -> bool:
+    networks = settings.FORWARDED_ALLOW
+    return networks is None or in_networks(address, networks)
 
 
 def _parse(value: str):

@@ -197,13 +197,13 @@ def address_allowed(request, networks) -> bool:
     address, typically 127.0.0.1."""
     if request.META.get("HTTP_X_FORWARDED_FOR"):
         return False
+    from msr.addresses import in_networks
+
     try:
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:
         return False
-    if address.version == 6 and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address.version == network.version and address in network for network in networks)
+    return in_networks(address, networks)
 
 
 def metrics_view(request):

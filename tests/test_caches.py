@@ -12,8 +12,7 @@ import requests
 
 from tests.client import Registry, sha256
 from tests.images import make_image_layout
-from tests.processes import run, start_cache
-from tests.test_clients import _need
+from tests.processes import need, run, start_cache
 
 
 def stats(url) -> dict:
@@ -80,7 +79,7 @@ def _pull(msr, name, creds, target):
 
 
 def test_pulls_go_through_the_users_cache_and_chained_caches_fill_once(msr, personas, nodes, users, unique, tmp_path):
-    _need("skopeo")
+    need("skopeo")
     asia, china = nodes["asia"], nodes["china"]
     name, digest, blobs = _public_image(msr, personas, unique, tmp_path)
 
@@ -214,7 +213,7 @@ def test_msr_redirects_with_a_grant_the_cache_accepts(msr, personas, nodes, laye
 
 def test_a_cache_that_is_down_is_not_used_and_the_pull_succeeds_from_msr(msr, personas, unique, tmp_path,
                                                                         artifacts_dir):
-    _need("skopeo")
+    need("skopeo")
     from accounts.services import create_user
     from caches.models import ContentCache, UserCacheChoice
     from caches.tasks import check_caches

@@ -7,12 +7,11 @@ import json
 import requests
 
 from tests.images import make_image_layout
-from tests.processes import run
-from tests.test_clients import _need
+from tests.processes import need, run
 
 
 def test_admin_sets_up_an_organization_and_tokens_push_or_pull_as_granted(msr, personas, unique, tmp_path):
-    _need("skopeo")
+    need("skopeo")
     api = f"{msr}/api/v0"
     admin = requests.Session()
     admin.auth = ("admin", personas["admin"].token)

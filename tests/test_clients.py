@@ -15,7 +15,6 @@ from tests.processes import need, run
 
 
 
-_need = need  # the name the other test modules import
 
 
 def _host(msr: str) -> str:
@@ -38,7 +37,7 @@ def authfile(tmp_path):
 
 
 def test_skopeo_login_copy_multi_layer_image_there_and_back(msr, personas, unique, tmp_path, authfile):
-    _need("skopeo")
+    need("skopeo")
     source = tmp_path / "source"
     digest = make_image_layout(source, layer_sizes=(300_000, 1_500_000, 50_000))
     host, name = _host(msr), f"acme/skopeo-{unique}"
@@ -69,7 +68,7 @@ def test_skopeo_login_copy_multi_layer_image_there_and_back(msr, personas, uniqu
 
 
 def test_skopeo_copies_a_multi_platform_index_with_a_personal_access_token(msr, personas, unique, tmp_path):
-    _need("skopeo")
+    need("skopeo")
     source = tmp_path / "index"
     digest = make_index_layout(source)
     host, name = _host(msr), f"acme/multi-{unique}"
@@ -103,7 +102,7 @@ def _repository_for_teams(name, **levels):
 
 
 def test_skopeo_login_with_a_bad_password_fails(msr, authfile):
-    _need("skopeo")
+    need("skopeo")
     result = run(["skopeo", "login", "--tls-verify=false", "--authfile", str(authfile),
                   "-u", "alice", "-p", "wrong", _host(msr)], check=False)
     assert result.returncode != 0
@@ -119,8 +118,8 @@ def _podman(tmp_path: Path, *args, check=True):
 
 
 def test_podman_login_pull_and_push(msr, personas, unique, tmp_path):
-    _need("podman")
-    _need("skopeo")
+    need("podman")
+    need("skopeo")
     host = _host(msr)
     source = tmp_path / "source"
     digest = make_image_layout(source, layer_sizes=(200_000, 400_000, 600_000, 800_000))
@@ -154,8 +153,8 @@ def test_podman_login_pull_and_push(msr, personas, unique, tmp_path):
 
 
 def test_podman_cannot_push_where_the_team_is_read_only(msr, personas, unique, tmp_path):
-    _need("podman")
-    _need("skopeo")
+    need("podman")
+    need("skopeo")
     host = _host(msr)
     source = tmp_path / "source"
     make_image_layout(source, layer_sizes=(1000,))

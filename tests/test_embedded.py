@@ -7,13 +7,12 @@ import time
 import requests
 
 from tests.images import make_image_layout
-from tests.processes import run, start_msr
-from tests.test_clients import _need
+from tests.processes import need, run, start_msr
 from tests.test_webhooks import Receiver
 
 
 def test_msr_up_on_a_fresh_data_dir_serves_skopeo_and_keeps_data_across_restarts(tmp_path):
-    _need("skopeo")
+    need("skopeo")
     data_dir = tmp_path / "data"
     process, url = start_msr("up", data_dir, None, tmp_path / "logs")
     try:

@@ -15,8 +15,7 @@ import requests
 from tests.client import Registry, sha256
 from tests.deployments import Deployment
 from tests.images import make_image_layout
-from tests.processes import MSR, Process, free_port, run, start_cache
-from tests.test_clients import _need
+from tests.processes import MSR, Process, free_port, need, run, start_cache
 
 REDIS = os.environ.get("MSR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 MiB = 1024 * 1024
@@ -46,7 +45,7 @@ def site(db_url, emulator, tmp_path_factory):
 @pytest.fixture(scope="module")
 def image(site, tmp_path_factory):
     """shop/app:v1 pushed with skopeo: a 12 MiB layer (three parts) and two small ones."""
-    _need("skopeo")
+    need("skopeo")
     layout = tmp_path_factory.mktemp("image")
     digest = make_image_layout(layout, layer_sizes=(12 * MiB + 5, 300_000, 1), tag="v1")
     run(["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"admin:{site['token']}",

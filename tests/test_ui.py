@@ -11,7 +11,6 @@ import requests
 
 from tests.images import make_image_layout
 from tests.processes import need, run
-from tests.test_clients import _need
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(os.environ.get("MSR_SCREENSHOT_DIR") or "/tmp/msr-screenshots")
@@ -70,7 +69,7 @@ def check_accessibility_basics(page):
 
 
 def _push(msr, personas, name, tmp_path):
-    _need("skopeo")
+    need("skopeo")
     source = tmp_path / name.replace("/", "_")
     digest = make_image_layout(source, layer_sizes=(10_000, 20_000))
     run(["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"alice:{personas['alice'].token}",

@@ -50,23 +50,24 @@ class _RememberedLogins:
 _remembered = _RememberedLogins()
 
 
-def check_credentials(username: str, password: str) -> User | None:
-    """The active user these credentials belong to, or None. A personal access token
-    works as the password of its owner."""
+def check_credentials(username: str, password: str) -> tuple[User, AccessToken | None] | None:
+    """(the active user these credentials belong to, the personal access token used as
+    the password or None for the password itself), or None. Callers go through
+    msr.signin, which throttles and audits."""
     if password.startswith(AccessToken.PREFIXES[AccessToken.PERSONAL]):
         token = AccessToken.find(password, AccessToken.PERSONAL)
         if token is None or token.user.username != username:
             return None
         AccessToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-        return token.user
+        return token.user, token
     key = _remembered.key(username, password)
     remembered_hash = _remembered.get(key)
     if remembered_hash is not None:
         user = User.objects.filter(username=username, is_active=True).first()
         if user is not None and user.password == remembered_hash:
-            return user
+            return user, None
     user = authenticate(username=username, password=password)
     if user is None or not user.is_active:
         return None
     _remembered.put(key, user.password)
-    return user
+    return user, None

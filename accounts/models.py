@@ -10,6 +10,7 @@ import hashlib
 import secrets
 
 from django.contrib.auth.models import AbstractUser, Group
+from django.contrib.sessions.base_session import AbstractBaseSession
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
@@ -114,11 +115,25 @@ class AccessTokenQuerySet(models.QuerySet):
         )
 
 
+# What a personal access token may be used for. A token without `api` is refused by the
+# REST API; the registry scopes cap what the token service grants with it.
+SCOPE_PULL, SCOPE_PUSH, SCOPE_API = "registry:pull", "registry:push", "api"
+TOKEN_SCOPES = (SCOPE_PULL, SCOPE_PUSH, SCOPE_API)
+# Registry actions each scope allows (push includes deleting, like read-write access).
+SCOPE_ACTIONS = {SCOPE_PULL: frozenset({"pull"}), SCOPE_PUSH: frozenset({"push", "delete"}),
+                 SCOPE_API: frozenset()}
+
+
 class AccessToken(models.Model):
     """A personal access token (used as a password) or a login refresh token.
 
     Only the SHA-256 of the secret is stored: the secret is 32 random bytes, so a fast
     hash is enough and lookups stay one indexed query.
+
+    A refresh token (what `docker login` keeps) is bound to what created it: the personal
+    access token it was obtained with (`parent`: revoking or expiring that one ends it),
+    or the password (`password_binding`: changing the password ends it). Deactivating the
+    user ends both kinds.
     """
 
     PERSONAL = "personal"
@@ -132,6 +147,14 @@ class AccessToken(models.Model):
     token_hash = models.CharField(max_length=64, unique=True)
     # The first characters of the secret, shown in listings so a person can tell tokens apart.
     hint = models.CharField(max_length=16)
+    # Space-separated TOKEN_SCOPES (personal access tokens; a refresh token has its parent's).
+    scopes = models.CharField(max_length=100, default=" ".join(TOKEN_SCOPES))
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    # For a refresh token obtained with the password: the user's session auth hash then
+    # (an HMAC of the password hash), which a new password changes.
+    password_binding = models.CharField(max_length=128, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -142,17 +165,32 @@ class AccessToken(models.Model):
     def __str__(self):
         return f"{self.user} {self.kind} {self.hint}…"
 
+    @property
+    def scope_set(self) -> frozenset[str]:
+        return frozenset(self.scopes.split())
+
+    def registry_actions(self) -> frozenset[str]:
+        """The registry actions this token (a refresh token: its parent) may be used for."""
+        source = self.parent if self.parent_id else self
+        return frozenset().union(*(SCOPE_ACTIONS.get(s, frozenset()) for s in source.scope_set))
+
     @staticmethod
     def hash(secret: str) -> str:
         return hashlib.sha256(secret.encode()).hexdigest()
 
     @classmethod
-    def issue(cls, user, kind=PERSONAL, name="", expires_at=None) -> tuple["AccessToken", str]:
-        """Create a token and return it with its secret; the secret is not kept."""
+    def issue(cls, user, kind=PERSONAL, name="", expires_at=None, *, scopes=TOKEN_SCOPES, parent=None,
+              client_ip=None, user_agent="") -> tuple["AccessToken", str]:
+        """Create a token and return it with its secret; the secret is not kept. A refresh
+        token is bound to `parent` (a personal access token) or, without one, to the
+        user's current password."""
         secret = cls.PREFIXES[kind] + secrets.token_urlsafe(32)
+        binding = user.get_session_auth_hash() if kind == cls.REFRESH and parent is None else ""
         token = cls.objects.create(
             user=user, kind=kind, name=name, token_hash=cls.hash(secret),
             hint=secret[: len(cls.PREFIXES[kind]) + 4], expires_at=expires_at,
+            scopes=" ".join(s for s in TOKEN_SCOPES if s in set(scopes)), parent=parent,
+            password_binding=binding, client_ip=client_ip, user_agent=user_agent[:200],
         )
         return token, secret
 
@@ -160,7 +198,53 @@ class AccessToken(models.Model):
     def find(cls, secret: str, kind: str) -> "AccessToken | None":
         if not secret.startswith(cls.PREFIXES[kind]):
             return None
-        return (
-            cls.objects.active().select_related("user")
+        token = (
+            cls.objects.active().select_related("user", "parent")
             .filter(kind=kind, token_hash=cls.hash(secret), user__is_active=True).first()
         )
+        if token is None or (kind == cls.REFRESH and not token.binding_holds()):
+            return None
+        return token
+
+    def binding_holds(self) -> bool:
+        """A refresh token still stands on what created it."""
+        if self.parent_id is not None:
+            parent = self.parent
+            return parent.revoked_at is None and (parent.expires_at is None or parent.expires_at > timezone.now())
+        return bool(self.password_binding) and secrets.compare_digest(
+            self.password_binding, self.user.get_session_auth_hash())
+
+
+class UserSession(AbstractBaseSession):
+    """A web UI session, stored with whose it is (Django's documented way of extending the
+    database session engine, accounts/sessions.py), so that users can list their sessions
+    and end them, and a password change or deactivation can end all of them."""
+
+    user = models.ForeignKey(User, null=True, blank=True, on_delete=models.CASCADE, related_name="web_sessions")
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(null=True, blank=True)
+
+    @classmethod
+    def get_session_store_class(cls):
+        from accounts.sessions import SessionStore
+
+        return SessionStore
+
+    @property
+    def public_id(self) -> str:
+        """Names the session in listings without giving away its key."""
+        return hashlib.sha256(self.session_key.encode()).hexdigest()[:16]
+
+
+class AuthThrottle(models.Model):
+    """Failed sign-ins counted per key (an address, an account, an account from one
+    address) in a fixed window; a key over its limit is blocked until `blocked_until`
+    (accounts/throttle.py). Rows `ok:<account>|<address>` remember where an account last
+    signed in successfully (`window_start`), so a flood against an account does not lock
+    its owner out of the addresses they use."""
+
+    key = models.CharField(max_length=255, primary_key=True)
+    failures = models.PositiveIntegerField(default=0)
+    window_start = models.DateTimeField(default=timezone.now)
+    blocked_until = models.DateTimeField(null=True, blank=True, db_index=True)

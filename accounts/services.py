@@ -4,7 +4,9 @@ from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
 from guardian.shortcuts import assign_perm, remove_perm
 
-from accounts.models import Namespace, OrganizationMembership, Team, User
+from django.utils import timezone
+
+from accounts.models import AccessToken, Namespace, OrganizationMembership, Team, User, UserSession
 from accounts.permissions import ACCESS_LEVELS, ALL_ACTIONS, PERMISSION_CODENAMES
 
 
@@ -95,3 +97,35 @@ def set_team_access(team: Team, obj, access_level: str | None) -> None:
             assign_perm(perm, team.group, obj)
         else:
             remove_perm(perm, team.group, obj)
+
+
+# -- credentials -----------------------------------------------------------------------
+
+
+def end_sign_ins(user: User, keep_session: str | None = None) -> int:
+    """Revoke every refresh token of `user` and end their web sessions (but
+    `keep_session`, the session key of the request that asked). Returns how many ended."""
+    ended = AccessToken.objects.filter(user=user, kind=AccessToken.REFRESH, revoked_at__isnull=True).update(
+        revoked_at=timezone.now())
+    sessions = UserSession.objects.filter(user=user)
+    if keep_session:
+        sessions = sessions.exclude(session_key=keep_session)
+    return ended + sessions.delete()[0]
+
+
+@transaction.atomic
+def set_password(user: User, password: str, keep_session: str | None = None) -> None:
+    """A new password ends everything signed in with the old one: refresh tokens of
+    `docker login` and web sessions (except `keep_session`). Personal access tokens stay:
+    they are credentials of their own, revoked one by one."""
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    end_sign_ins(user, keep_session)
+
+
+@transaction.atomic
+def set_active(user: User, active: bool) -> None:
+    user.is_active = active
+    user.save(update_fields=["is_active"])
+    if not active:
+        end_sign_ins(user)

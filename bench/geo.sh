@@ -210,7 +210,9 @@ start_msr_geo() {
   local port pw opts=()
   port=$(free_port); pw="bench-$(rnd)"
   msr_env
-  MSR_ENV+=("MSR_DATA_DIR=$BENCH_TMP/msr-data" "MSR_ADMIN_PASSWORD=$pw" "MSR_CACHE_GRANT_TTL=3600")
+  # the cache nodes run on loopback, which the egress policy opens only when told to
+  MSR_ENV+=("MSR_DATA_DIR=$BENCH_TMP/msr-data" "MSR_ADMIN_PASSWORD=$pw" "MSR_CACHE_GRANT_TTL=3600"
+           "MSR_OUTBOUND_ALLOW=127.0.0.1/32")
   [ -z "$MSR_WORKERS" ] || opts+=(--workers "$MSR_WORKERS")
   [ -z "$MSR_THREADS" ] || opts+=(--threads "$MSR_THREADS")
   # every msr process runs in the scratch dir: with the filesystem broker, Kombu writes a

@@ -277,7 +277,8 @@ setup_msr() {
     envargs+=("DATABASE_URL=$PG_URL/$MSR_PG_DB")
     dbdesc=postgres
   fi
-  envargs+=("MSR_DATA_DIR=$data" "MSR_ADMIN_PASSWORD=$pw")
+  # cache nodes (load.sh) run on loopback, which the egress policy opens only when told to
+  envargs+=("MSR_DATA_DIR=$data" "MSR_ADMIN_PASSWORD=$pw" "MSR_OUTBOUND_ALLOW=127.0.0.1/32")
   [ -n "$MSR_WORKERS" ] && opts+=(--workers "$MSR_WORKERS")
   [ -n "$MSR_THREADS" ] && opts+=(--threads "$MSR_THREADS")
   # The web process alone (`msr serve`), as in production: `msr up` would add a worker

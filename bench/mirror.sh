@@ -150,7 +150,8 @@ msr_env() {  # msr_env NAME -> MSR_ENV (env arguments for deployment NAME's msr 
     case " $(echo $KEPT_ENV) " in *" $v "*) continue;; esac
     case $v in MSR_*|DATABASE_URL*) MSR_ENV+=(-u "$v");; esac
   done
-  MSR_ENV+=("MSR_DATA_DIR=$BENCH_TMP/$1/data" "MSR_ADMIN_PASSWORD=${PW[$1]}")
+  # the two deployments mirror on loopback, which the egress policy opens only when told to
+  MSR_ENV+=("MSR_DATA_DIR=$BENCH_TMP/$1/data" "MSR_ADMIN_PASSWORD=${PW[$1]}" "MSR_OUTBOUND_ALLOW=127.0.0.1/32")
   [ -z "$EXTRA_PYTHONPATH" ] || MSR_ENV+=("PYTHONPATH=$EXTRA_PYTHONPATH${PYTHONPATH:+:$PYTHONPATH}")
   # A's jobs go through Redis; B queues nothing (no policies, no webhooks): the default
   # filesystem broker in its own data dir.

@@ -5,12 +5,13 @@ It serves `GET/HEAD /v2/<name>/blobs/<digest>?grant=<grant>`:
    not expired, repository and digest equal to the path; refuse anything else (401/403);
 2. hit: send the file from disk (sendfile through gunicorn's file wrapper), with Range;
 3. miss: take the digest's lock (flock: one fetch per digest across the node's
-   processes); fetch from the upstream (MSR or a parent cache) presenting the same grant,
-   stream to the client while writing a temporary file and hashing it, and publish the
-   file by rename only if size and digest match. The last chunk is held back until the
-   digest is verified, so a client never receives a complete body of wrong bytes:
-   a mismatch or a cut upstream ends the response short. Requests that wait on the lock
-   then serve the published file.
+   processes); a fill thread fetches from the upstream (MSR or a parent cache), presenting
+   the same grant, into a partial file at the upstream's pace, hashing it, and publishes
+   the file by rename only if size and digest match. Every request for the digest (the
+   one that started the fill, and those that arrive meanwhile, in any process of the
+   node) is served from the partial file as it grows, so one slow reader delays nobody.
+   The last byte is held back until the digest is verified, so a client never receives a
+   complete body of wrong bytes: a mismatch or a cut upstream ends the response short.
 Also: `/healthz`, `/metrics` (Prometheus text), `/stats` (JSON, read by MSR's health
 check), `POST /purge` (a purge token from MSR), and eviction by TTL and LRU size budget.
 
@@ -27,7 +28,6 @@ import contextvars
 import errno
 import fcntl
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -239,6 +239,8 @@ class CacheNode:
         self.keys = Keys(config.msr_url)
         self.metrics = Metrics(config.data_dir / "metrics")
         self.session = requests.Session()
+        self._fills: dict[str, _Fill] = {}
+        self._fills_lock = threading.Lock()
         threading.Thread(target=self._housekeeping, name="cache-housekeeping", daemon=True).start()
 
     # -- WSGI ---------------------------------------------------------------------------
@@ -347,22 +349,84 @@ class CacheNode:
         algorithm, _, encoded = digest.partition(":")
         return self.blobs / algorithm / encoded[:2] / encoded
 
-    def _blob(self, environ, start_response, name, digest):
-        path = self.blob_path(digest)
-        if path.exists():
-            return self._serve(environ, start_response, path, digest)
-        lock_fd = os.open(self.locks / f"{digest.replace(':', '-')}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    def _files(self, digest: str) -> tuple[Path, Path, Path]:
+        """The digest's lock, the partial file a fill writes, and the file holding its length."""
+        stem = digest.replace(":", "-")
+        return self.locks / f"{stem}.lock", self.tmp / f"{stem}.partial", self.tmp / f"{stem}.length"
+
+    def _try_lock(self, digest: str) -> int | None:
+        """The digest's fill lock (flock: exclusive across threads and processes), or None
+        if someone is filling it."""
+        lock_fd = os.open(self._files(digest)[0], os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                os.close(lock_fd)
-                raise
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)  # another request is fetching it: wait
-        if path.exists():
             os.close(lock_fd)
-            return self._serve(environ, start_response, path, digest)
-        return self._fetch(environ, start_response, name, digest, lock_fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            return None
+        return lock_fd
+
+    def _blob(self, environ, start_response, name, digest):
+        """A hit from disk; a miss filled once, however many ask at once: the request that
+        takes the digest's lock starts the fill (a thread that writes the upstream's bytes
+        into a partial file at the upstream's pace), and every request for the digest,
+        that one included, is served from the partial file as it grows. A slow reader
+        holds back nobody. A fill that fails lets a waiting request try again with its
+        own grant."""
+        target = self.blob_path(digest)
+        whole = bool(environ.get("HTTP_RANGE")) or environ["REQUEST_METHOD"] == "HEAD"
+        for _ in range(3):
+            if target.exists():
+                return self._serve(environ, start_response, target, digest)
+            lock_fd = self._try_lock(digest)
+            if lock_fd is not None:
+                if target.exists():  # published between the look and the lock
+                    os.close(lock_fd)
+                    continue
+                return self._fill(environ, start_response, name, digest, lock_fd, whole)
+            partial = self._follow(digest)
+            if partial is None:
+                continue  # the fill ended: published, or failed (then try ourselves)
+            if whole:
+                partial[0].close()
+                self._wait_published(digest)
+                continue
+            self.metrics.add("hits")
+            return self._stream_partial(start_response, digest, *partial, "HIT")
+        return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", "the upstream fetch failed")
+
+    def _follow(self, digest: str):
+        """Another request is filling `digest`: (its partial file, opened, and the length)
+        once it exists; None if the fill ends first."""
+        lock_path, partial_path, length_path = self._files(digest)
+        deadline = time.monotonic() + 70  # the filler's connect and first-byte timeouts
+        while time.monotonic() < deadline:
+            try:
+                length = int(length_path.read_text())
+                return open(partial_path, "rb"), length
+            except (FileNotFoundError, ValueError):
+                pass
+            if self.blob_path(digest).exists() or self._lock_free(lock_path):
+                return None
+            time.sleep(0.01)
+        return None
+
+    def _lock_free(self, lock_path: Path) -> bool:
+        """Nobody holds the fill lock (a filler that died released it with its process)."""
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # closing releases it again
+        return True
+
+    def _wait_published(self, digest: str) -> None:
+        lock_path = self._files(digest)[0]
+        while not self.blob_path(digest).exists() and not self._lock_free(lock_path):
+            time.sleep(0.02)
 
     def _serve(self, environ, start_response, path: Path, digest: str):
         try:
@@ -398,94 +462,152 @@ class CacheNode:
         limited = LimitedFile(blob, length)
         return wrapper(limited, CHUNK) if wrapper else iter(lambda: limited.read(CHUNK), b"")
 
-    def _fetch(self, environ, start_response, name, digest, lock_fd):
-        """Fetch a missing blob from upstream while holding its lock (released when the
-        response ends, published or not)."""
-        url = f"{self.config.upstream}/v2/{name}/blobs/{digest}"
-        try:
-            upstream = self.session.get(url, params={"grant": environ["msr.grant"]}, stream=True,
-                                        headers={"X-Request-ID": environ["msr.request_id"]},
-                                        timeout=(5, 60), allow_redirects=True)
-        except requests.RequestException as e:
-            os.close(lock_fd)
-            self.metrics.add("upstream_failures")
-            return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", f"upstream unreachable: {e}")
-        if upstream.status_code != 200:
-            os.close(lock_fd)
-            body = upstream.content[:10000]
-            upstream.close()
-            self.metrics.add("upstream_failures")
-            status = {401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found"}.get(
-                upstream.status_code, "502 Bad Gateway")
+    def _fill(self, environ, start_response, name, digest, lock_fd, whole):
+        """Start the fill of a missing blob (a thread, holding the digest's lock until the
+        end) and answer this request from it."""
+        fill = _Fill(digest)
+        with self._fills_lock:
+            self._fills[digest] = fill
+        thread = threading.Thread(target=self._run_fill, name=f"fill-{digest[7:19]}",
+                                  args=(fill, name, environ["msr.grant"], environ["msr.request_id"], lock_fd))
+        thread.start()
+        fill.answered.wait()
+        if fill.refusal is not None:
+            status, body = fill.refusal
             start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
         self.metrics.add("misses")
-        self.metrics.add("upstream_fetches")
-        length = int(upstream.headers.get("Content-Length", "-1"))
-        if environ.get("HTTP_RANGE") or environ["REQUEST_METHOD"] == "HEAD" or length < 0:
-            # Fetch whole, then answer from disk (ranges, HEAD, unknown length).
-            try:
-                for _ in self._download(upstream, digest, length):
-                    pass
-            except UpstreamError as e:
-                return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", str(e))
-            finally:
-                os.close(lock_fd)
+        if whole or fill.length < 0:
+            fill.reader.close()
+            thread.join()
+            if fill.failed:
+                return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", fill.failed)
             return self._serve(environ, start_response, self.blob_path(digest), digest)
-        def finished():
+        return self._stream_partial(start_response, digest, fill.reader, fill.length, "MISS")
+
+    def _run_fill(self, fill, name, grant, request_id, lock_fd):
+        """Fetch a blob from the upstream into the partial file, verify it and publish it;
+        remove the partial file if anything is wrong (cut, short, corrupt)."""
+        _request_id.set(request_id)
+        lock_path, partial_path, length_path = self._files(fill.digest)
+        url = f"{self.config.upstream}/v2/{name}/blobs/{fill.digest}"
+        upstream = None
+        try:
+            try:
+                upstream = self.session.get(url, params={"grant": grant}, stream=True, timeout=(5, 60),
+                                            headers={"X-Request-ID": request_id}, allow_redirects=True)
+            except requests.RequestException as e:
+                self.metrics.add("upstream_failures")
+                fill.refuse("502 Bad Gateway", _error_body("UNAVAILABLE", f"upstream unreachable: {e}"))
+                return
+            if upstream.status_code != 200:
+                self.metrics.add("upstream_failures")
+                status = {401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found"}.get(
+                    upstream.status_code, "502 Bad Gateway")
+                fill.refuse(status, upstream.content[:10000])
+                return
+            self.metrics.add("upstream_fetches")
+            fill.length = int(upstream.headers.get("Content-Length", "-1"))
+            partial_path.unlink(missing_ok=True)  # a dead filler's; its readers see it gone
+            length_path.write_text(str(fill.length))
+            out_fd = os.open(partial_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            fill.reader = open(partial_path, "rb")
+            fill.answered.set()
+            try:
+                self._download(upstream, fill, out_fd)
+                target = self.blob_path(fill.digest)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(partial_path, target)
+            except UpstreamError as e:
+                self.metrics.add("upstream_failures")
+                log.warning("not publishing %s: %s", fill.digest, e)
+                fill.failed = str(e)
+                partial_path.unlink(missing_ok=True)
+            finally:
+                os.close(out_fd)
+                length_path.unlink(missing_ok=True)
+        except Exception as e:  # a bug or a full disk: nobody may wait forever
+            log.exception("fill of %s failed", fill.digest)
+            fill.failed = f"fill failed: {type(e).__name__}"
+            partial_path.unlink(missing_ok=True)
+            length_path.unlink(missing_ok=True)
+            fill.refuse("502 Bad Gateway", _error_body("UNAVAILABLE", fill.failed))
+        finally:
+            if upstream is not None:
+                upstream.close()
+            with self._fills_lock:
+                self._fills.pop(fill.digest, None)
             os.close(lock_fd)
+            fill.finish()
             self.metrics.save()
 
-        # Answer only once the first chunk is in hand: a failure before it (an upstream
-        # cut early, or a small blob that does not match) is a clean 502, not a cut body.
-        stream = self._download(upstream, digest, length)
-        try:
-            first = next(stream, b"")
-        except UpstreamError as e:
-            finished()
-            return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", str(e))
-        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(length)),
-                                  ("Docker-Content-Digest", digest), ("X-Cache", "MISS")])
-        return _ClosingStream(itertools.chain([first], stream), finished, stream)
-
-    def _download(self, upstream, digest: str, length: int):
-        """Yield the upstream body while writing it to a temporary file; publish it only
-        if complete and its digest matches. The last chunk is yielded after that check."""
-        algorithm = digest.partition(":")[0]
+    def _download(self, upstream, fill, out_fd: int) -> None:
+        """Write the upstream body to the partial file, hashing it; raise UpstreamError
+        unless it is complete and matches the digest."""
+        algorithm = fill.digest.partition(":")[0]
         hasher = hashlib.new(algorithm)
-        tmp = self.tmp / f"{digest.replace(':', '-')}.{secrets.token_hex(6)}"
-        written, pending = 0, None
+        written = 0
         try:
-            with open(tmp, "wb") as out:
-                try:
-                    for chunk in upstream.iter_content(CHUNK):
-                        out.write(chunk)
-                        hasher.update(chunk)
-                        written += len(chunk)
-                        self.metrics.add("bytes_from_upstream", len(chunk))
-                        if pending is not None:
-                            yield pending
-                        pending = chunk
-                except (requests.RequestException, OSError) as e:
-                    raise UpstreamError(f"upstream cut after {written} bytes: {e}") from None
-                if length >= 0 and written != length:
-                    raise UpstreamError(f"upstream sent {written} of {length} bytes")
-                if f"{algorithm}:{hasher.hexdigest()}" != digest:
-                    raise UpstreamError("upstream content does not match the digest")
-                out.flush()
-                os.fsync(out.fileno())
-            target = self.blob_path(digest)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
-            if pending is not None:
-                yield pending
-        except UpstreamError as e:
-            self.metrics.add("upstream_failures")
-            log.warning("not publishing %s: %s", digest, e)
-            raise
-        finally:
-            upstream.close()
-            tmp.unlink(missing_ok=True)
+            for chunk in upstream.iter_content(CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out_fd, view):]
+                hasher.update(chunk)
+                written += len(chunk)
+                self.metrics.add("bytes_from_upstream", len(chunk))
+                fill.grew()
+        except (requests.RequestException, OSError) as e:
+            raise UpstreamError(f"upstream cut after {written} bytes: {e}") from None
+        if fill.length >= 0 and written != fill.length:
+            raise UpstreamError(f"upstream sent {written} of {fill.length} bytes")
+        if f"{algorithm}:{hasher.hexdigest()}" != fill.digest:
+            raise UpstreamError("upstream content does not match the digest")
+        os.fsync(out_fd)
+
+    def _stream_partial(self, start_response, digest, reader, length, x_cache):
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(length)),
+                                  ("Docker-Content-Digest", digest), ("X-Cache", x_cache)])
+        stream = self._tail(reader, length, digest, count_disk=x_cache == "HIT")
+
+        def finished():
+            reader.close()
+            self.metrics.save()
+
+        return _ClosingStream(stream, finished, stream)
+
+    def _tail(self, reader, length: int, digest: str, count_disk: bool):
+        """The bytes of a partial file as they arrive; the last byte only once the file is
+        published (complete and verified: a client never gets a whole body of wrong
+        bytes). Ends short if the fill fails."""
+        fd = reader.fileno()
+        target = self.blob_path(digest)
+        lock_path = self._files(digest)[0]
+        sent, idle_since = 0, time.monotonic()
+        while sent < length:
+            status = os.fstat(fd)
+            published = status.st_nlink > 0 and _same_file(target, status)
+            if status.st_nlink == 0 and not published:
+                log.warning("serving %s: the fill failed after %d bytes", digest, sent)
+                return  # the partial file was removed: the fill failed
+            limit = length if published else length - 1
+            if sent < min(status.st_size, limit):
+                data = os.pread(fd, min(CHUNK, min(status.st_size, limit) - sent), sent)
+                sent += len(data)
+                idle_since = time.monotonic()
+                if count_disk:  # the request that fetched counts as bytes from upstream
+                    self.metrics.add("bytes_from_disk", len(data))
+                yield data
+                continue
+            if published:
+                continue
+            if time.monotonic() - idle_since > 1 and self._lock_free(lock_path) and not _same_file(target, status):
+                log.warning("serving %s: the filler went away after %d bytes", digest, sent)
+                return
+            fill = self._fills.get(digest)
+            if fill is not None:
+                fill.wait_growth(0.05)
+            else:
+                time.sleep(0.01)  # filled by another process of the node
 
     # -- purge and eviction -------------------------------------------------------------
 
@@ -553,6 +675,49 @@ class CacheNode:
                         os.close(lock)
             except Exception:
                 log.exception("cache housekeeping failed")
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps({"errors": [{"code": code, "message": message}]}).encode()
+
+
+def _same_file(path: Path, status) -> bool:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (found.st_dev, found.st_ino) == (status.st_dev, status.st_ino)
+
+
+class _Fill:
+    """A fill in progress in this process: its outcome for the request that started it,
+    and a condition its readers here wait on for more bytes."""
+
+    def __init__(self, digest: str):
+        self.digest = digest
+        self.answered = threading.Event()  # the upstream answered (or the fill failed)
+        self.refusal = None  # (status, body) when the upstream did not send the blob
+        self.length = -1
+        self.reader = None
+        self.failed = ""
+        self._growth = threading.Condition()
+
+    def refuse(self, status: str, body: bytes) -> None:
+        if not self.answered.is_set():
+            self.refusal = (status, body)
+            self.answered.set()
+
+    def grew(self) -> None:
+        with self._growth:
+            self._growth.notify_all()
+
+    def wait_growth(self, timeout: float) -> None:
+        with self._growth:
+            self._growth.wait(timeout)
+
+    def finish(self) -> None:
+        self.answered.set()
+        self.grew()
 
 
 class _ClosingStream:

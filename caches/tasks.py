@@ -7,20 +7,35 @@ from celery import shared_task
 from django.utils import timezone
 
 from caches.models import CacheMetrics, ContentCache
+from msr import egress
+from msr.jsonsafe import loads
 
 log = logging.getLogger(__name__)
 
 
 def check_cache(cache: ContentCache) -> bool:
     """Ask the cache for its counters; a cache that does not answer in time stops
-    receiving redirects until it does again."""
+    receiving redirects until it does again. The error is a sentence for the console."""
+    stats, error = None, ""
     try:
-        response = requests.get(f"{cache.url.rstrip('/')}/stats", timeout=3)
-        response.raise_for_status()
-        stats = response.json()
-        error = "" if stats.get("name") == cache.name else f"the node at this URL is {stats.get('name')!r}"
-    except (requests.RequestException, ValueError) as e:
-        stats, error = None, f"{type(e).__name__}: {e}"[:500]
+        with egress.session() as session:
+            response = session.get(f"{cache.url.rstrip('/')}/stats", timeout=3)
+        if response.status_code != 200:
+            error = f"The cache answered HTTP {response.status_code} instead of its statistics."
+        else:
+            stats = loads(response.content)
+            if not isinstance(stats, dict):
+                raise ValueError("not an object")
+            if stats.get("name") != cache.name:
+                error = f"The node at this address is not {cache.name!r}: it calls itself {str(stats.get('name'))[:100]!r}."
+    except egress.EgressRefused as e:
+        error = f"MSR may not connect to it: {e}."
+    except requests.RequestException as e:
+        error = f"The cache did not answer: {egress.describe(e)}."
+    except ValueError:
+        stats, error = None, "The cache answered with something other than its statistics."
+    if error:
+        stats = None
     healthy = not error
     if healthy != cache.healthy:
         log.warning("cache %s is now %s%s", cache.name, "healthy" if healthy else "unhealthy",
@@ -41,13 +56,12 @@ def check_caches() -> dict:
 
 def image_blobs(repository_name: str, reference: str) -> list[str]:
     """Digests of every blob of an image or index (config and layers of each child)."""
-    import json
 
     from msr.models import Manifest
     from msr.services import INDEX_TYPES, resolve_manifest
 
     digest, media_type, content = resolve_manifest(repository_name, reference)
-    document = json.loads(content)
+    document = loads(content)
     if media_type in INDEX_TYPES:
         namespace, _, name = repository_name.partition("/")
         blobs = []
@@ -66,22 +80,24 @@ def prewarm(cache_id: int, repository_name: str, reference: str) -> dict:
 
     cache = ContentCache.objects.get(pk=cache_id)
     fetched = 0
-    for digest in image_blobs(repository_name, reference):
-        with requests.get(redirect_url(cache, repository_name, digest, "prewarm"), stream=True, timeout=(5, 300)) as r:
-            r.raise_for_status()
-            for _ in r.iter_content(1024 * 1024):
-                pass
-        fetched += 1
+    with egress.session() as session:
+        for digest in image_blobs(repository_name, reference):
+            with session.get(redirect_url(cache, repository_name, digest, "prewarm"), stream=True,
+                             timeout=(5, 300)) as r:
+                r.raise_for_status()
+                for _ in r.iter_content(1024 * 1024):
+                    pass
+            fetched += 1
     return {"cache": cache.name, "blobs": fetched}
 
 
 def purge(cache: ContentCache, digest: str | None = None) -> dict:
-    from django.conf import settings
 
     from msr.tokens import sign
 
     token = sign({"typ": "cache-purge", "aud": [cache.name], "digest": digest}, 60)
-    response = requests.post(f"{cache.url.rstrip('/')}/purge", headers={"Authorization": f"Bearer {token}"},
-                             timeout=30)
+    with egress.session() as session:
+        response = session.post(f"{cache.url.rstrip('/')}/purge", headers={"Authorization": f"Bearer {token}"},
+                                timeout=30)
     response.raise_for_status()
     return response.json()

@@ -9,6 +9,7 @@ started and cancelled), a poll mirror by listing the remote's tags.
 import copy
 
 from django.db import transaction
+from django.db.models import Q
 from django.http import Http404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -23,9 +24,11 @@ from mirroring import criteria
 from mirroring.client import RegistryError, normalize_host
 from mirroring.jobs import cancel, create_job, remote_for
 from mirroring.models import Job, Policy
+from msr import egress
 from msr.access import repository_for
 from msr.crypto import encrypt
 from msr.models import Repository
+from msr.services import find_repository
 from msr.references import is_valid_name, is_valid_tag, split_name
 
 RULES_HELP = ('[{"field": "tag", "operator": "eq|sw|ew|c|oneof|noneof|matches", "values": ["..."]}]; '
@@ -114,9 +117,11 @@ class RemoteSerializer(PolicySerializer):
 
     def validate_remoteHost(self, value):
         try:
-            return normalize_host(value)
-        except ValueError as e:
+            host = normalize_host(value)
+            egress.check_url(host)
+        except (ValueError, egress.EgressRefused) as e:
             raise serializers.ValidationError(str(e)) from None
+        return host
 
     def validate_remoteRepository(self, value):
         if not is_valid_name(value):
@@ -296,20 +301,120 @@ def _administered_policies(user):
     return policies.filter(repository_id__in=allowed)
 
 
+def _administered(user, names) -> set[str]:
+    """Which of these repository names `user` administers (asked of the permission
+    function, repository by repository)."""
+    allowed = set()
+    for name in names:
+        repository = find_repository(name) if name else None
+        if repository and ADMIN in repository_actions(user, repository.namespace, repository):
+            allowed.add(name)
+    return allowed
+
+
 def _visible_jobs(user, pk=None):
-    """Jobs of the repositories `user` administers, kept when their policy is deleted
-    (a job remembers its repository by name); with `pk`, only that job is looked at."""
+    """Jobs of the repositories `user` administers, as source or as the repository the
+    job writes into (kept when their policy is deleted: a job remembers both by name);
+    with `pk`, only that job is looked at."""
     jobs = Job.objects.all() if pk is None else Job.objects.filter(pk=pk)
     if user.is_superuser:
         return jobs
-    allowed = []
-    for name in jobs.values_list("repository", flat=True).distinct():
-        namespace_name, rest = split_name(name)
-        namespace = Namespace.objects.filter(name=namespace_name).first()
-        repository = namespace and Repository.objects.filter(namespace=namespace, name=rest).first()
-        if repository and ADMIN in repository_actions(user, namespace, repository):
-            allowed.append(name)
-    return jobs.filter(repository__in=allowed)
+    names = set(jobs.values_list("repository", flat=True).distinct())
+    names |= set(jobs.exclude(target="").values_list("target", flat=True).distinct())
+    allowed = _administered(user, names)
+    return jobs.filter(Q(repository__in=allowed) | Q(target__in=allowed))
+
+
+class IncomingPolicySerializer(serializers.ModelSerializer):
+    """A policy that writes into a repository, as that repository's admins see it."""
+
+    kind = serializers.CharField(read_only=True)
+    sourceRepository = serializers.SerializerMethodField()
+    targetRepository = serializers.CharField(source="local_target", read_only=True)
+    rules = serializers.JSONField(read_only=True)
+    createdBy = serializers.CharField(source="created_by.username", read_only=True, default="")
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+    lastJob = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Policy
+        fields = ["id", "kind", "enabled", "sourceRepository", "targetRepository", "rules", "createdBy",
+                  "createdAt", "lastJob"]
+
+    def get_sourceRepository(self, policy) -> str:
+        if policy.kind == Policy.POLL_MIRROR:
+            return f"{policy.remote_host}/{policy.remote_repository}"
+        return policy.repository.full_name
+
+    get_lastJob = PolicySerializer.get_lastJob
+
+
+class IncomingPolicyUpdateSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+
+
+def incoming_policies(repository: Repository):
+    """Promotion policies (of any repository) whose target is `repository`, and its poll
+    mirroring policies: everything that writes into it."""
+    return (Policy.objects.filter(Q(kind=Policy.PROMOTION, target_repository=repository.full_name)
+                                  | Q(kind=Policy.POLL_MIRROR, repository=repository))
+            .select_related("repository__namespace", "created_by").order_by("pk"))
+
+
+class IncomingPolicyList(generics.ListAPIView):
+    """Policies that write into this repository, wherever they live (repository admins):
+    a promotion set up on another repository is listed here too, so that the admins of
+    its target know of it and can stop it."""
+
+    serializer_class = IncomingPolicySerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Policy.objects.none()
+        return incoming_policies(_target_repository(self.request, self.kwargs))
+
+
+def _target_repository(request, kwargs) -> Repository:
+    repository = repository_for(request.user, kwargs["namespace"], kwargs["repository"])
+    if ADMIN not in repository_actions(request.user, repository.namespace, repository):
+        raise PermissionDenied(f"You need admin access to {repository.full_name}.")
+    return repository
+
+
+class IncomingPolicyDetail(APIView):
+    serializer_class = IncomingPolicySerializer
+
+    def _policy(self, request, namespace, repository, policy_id) -> Policy:
+        target = _target_repository(request, {"namespace": namespace, "repository": repository})
+        policy = incoming_policies(target).filter(pk=policy_id).first()
+        if policy is None:
+            raise Http404("no such policy writes into this repository")
+        return policy
+
+    def get(self, request, namespace, repository, policy_id):
+        return Response(IncomingPolicySerializer(self._policy(request, namespace, repository, policy_id)).data)
+
+    @extend_schema(request=IncomingPolicyUpdateSerializer, responses=IncomingPolicySerializer)
+    def patch(self, request, namespace, repository, policy_id):
+        """Enable or disable the policy (the target's admins may stop what writes into it;
+        everything else is changed on the policy's own repository)."""
+        policy = self._policy(request, namespace, repository, policy_id)
+        form = IncomingPolicyUpdateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        set_enabled(policy, form.validated_data["enabled"], request)
+        return Response(IncomingPolicySerializer(policy).data)
+
+
+def set_enabled(policy: Policy, enabled: bool, request) -> None:
+    from msr.events import record
+    from msr.models import Event
+
+    with transaction.atomic():
+        Policy.objects.filter(pk=policy.pk).update(enabled=enabled, updated_at=timezone.now())
+        record(Event.PERMISSION, request.user.username, policy.local_target,
+               detail={"action": "enable policy" if enabled else "disable policy", "policy": policy.pk,
+                       "kind": policy.kind}, request=request)
+    policy.enabled = enabled
 
 
 JOB_FILTERS = [

@@ -2,9 +2,14 @@
 or anything else that speaks the OCI distribution spec with Docker token auth.
 
 Failures are sorted for the job runner: `Transient` (network errors, 5xx, 429) are
-retried with backoff; `Permanent` (other 4xx, bad credentials, digest mismatches) fail
-the job at once with the remote's own error in the message. Credentials go only into
+retried with backoff; `Permanent` (other 4xx, bad credentials, digest mismatches, an
+address the egress policy refuses) fail the job at once. Credentials go only into
 Authorization headers and are never logged or put into an exception message.
+
+Every connection goes through the egress check (msr/egress.py): the remote, the token
+realm its challenge names and every redirect it answers. What a remote answers reaches
+job logs and API errors only as a status code, a registry error code and a short message:
+a policy must not be a way to read what some other server says.
 """
 
 import os
@@ -16,6 +21,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from msr import egress
+from msr.jsonsafe import loads as json_loads
+
 MANIFEST_ACCEPT = ", ".join([
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.oci.image.manifest.v1+json",
@@ -24,6 +32,7 @@ MANIFEST_ACCEPT = ", ".join([
 ])
 USER_AGENT = "MSR-Mirroring/1"
 PIECE = 1024 * 1024
+MAX_TAG_PAGES = 1000  # a remote whose Link pages never end is cut here
 
 
 class RegistryError(Exception):
@@ -57,22 +66,39 @@ def normalize_host(value: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
+SHORT_MESSAGE = 120
+_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,39}$|^[a-z][a-z0-9_]{0,39}$")
+
+
+def _short(text: str) -> str:
+    text = "".join(c if c.isprintable() else " " for c in text).strip()
+    return text if len(text) <= SHORT_MESSAGE else text[:SHORT_MESSAGE - 1] + "…"
+
+
 def _remote_error(response: requests.Response) -> str:
-    """The remote's own words: OCI errors, a token endpoint's message, or the body."""
+    """What may be repeated of a remote's error answer: its OCI error code and a short
+    message (or an OAuth error code and a short description). Any other body is not
+    repeated: the status code says enough, and the body may be anything."""
+    if len(response.content) > 64 * 1024:
+        return ""
     try:
-        document = response.json()
+        document = json_loads(response.content)
     except ValueError:
-        text = response.text.strip().replace("\n", " ")
-        return text[:300] or response.reason or ""
-    if isinstance(document, dict):
-        errors = document.get("errors")
-        if isinstance(errors, list) and errors:
-            return "; ".join(
-                f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors if isinstance(e, dict))
-        for key in ("detail", "error_description", "error", "message"):
-            if isinstance(document.get(key), str):
-                return document[key]
-    return str(document)[:300]
+        return ""
+    if not isinstance(document, dict):
+        return ""
+    errors = document.get("errors")
+    if isinstance(errors, list):
+        for e in errors:
+            if isinstance(e, dict) and isinstance(e.get("code"), str) and _CODE_RE.match(e["code"]):
+                message = e.get("message") if isinstance(e.get("message"), str) else ""
+                return f"{e['code']}: {_short(message)}".rstrip(": ")
+        return ""
+    code = document.get("error")
+    if isinstance(code, str) and _CODE_RE.match(code):
+        description = document.get("error_description")
+        return f"{code}: {_short(description)}" if isinstance(description, str) else code
+    return ""
 
 
 def _challenge(header: str) -> tuple[str, dict]:
@@ -113,7 +139,7 @@ class Remote:
         self.repository = repository
         self.username, self._secret, self._secret_is_token = username, secret, secret_is_token
         self.timeout = timeout
-        self.session = requests.Session()
+        self.session = egress.session()
         self.session.headers["User-Agent"] = USER_AGENT
         self._ca_file = None
         if skip_tls_verify:
@@ -169,6 +195,8 @@ class Remote:
         if scheme != "bearer" or "realm" not in params:
             raise Permanent(f"{self.name}: unsupported authentication challenge "
                             f"{response.headers.get('WWW-Authenticate', '')!r}", 401)
+        if urlsplit(params["realm"]).scheme not in ("http", "https"):
+            raise Permanent(f"{self.name}: the token realm is not an http(s) URL", 401)
         query = {"service": params.get("service", "")}
         query["scope"] = params.get("scope") or scope
         if scope not in query["scope"].split(" "):
@@ -180,20 +208,26 @@ class Remote:
             else:
                 token_response = self.session.get(params["realm"], params=query, timeout=self.timeout,
                                                   auth=self._credentials())
+        except egress.EgressRefused as e:
+            raise Permanent(f"{self.name}: token service: {e}") from None
         except requests.RequestException as e:
             raise Transient(f"{self.name}: token service unreachable: {_reason(e)}") from None
         if token_response.status_code in (401, 403):
+            detail = _remote_error(token_response)
             raise Permanent(f"{self.name}: the token service refused the credentials "
-                            f"(HTTP {token_response.status_code}: {_remote_error(token_response)})",
+                            f"(HTTP {token_response.status_code}{': ' + detail if detail else ''})",
                             token_response.status_code)
         self._raise_for(token_response, "token request")
         try:
-            document = token_response.json()
+            document = json_loads(token_response.content)
             token = document.get("token") or document["access_token"]
+            if not isinstance(token, str):
+                raise ValueError("not a token")
         except (ValueError, KeyError, AttributeError):
             raise Permanent(f"{self.name}: the token service answered without a token") from None
-        expires_in = document.get("expires_in") or 60
-        self._tokens[scope] = (token, time.monotonic() + max(int(expires_in) - 10, 5))
+        expires_in = document.get("expires_in")
+        expires_in = expires_in if isinstance(expires_in, int) and 0 < expires_in < 86400 else 60
+        self._tokens[scope] = (token, time.monotonic() + max(expires_in - 10, 5))
 
     def _auth_headers(self, scope: str) -> dict:
         if self._basic:
@@ -218,6 +252,8 @@ class Remote:
             try:
                 response = self.session.request(method, url, headers=headers, auth=auth,
                                                 timeout=self.timeout, allow_redirects=True, **kwargs)
+            except egress.EgressRefused as e:
+                raise Permanent(f"{self.name}: {method} {urlsplit(url).path}: {e}") from None
             except requests.RequestException as e:
                 raise Transient(f"{self.name}: {method} {urlsplit(url).path} failed: {_reason(e)}") from None
             if response.status_code == 401 and attempt == 1 and not isinstance(kwargs.get("data"), BlobBody):
@@ -237,7 +273,8 @@ class Remote:
         status = response.status_code
         if 200 <= status < 300:
             return
-        message = f"{self.name}: {what}: HTTP {status}: {_remote_error(response)}"
+        detail = _remote_error(response)
+        message = f"{self.name}: {what}: HTTP {status}" + (f": {detail}" if detail else "")
         if status >= 500 or status == 429:
             raise Transient(message, status)
         raise Permanent(message, status)
@@ -255,9 +292,18 @@ class Remote:
 
     def manifest(self, reference: str) -> tuple[bytes, str, str]:
         """(body, media type, digest) of a manifest by tag or digest."""
+        from django.conf import settings
+
         response = self.request("GET", f"/v2/{self.repository}/manifests/{reference}",
-                                headers={"Accept": MANIFEST_ACCEPT})
-        body = response.content
+                                headers={"Accept": MANIFEST_ACCEPT}, stream=True)
+        try:
+            body = response.raw.read(settings.MAX_MANIFEST_BYTES + 1, decode_content=True)
+        except Exception as e:  # urllib3's ProtocolError, ReadTimeoutError, OSError
+            raise Transient(f"{self.name}: manifest {reference}: download cut: {type(e).__name__}") from None
+        finally:
+            response.close()
+        if len(body) > settings.MAX_MANIFEST_BYTES:
+            raise Permanent(f"{self.name}: manifest {reference} is larger than {settings.MAX_MANIFEST_BYTES} bytes")
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         from msr.references import digest_of
 
@@ -279,16 +325,19 @@ class Remote:
 
     def tags(self) -> list[str]:
         """Every tag, following Link pagination."""
-        tags, url = [], f"/v2/{self.repository}/tags/list?n=1000"
-        while url:
+        from msr.references import is_valid_tag
+
+        tags, url, seen = [], f"/v2/{self.repository}/tags/list?n=1000", set()
+        while url and url not in seen and len(seen) < MAX_TAG_PAGES:
+            seen.add(url)
             response = self.request("GET", url, expect=(200, 404))
             if response.status_code == 404:
                 return []
-            tags += response.json().get("tags") or []
+            tags += [t for t in _json_list(response, "tags") if isinstance(t, str) and is_valid_tag(t)]
             link = response.headers.get("Link", "")
             match = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', link)
             url = urljoin(response.url, match.group(1)) if match else None
-        return tags
+        return list(dict.fromkeys(tags))
 
     def referrers(self, digest: str) -> list[dict]:
         """Descriptors of the manifests whose subject is `digest`: the referrers API, or
@@ -296,15 +345,12 @@ class Remote:
         response = self.request("GET", f"/v2/{self.repository}/referrers/{digest}", expect=(200, 404, 400),
                                 headers={"Accept": "application/vnd.oci.image.index.v1+json"})
         if response.status_code == 200 and "json" in response.headers.get("Content-Type", ""):
-            return list(response.json().get("manifests") or [])
+            return _json_list(response, "manifests")
         fallback = digest.replace(":", "-")
         response = self.request("GET", f"/v2/{self.repository}/manifests/{fallback}", expect=(200, 404),
                                 headers={"Accept": "application/vnd.oci.image.index.v1+json"})
         if response.status_code == 200:
-            try:
-                return list(response.json().get("manifests") or [])
-            except ValueError:
-                return []
+            return _json_list(response, "manifests")
         return []
 
     def blob_exists(self, digest: str) -> bool:
@@ -386,8 +432,8 @@ class Remote:
                                 headers={"Accept": "application/vnd.oci.image.index.v1+json"})
         if response.status_code == 200:
             try:
-                found = response.json()
-                if isinstance(found.get("manifests"), list):
+                found = json_loads(response.content)
+                if isinstance(found, dict) and isinstance(found.get("manifests"), list):
                     index = found
             except ValueError:
                 pass
@@ -412,22 +458,17 @@ class Remote:
 
 def _reason(error: requests.RequestException) -> str:
     """A network failure in a few words ("connection refused", "timed out", ...)."""
-    text = str(error)
-    for needle, words in (("Connection refused", "connection refused"),
-                          ("Name or service not known", "unknown host"),
-                          ("Temporary failure in name resolution", "unknown host (DNS)"),
-                          ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted (set remoteCA)"),
-                          ("Connection reset", "connection reset"),
-                          ("RemoteDisconnected", "connection closed by the remote")):
-        if needle in text:
-            return words
-    if isinstance(error, requests.Timeout):
-        return "timed out"
-    if isinstance(error, requests.exceptions.SSLError):
-        return f"TLS error: {_no_secrets(error)[:200]}"
-    return f"{type(error).__name__}: {_no_secrets(error)[:200]}"
+    words = egress.describe(error)
+    if words == "TLS certificate not trusted":
+        return "TLS certificate not trusted (set remoteCA)"
+    return words
 
 
-def _no_secrets(error: Exception) -> str:
-    """An exception's text without URLs' userinfo (requests puts URLs into messages)."""
-    return re.sub(r"//[^/@\s]+@", "//", str(error))[:300]
+def _json_list(response: requests.Response, key: str) -> list:
+    """`document[key]` of a JSON answer when it is a list (else empty), bounded in depth."""
+    try:
+        document = json_loads(response.content)
+    except ValueError:
+        raise Permanent(f"{urlsplit(response.url).netloc}: answered with invalid JSON") from None
+    value = document.get(key) if isinstance(document, dict) else None
+    return value if isinstance(value, list) else []

@@ -5,11 +5,12 @@ Order makes it safe to read the destination at any moment: blobs first, then ind
 children and referrers by digest, the tagged manifest last, so the destination never
 shows an image whose parts are missing. Only what the destination lacks moves (a HEAD per
 blob; a cross-repository mount on the same registry; a link when the bytes are already
-in local storage). Blobs stream through in 1 MiB pieces: memory does not grow with the
+in local storage and the policy's owner may read a repository holding them: a manifest
+that names a digest proves nothing, so anything else is fetched from the source and
+verified). Blobs stream through in 1 MiB pieces: memory does not grow with the
 image. Running it twice is harmless.
 """
 
-import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from django.conf import settings
 from django.db import connection
 
 from mirroring.client import PIECE, BlobBody, Permanent, Remote, Transient
-from msr import services, uploads
+from msr import jsonsafe, services, uploads
 from msr.models import Manifest, Repository, RepositoryBlob
 from msr.references import is_valid_digest
 from msr.registry.errors import RegistryError as CoreError
@@ -38,10 +39,13 @@ class Canceled(Exception):
 
 
 class LocalEnd:
-    """A repository of this deployment, read through the storage and service layers."""
+    """A repository of this deployment, read through the storage and service layers, for
+    `actor` (the policy's owner): bytes already stored are linked only when the actor
+    may read a repository that holds them."""
 
-    def __init__(self, repository: Repository):
+    def __init__(self, repository: Repository, actor=None):
         self.repository = repository
+        self.actor = actor
         self.name = repository.full_name
 
     def manifest(self, reference: str) -> tuple[bytes, str, str]:
@@ -65,9 +69,10 @@ class LocalEnd:
         return RepositoryBlob.objects.filter(repository=self.repository, blob_id=digest).exists()
 
     def link_existing(self, digest: str) -> bool:
-        """Link bytes this deployment already stores (verified when they were stored),
-        checked under the blob's lock so a garbage collection cannot take them meanwhile."""
-        return services.link_stored_blob(self.repository, digest)
+        """Link bytes this deployment already stores (verified when they were stored) if
+        the actor may read them, checked under the blob's lock so a garbage collection
+        cannot take them meanwhile. False: the bytes must come from the source."""
+        return services.link_readable_blob(self.repository, digest, self.actor)
 
     def write_blob(self, digest: str, size: int, reader, on_bytes) -> None:
         upload = uploads.start_upload(self.repository, None)
@@ -147,9 +152,9 @@ class Doc:
     def __init__(self, digest: str, media_type: str, body: bytes):
         self.digest, self.media_type, self.body = digest, media_type, body
         try:
-            document = json.loads(body)
+            document = jsonsafe.loads(body)
         except ValueError:
-            raise Permanent(f"manifest {digest} is not JSON") from None
+            raise Permanent(f"manifest {digest} is not JSON (or is nested too deeply)") from None
         if not isinstance(document, dict):
             raise Permanent(f"manifest {digest} is not a JSON object")
         self.media_type = media_type or document.get("mediaType") or ""

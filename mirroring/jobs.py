@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 def create_job(policy: Policy, tag: str = "", digest: str = "", depth: int = 0, triggered_by: str = "") -> Job:
     """A waiting job for `policy`; its task is queued when the transaction commits."""
     job = Job.objects.create(action=policy.action, policy=policy, repository=policy.repository.full_name,
-                             tag=tag, digest=digest, depth=depth, triggered_by=triggered_by)
+                             target=policy.local_target, tag=tag, digest=digest, depth=depth,
+                             triggered_by=triggered_by)
     job.append_log(f"queued: {policy} ({'tag ' + tag if tag else 'every matching tag'}"
                    f"{', by ' + triggered_by if triggered_by else ''})")
     queue(job.pk)
@@ -134,6 +135,40 @@ def claim(job_id: int) -> tuple[Job | None, str]:
     return job, token
 
 
+def owner_refusal(policy: Policy) -> str:
+    """Why `policy` may not act now (empty if it may). A policy acts for the user who
+    created it, with that user's rights of this moment, not of the day it was saved:
+    read on the repository it copies from, write on the repository it writes into."""
+    from accounts.models import Namespace
+    from accounts.permissions import PULL, PUSH, repository_actions
+    from msr.references import split_name
+
+    owner = policy.created_by
+    if owner is None or not owner.is_active:
+        return "refused: the user who created this policy no longer exists or is deactivated"
+    local = policy.repository
+    needs = {Policy.PROMOTION: [(PULL, local)], Policy.PUSH_MIRROR: [(PULL, local)],
+             Policy.POLL_MIRROR: [(PUSH, local)]}[policy.kind]
+    for action, repository in needs:
+        if action not in repository_actions(owner, repository.namespace, repository):
+            return (f"refused: {owner.username}, who created this policy, no longer has "
+                    f"{'read' if action == PULL else 'write'} access to {repository.full_name}")
+    if policy.kind == Policy.PROMOTION:
+        namespace_name, rest = split_name(policy.target_repository)
+        namespace = Namespace.objects.filter(name=namespace_name).first()
+        target = services.find_repository(policy.target_repository)
+        if PUSH not in repository_actions(owner, namespace, target):
+            return (f"refused: {owner.username}, who created this policy, no longer has write access "
+                    f"to {policy.target_repository}")
+    return ""
+
+
+def _check_owner(policy: Policy) -> None:
+    refusal = owner_refusal(policy)
+    if refusal:
+        raise Permanent(refusal)
+
+
 def _tags_to_do(job: Job, end, rules) -> list[tuple[str, str]]:
     """(tag, reference to copy) pairs: the job's tag at the digest that was pushed, or
     every tag of the source that matches the rules."""
@@ -150,10 +185,12 @@ def perform(job: Job, run: Run) -> list[dict]:
     policy = job.policy
     if policy is None:
         raise Permanent("the policy was deleted")
+    _check_owner(policy)
     now = timezone.now()
     results = []
+    owner = policy.created_by
     if policy.kind == Policy.PROMOTION:
-        source = LocalEnd(policy.repository)
+        source = LocalEnd(policy.repository, owner)
         try:
             target = services.ensure_repository(policy.target_repository)
         except CoreError:
@@ -161,6 +198,7 @@ def perform(job: Job, run: Run) -> list[dict]:
                             "(its namespace does not exist)") from None
         for tag, reference in _tags_to_do(job, source, policy.rules):
             run.check()
+            _check_owner(policy)
             digest = reference if ":" in reference else source.manifest(reference)[2]
             target_tag = criteria.render(policy.tag_template, tag, now)
             try:
@@ -177,16 +215,17 @@ def perform(job: Job, run: Run) -> list[dict]:
     remote = remote_for(policy)
     with remote:
         if policy.kind == Policy.PUSH_MIRROR:
-            source, destination = LocalEnd(policy.repository), RemoteEnd(remote)
+            source, destination = LocalEnd(policy.repository, owner), RemoteEnd(remote)
             remote.login(push=True)
         else:
-            source, destination = RemoteEnd(remote), LocalEnd(policy.repository)
+            source, destination = RemoteEnd(remote), LocalEnd(policy.repository, owner)
             remote.login(push=False)
         todo = _tags_to_do(job, source, policy.rules)
         run.log(f"{len(todo)} tag(s) to {'push to' if policy.kind == Policy.PUSH_MIRROR else 'poll from'} "
                 f"{remote.name}")
         for tag, reference in todo:
             run.check()
+            _check_owner(policy)
             if policy.kind == Policy.PUSH_MIRROR:
                 target_tag = criteria.render(policy.tag_template, tag, now)
             else:

@@ -26,7 +26,7 @@ class Policy(models.Model):
     # [{"field": "tag", "operator": "sw", "values": ["1."]}, ...]; all must hold.
     rules = models.JSONField(default=list, blank=True)
     # Promotion: the target repository ("ns/repo", created on first promotion).
-    target_repository = models.CharField(max_length=300, blank=True)
+    target_repository = models.CharField(max_length=300, blank=True, db_index=True)
     tag_template = models.CharField(max_length=200, default="%n", blank=True)
     # Mirroring: the other registry.
     remote_host = models.CharField(max_length=500, blank=True, help_text="https://registry.example.com")
@@ -39,6 +39,7 @@ class Policy(models.Model):
     # Poll mirroring: seconds between polls.
     interval = models.PositiveIntegerField(default=1800)
     last_polled_at = models.DateTimeField(null=True, blank=True)
+    # The policy acts for this user, with their rights at the time it acts (jobs.owner_refusal).
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
@@ -54,6 +55,16 @@ class Policy(models.Model):
         if self.kind == self.PUSH_MIRROR:
             return f"push {self.repository} → {self.remote_host}/{self.remote_repository}"
         return f"poll {self.remote_host}/{self.remote_repository} → {self.repository}"
+
+    @property
+    def local_target(self) -> str:
+        """The repository of this deployment the policy writes into ("" for a push mirror,
+        which writes elsewhere): its admins see the policy and its jobs, and may stop it."""
+        if self.kind == self.PROMOTION:
+            return self.target_repository
+        if self.kind == self.POLL_MIRROR:
+            return self.repository.full_name
+        return ""
 
     @property
     def action(self) -> str:
@@ -93,6 +104,8 @@ class Job(models.Model):
     action = models.CharField(max_length=12, choices=ACTIONS)
     policy = models.ForeignKey(Policy, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     repository = models.CharField(max_length=300, help_text="the policy's repository, kept if it is deleted")
+    # The repository of this deployment the job writes into (promotion, poll mirroring).
+    target = models.CharField(max_length=300, blank=True, db_index=True)
     # The tag (and its digest when triggered by a push) to work on; empty: every tag that
     # matches the policy's rules.
     tag = models.CharField(max_length=128, blank=True)

@@ -23,6 +23,7 @@ from mirroring import criteria
 from mirroring import forms as policy_forms
 from mirroring.api import (
     PollMirroringPolicySerializer, PromotionPolicySerializer, PushMirroringPolicySerializer, _visible_jobs,
+    incoming_policies, set_enabled,
 )
 from mirroring.jobs import cancel, create_job
 from mirroring.models import Job, Policy
@@ -112,12 +113,29 @@ def policies(request, namespace, repository):
         policy.rules_text = describe_rules(policy.rules)
         policy.last_job = policy.jobs.order_by("-pk").first()
         listed[policy.kind].append(policy)
+    incoming = [p for p in incoming_policies(found) if p.kind == Policy.PROMOTION and p.repository_id != found.pk]
+    for policy in incoming:
+        policy.rules_text = describe_rules(policy.rules)
+        policy.last_job = policy.jobs.order_by("-pk").first()
     return render(request, "mirroring/policies.html", {
         "repository": found,
         "promotion_policies": listed[Policy.PROMOTION], "promotion_form": forms[Policy.PROMOTION],
         "push_policies": listed[Policy.PUSH_MIRROR], "push_form": forms[Policy.PUSH_MIRROR],
         "poll_policies": listed[Policy.POLL_MIRROR], "poll_form": forms[Policy.POLL_MIRROR],
+        "incoming_policies": incoming,
     }, status=status)
+
+
+@login_required
+@require_POST
+def incoming_action(request, namespace, repository, policy_id, action):
+    """The admins of a repository stop (or start again) a promotion of another repository
+    that writes into theirs."""
+    found = _admin_repository(request, namespace, repository)
+    policy = get_object_or_404(incoming_policies(found), pk=policy_id)
+    set_enabled(policy, action == "enable", request)
+    messages.success(request, f"{action.capitalize()}d promotion policy {policy.pk} from {policy.repository}.")
+    return redirect(_policies_url(found, "incoming"))
 
 
 @login_required

@@ -47,16 +47,21 @@ def is_org_member(user, org: Namespace) -> bool:
     return user.is_superuser or OrganizationMembership.objects.filter(organization=org, user=user).exists()
 
 
-def require_namespace_admin(user, namespace: Namespace) -> None:
+def administers_namespace(user, namespace: Namespace) -> bool:
     """Administering a namespace (its settings, webhooks): the user themself, an
-    organization owner, or a system admin."""
+    organization owner, or a system admin; always an active user."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
     if user.is_superuser:
-        return
-    if namespace.is_org and is_org_owner(user, namespace):
-        return
-    if not namespace.is_org and namespace.user_id == user.pk:
-        return
-    raise PermissionDenied("You must administer this namespace.")
+        return True
+    if namespace.is_org:
+        return is_org_owner(user, namespace)
+    return namespace.user_id == user.pk
+
+
+def require_namespace_admin(user, namespace: Namespace) -> None:
+    if not administers_namespace(user, namespace):
+        raise PermissionDenied("You must administer this namespace.")
 
 
 def repository_for(user, namespace_name: str, name: str, action: str = PULL) -> Repository:

@@ -21,13 +21,12 @@ from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from accounts.credentials import check_credentials
 from accounts.models import AccessToken
 from msr import logs, metrics
-from msr.events import record
-from msr.models import Event
+from msr.events import client_ip
 from msr.references import is_valid_name
 from msr.services import actions_for
+from msr.signin import TOKEN, Credential, Throttled, bearer, sign_in
 from msr.tokens import issue_access_token, jwks
 
 log = logging.getLogger(__name__)
@@ -35,17 +34,18 @@ log = logging.getLogger(__name__)
 TOKEN_ACTIONS = frozenset({"pull", "push", "delete"})
 
 
-def _login(request, username: str, password: str):
-    """Check credentials and write the login (or the refusal) to the audit trail."""
-    user = check_credentials(username, password)
-    method = "token" if password.startswith(AccessToken.PREFIXES[AccessToken.PERSONAL]) else "password"
-    record(Event.LOGIN, username[:150], detail={"succeeded": user is not None, "method": method},
-           request=request)
-    if user is None:
+def _login(request, username: str, password: str) -> Credential | None:
+    """Check credentials (throttled; written to the audit trail)."""
+    credential = sign_in(request, username, password, TOKEN, audit_success=True)
+    if credential is None:
         log.info("token refused: bad credentials for %r", username)
     else:
-        logs.set_user(user.username)
-    return user
+        logs.set_user(credential.user.username)
+    return credential
+
+
+class TooManyScopes(Exception):
+    pass
 
 
 def _basic_credentials(request) -> tuple[str, str] | None:
@@ -61,10 +61,14 @@ def _basic_credentials(request) -> tuple[str, str] | None:
 
 
 def parse_scopes(values) -> list[tuple[str, str, set[str]]]:
-    """`repository:org/app:pull,push` → ("repository", "org/app", {"pull", "push"})."""
+    """`repository:org/app:pull,push` → ("repository", "org/app", {"pull", "push"}). A
+    request naming more than MAX_TOKEN_SCOPES raises TooManyScopes: each costs a
+    permission check, and no client needs many."""
     scopes = []
     for value in values:
         for scope in value.split():
+            if len(scopes) >= settings.MAX_TOKEN_SCOPES:
+                raise TooManyScopes()
             resource_type, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
             if resource_type and name:
@@ -72,14 +76,18 @@ def parse_scopes(values) -> list[tuple[str, str, set[str]]]:
     return scopes
 
 
-def grant_access(user, scopes) -> list[dict]:
+def grant_access(user, scopes, allowed=TOKEN_ACTIONS) -> list[dict]:
+    """Requested ∩ permitted ∩ `allowed` (what the credential may be used for: a
+    personal access token's scopes) per resource."""
     granted: dict[tuple[str, str], set[str]] = {}
+    permitted_by_name: dict[str, frozenset[str]] = {}
     for resource_type, name, requested in scopes:
         if resource_type == "repository" and is_valid_name(name):
-            permitted = actions_for(user, name) & TOKEN_ACTIONS
+            if name not in permitted_by_name:
+                permitted_by_name[name] = actions_for(user, name) & TOKEN_ACTIONS & allowed
             wanted = TOKEN_ACTIONS if "*" in requested else requested
-            actions = permitted & wanted
-        elif resource_type == "registry" and name == "catalog":
+            actions = permitted_by_name[name] & wanted
+        elif resource_type == "registry" and name == "catalog" and "pull" in allowed:
             # Everyone may list; the catalog shows each caller only what they may pull.
             actions = {"*"} & requested
         else:
@@ -102,15 +110,35 @@ def _unauthorized(message: str, oauth: bool) -> HttpResponse:
     return response
 
 
-def _token_response(user, scopes, offline: bool, refresh_token: str | None, oauth: bool):
-    access = grant_access(user, scopes)
+def _throttled(error: Throttled, oauth: bool) -> HttpResponse:
+    if oauth:
+        body = {"error": "slow_down", "error_description": str(error)}
+    else:
+        body = {"errors": [{"code": "TOOMANYREQUESTS", "message": str(error)}]}
+    response = JsonResponse(body, status=429)
+    response["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def _too_many_scopes() -> HttpResponse:
+    message = f"a token request may name at most {settings.MAX_TOKEN_SCOPES} scopes"
+    return JsonResponse({"error": "invalid_scope", "error_description": message,
+                         "errors": [{"code": "DENIED", "message": message}]}, status=400)
+
+
+def _token_response(request, credential: Credential | None, scopes, offline: bool, refresh_token: str | None,
+                    oauth: bool):
+    user = credential.user if credential else None
+    used = credential.token if credential else None  # the personal access or refresh token
+    allowed = used.registry_actions() if used is not None else TOKEN_ACTIONS
+    access = grant_access(user, scopes, allowed)
     subject = user.username if user else ""
-    token, ttl = issue_access_token(subject, access)
+    access_token, ttl = issue_access_token(subject, access)
     metrics.TOKENS_ISSUED.inc()
     logs.set_user(subject)
     body = {
-        "token": token,
-        "access_token": token,
+        "token": access_token,
+        "access_token": access_token,
         "expires_in": ttl,
         "issued_at": datetime.now(dt_timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
@@ -119,8 +147,14 @@ def _token_response(user, scopes, offline: bool, refresh_token: str | None, oaut
             f"{a['type']}:{a['name']}:{','.join(a['actions'])}" for a in access
         )
     if user is not None and offline and refresh_token is None:
+        # Bound to what signed in: the personal access token (its revocation ends this
+        # refresh token too) or the password (a new password ends it).
         expires = timezone.now() + timedelta(seconds=settings.REFRESH_TOKEN_TTL_SECONDS)
-        _, refresh_token = AccessToken.issue(user, AccessToken.REFRESH, "login", expires)
+        if used is not None and used.expires_at is not None:
+            expires = min(expires, used.expires_at)
+        _, refresh_token = AccessToken.issue(
+            user, AccessToken.REFRESH, "docker login", expires, parent=used, client_ip=client_ip(request),
+            user_agent=request.META.get("HTTP_USER_AGENT", ""))
     if refresh_token:
         body["refresh_token"] = refresh_token
     response = HttpResponse(json.dumps(body), content_type="application/json")
@@ -136,31 +170,42 @@ def token(request):
             {"error": "invalid_request", "error_description": f"unknown service {service!r}"},
             status=400,
         )
-    if request.method == "GET":
-        user = None
+    oauth = request.method == "POST"
+    try:
+        scopes = parse_scopes(request.POST.getlist("scope") if oauth else request.GET.getlist("scope"))
+    except TooManyScopes:
+        return _too_many_scopes()
+    try:
+        return _answer(request, scopes, oauth)
+    except Throttled as e:
+        return _throttled(e, oauth)
+
+
+def _answer(request, scopes, oauth: bool) -> HttpResponse:
+    if not oauth:
+        credential = None
         credentials = _basic_credentials(request)
         if credentials is not None:
-            user = _login(request, *credentials)
-            if user is None:
+            credential = _login(request, *credentials)
+            if credential is None:
                 return _unauthorized("invalid username, password or token", oauth=False)
-        scopes = parse_scopes(request.GET.getlist("scope"))
         offline = request.GET.get("offline_token", "").lower() == "true"
-        return _token_response(user, scopes, offline, None, oauth=False)
+        return _token_response(request, credential, scopes, offline, None, oauth=False)
 
     grant_type = request.POST.get("grant_type")
-    scopes = parse_scopes([request.POST.get("scope", "")])
     if grant_type == "password":
-        user = _login(request, request.POST.get("username", ""), request.POST.get("password", ""))
-        if user is None:
+        credential = _login(request, request.POST.get("username", ""), request.POST.get("password", ""))
+        if credential is None:
             return _unauthorized("invalid username, password or token", oauth=True)
         offline = request.POST.get("access_type") == "offline"
-        return _token_response(user, scopes, offline, None, oauth=True)
+        return _token_response(request, credential, scopes, offline, None, oauth=True)
     if grant_type == "refresh_token":
         secret = request.POST.get("refresh_token", "")
-        found = AccessToken.find(secret, AccessToken.REFRESH)
-        if found is None:
-            return _unauthorized("invalid or expired refresh token", oauth=True)
-        return _token_response(found.user, scopes, False, secret, oauth=True)
+        credential = bearer(request, secret, AccessToken.REFRESH, TOKEN)
+        if credential is None:
+            return _unauthorized("invalid, expired or revoked refresh token", oauth=True)
+        logs.set_user(credential.user.username)
+        return _token_response(request, credential, scopes, False, secret, oauth=True)
     return JsonResponse(
         {"error": "unsupported_grant_type", "error_description": "use password or refresh_token"},
         status=400,

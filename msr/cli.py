@@ -23,6 +23,34 @@ def _setup_django():
     import django
 
     django.setup()
+    _private_data()
+
+
+def _private_data() -> None:
+    """The data dir holds the database (with session keys), generated keys and blobs of
+    private repositories: nobody but MSR's user reads it. New files are owner-only (the
+    umask, set in main) and the folders are closed to others, which also covers files an
+    older version created readable."""
+    from django.conf import settings
+
+    folders = [settings.DATA_DIR]
+    if settings.STORAGE_BACKEND == "filesystem":
+        folders.append(settings.STORAGE_DIR)
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.chmod(0o700)
+        except PermissionError:  # not ours (a mounted volume): its owner decides
+            pass
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        for suffix in ("", "-wal", "-shm"):
+            path = f"{database['NAME']}{suffix}"
+            if os.path.exists(path):
+                try:
+                    os.chmod(path, 0o600)
+                except PermissionError:
+                    pass
 
 
 def _prepare_keys():
@@ -58,7 +86,7 @@ def _gunicorn_argv(args) -> list[str]:
         sys.executable, "-m", "gunicorn", "msr.wsgi:application",
         "--bind", args.bind,
         "--workers", str(args.workers),
-        "--worker-class", "gthread",
+        "--worker-class", "caches.httpserver.GuardedThreadWorker",
         "--threads", str(args.threads),
         "--keep-alive", "5",
         "--timeout", "300",
@@ -165,6 +193,10 @@ def cmd_up(args) -> None:
     _prepare_keys()
     cache_bind = args.cache_bind or _next_free_bind(args.bind)
     _register_local_cache(f"http://{cache_bind}")
+    # The embedded cache listens on loopback, which the egress policy refuses: open exactly
+    # its address and port for the web and worker processes (health checks, pre-warming).
+    allow = [os.environ.get("MSR_OUTBOUND_ALLOW", ""), cache_bind]
+    os.environ["MSR_OUTBOUND_ALLOW"] = ",".join(a for a in allow if a)
     print(f"MSR data in {settings.DATA_DIR}; serving on http://{args.bind}; "
           f"local cache on http://{cache_bind}", flush=True)
     cache_args = argparse.Namespace(
@@ -187,7 +219,8 @@ def _cache_argv(args) -> tuple[list[str], dict]:
         "MSR_CACHE_MAX_SIZE": args.max_size, "MSR_CACHE_TTL": args.ttl,
     }
     argv = [sys.executable, "-m", "gunicorn", "caches.node:application", "--bind", args.bind,
-            "--workers", str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
+            "--workers", str(args.workers), "--worker-class", "caches.httpserver.GuardedThreadWorker",
+            "--threads", str(args.threads),
             "--keep-alive", "5", "--timeout", "300", "--name", f"msr-cache-{args.name}",
             "--no-control-socket", "--logger-class", "caches.node.GunicornLogger"]
     if os.path.isdir("/dev/shm"):
@@ -213,6 +246,10 @@ def cmd_cache(args) -> None:
 
 def cmd_manage(args) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.settings")
+    import django
+
+    django.setup()
+    _private_data()
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(["msr manage", *args.rest])
@@ -260,6 +297,7 @@ def main(argv=None) -> None:
     manage.add_argument("rest", nargs=argparse.REMAINDER)
     manage.set_defaults(func=cmd_manage)
     args = parser.parse_args(argv)
+    os.umask(0o077)  # files MSR writes (database, keys, blobs, caches) are its user's alone
     args.func(args)
 
 

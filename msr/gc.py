@@ -40,7 +40,7 @@ push and cannot deadlock with one.
   starts with BEGIN IMMEDIATE and so excludes every other writer). The collector deletes
   the row only if, under that lock, no manifest references the blob and neither the
   blob nor any of its links was touched since the run's cutoff. Every path that makes
-  a blob usable — `services.link_blob` (an upload), `mount_blob`, `link_stored_blob`
+  a blob usable — `services.link_blob` (an upload), `mount_blob`, `link_readable_blob`
   (mirroring's local link), `put_manifest` (its referenced blobs) and `link_manifest`
   (promotion) — locks the row first, then, when linking, checks that the bytes are in
   storage and touches the row's `created_at` (the mark; a link's `created_at` too).

@@ -225,7 +225,7 @@ def _refusal(request):
 
     from django.http import HttpResponse
 
-    from accounts.credentials import check_credentials
+    from msr.signin import METRICS, Throttled, sign_in
 
     scheme, _, encoded = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     user = None
@@ -234,7 +234,13 @@ def _refusal(request):
             username, _, password = base64.b64decode(encoded.strip()).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             username = password = ""
-        user = check_credentials(username, password) if username else None
+        try:
+            credential = sign_in(request, username, password, METRICS) if username else None
+        except Throttled as e:
+            response = HttpResponse(f"metrics: {e}\n", status=429, content_type="text/plain")
+            response["Retry-After"] = str(e.retry_after)
+            return response
+        user = credential.user if credential else None
     if user is None:
         response = HttpResponse("metrics: allowed from MSR_METRICS_ALLOW or with a system admin's credentials\n",
                                 status=401, content_type="text/plain")

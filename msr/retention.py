@@ -7,6 +7,8 @@
 | jobs               | mirroring/promotion jobs that ended, by end time   | MSR_RETENTION_JOBS_DAYS                 | 90      |
 | webhook_deliveries | deliveries that ended (with their attempts)        | MSR_RETENTION_WEBHOOK_DELIVERIES_DAYS   | 30      |
 | cache_metrics      | cache nodes' counter samples (the console's chart) | MSR_RETENTION_CACHE_METRICS_DAYS        | 30      |
+| expired_sessions   | web sessions past their expiry                     | (always)                                |         |
+| auth_throttle      | failed sign-in counters whose window and block are over, addresses unused for 30 days | (always) | |
 
 0 days keeps that kind forever. Nothing that is still in progress goes (a waiting or
 running job, a pending delivery). Deletion runs in batches of BATCH rows, each its own
@@ -29,6 +31,8 @@ BATCH = 5000
 
 
 def _querysets(now) -> dict:
+    from accounts import throttle
+    from accounts.models import UserSession
     from caches.models import CacheMetrics
     from mirroring.models import Job
     from msr.models import Event, WebhookDelivery
@@ -45,12 +49,15 @@ def _querysets(now) -> dict:
             status=WebhookDelivery.PENDING).filter(finished_at__lt=c),
         "cache_metrics": lambda c: CacheMetrics.objects.filter(at__lt=c),
     }
-    return {kind: make(cutoff(kind)) for kind, make in kinds.items() if cutoff(kind) is not None}
+    found = {kind: make(cutoff(kind)) for kind, make in kinds.items() if cutoff(kind) is not None}
+    found["expired_sessions"] = UserSession.objects.filter(expire_date__lt=now)
+    found["auth_throttle"] = throttle.expired(now)
+    return found
 
 
 def prune(dry_run: bool = False) -> dict[str, int]:
     """Delete (or, dry, count) what is past its retention; rows per kind."""
-    counts = {kind: 0 for kind in settings.RETENTION_DAYS}
+    counts = {kind: 0 for kind in [*settings.RETENTION_DAYS, "expired_sessions", "auth_throttle"]}
     for kind, queryset in _querysets(timezone.now()).items():
         if dry_run:
             counts[kind] = queryset.count()

@@ -4,14 +4,13 @@ Views call these functions; they raise `msr.registry.errors` exceptions for anyt
 client did wrong and never return half a result.
 """
 
-import json
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Namespace, User
 from accounts.permissions import repository_actions
-from msr import signals
+from msr import jsonsafe, signals
 from msr.models import Blob, Manifest, Repository, RepositoryBlob, Tag
 from msr.prepared import prepared
 from msr.references import digest_of, is_valid_digest, is_valid_tag, split_name
@@ -105,7 +104,7 @@ class ParsedManifest:
 
     def __init__(self, body: bytes, content_type: str):
         try:
-            document = json.loads(body)
+            document = jsonsafe.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise errors.ManifestInvalid(detail=f"not valid JSON: {e}") from None
         if not isinstance(document, dict):
@@ -337,11 +336,20 @@ def link_blob(repository: Repository, digest: str, size: int, republish=None) ->
         _link_held(repository, blob)
 
 
-def link_stored_blob(repository: Repository, digest: str) -> bool:
-    """Link bytes this deployment already stores; False if it does not (upload them)."""
+def link_readable_blob(repository: Repository, digest: str, user: User | None) -> bool:
+    """Link bytes this deployment already stores, when `user` may read a repository that
+    holds them; False otherwise (then the caller must get the bytes from where it is
+    copying, and they are verified on the way in). Storage is shared by every tenant: a
+    digest is no proof of the right to its bytes, so a copy never links what its owner
+    could not pull."""
+    from accounts.permissions import readable_repositories
+
     with transaction.atomic():
         blob = _hold_blob(digest)
         if blob is None or not _stored(blob):
+            return False
+        holders = Repository.objects.filter(blob_links__blob=blob)
+        if user is None or not readable_repositories(user, holders).exists():
             return False
         _link_held(repository, blob)
     return True

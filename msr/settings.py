@@ -2,6 +2,7 @@
 
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -17,11 +18,36 @@ SECRET_KEY = env_str("MSR_SECRET_KEY") or create_once(
 ).decode()
 
 DEBUG = env_bool("MSR_DEBUG", False)
-ALLOWED_HOSTS = env_list("MSR_ALLOWED_HOSTS", ["*"])
 
 # The address clients use to reach MSR, e.g. https://registry.example.com. Token realms
 # and redirects are built from it; when unset they are built from the request's Host.
 PUBLIC_URL = (env_str("MSR_PUBLIC_URL") or "").rstrip("/")
+_public = urlsplit(PUBLIC_URL) if PUBLIC_URL else None
+if _public is not None and (_public.scheme not in ("http", "https") or not _public.hostname):
+    raise ImproperlyConfigured(f"MSR_PUBLIC_URL={PUBLIC_URL!r}: expected http(s)://host[:port]")
+# Host headers MSR answers: with a public URL, its host and this host's loopback names (health
+# checks) plus MSR_ALLOWED_HOSTS (e.g. the internal name cache nodes use); without one, any
+# (the realm is then built from the Host a client sent: set MSR_PUBLIC_URL in production).
+ALLOWED_HOSTS = env_list("MSR_ALLOWED_HOSTS", [])
+if _public is not None:
+    ALLOWED_HOSTS = [_public.hostname, "127.0.0.1", "localhost", "[::1]", *ALLOWED_HOSTS]
+elif not ALLOWED_HOSTS:
+    ALLOWED_HOSTS = ["*"]
+# Behind https, cookies only travel over https; HSTS when the operator asks for it (it is
+# sticky in browsers: opt in with MSR_HSTS_SECONDS once https works).
+_https = _public is not None and _public.scheme == "https"
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("MSR_SECURE_COOKIES", _https)
+CSRF_TRUSTED_ORIGINS = [f"{_public.scheme}://{_public.netloc}"] if _public is not None else []
+SECURE_HSTS_SECONDS = env_int("MSR_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("MSR_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+# The Content-Security-Policy of every page (msr.security): scripts and styles from MSR
+# only (no CDN: assets ship with MSR), no framing. Empty: no header.
+CONTENT_SECURITY_POLICY = env_str(
+    "MSR_CSP", "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
+               "frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
 # The `service` of Docker token authentication (the token's audience).
 TOKEN_SERVICE = env_str("MSR_TOKEN_SERVICE", "msr")
 TOKEN_ISSUER = env_str("MSR_TOKEN_ISSUER", "msr")
@@ -101,6 +127,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "msr.security.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "msr.urls"
@@ -155,10 +182,6 @@ AUTHENTICATION_BACKENDS = [
 ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row; anonymous pull is decided by visibility
 GUARDIAN_MONKEY_PATCH_USER = False
 
-AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
-]
-
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "msr.api.auth.BasicCredentialsAuthentication",
@@ -166,6 +189,9 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["msr.api.parsers.BoundedJSONParser",
+                               "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
@@ -245,6 +271,9 @@ LOGIN_URL = "ui:login"
 LOGIN_REDIRECT_URL = "ui:repositories"
 LOGOUT_REDIRECT_URL = "ui:login"
 SESSION_COOKIE_HTTPONLY = True
+# Database sessions that know their user (accounts/sessions.py): listed and ended by users,
+# ended by a password change or deactivation.
+SESSION_ENGINE = "accounts.sessions"
 CSRF_COOKIE_SAMESITE = "Lax"
 
 STATIC_URL = "static/"
@@ -331,3 +360,39 @@ try:
         _ipaddress.ip_network(item, strict=False) for item in _forwarded]
 except ValueError as _e:
     raise _ImproperlyConfigured(f"MSR_FORWARDED_ALLOW_IPS: {_e}") from None
+
+# -- Security (docs/operations.md, "Security") -------------------------------------------------
+from msr import egress as _egress  # noqa: E402
+
+# What outbound requests may reach besides the public internet (msr/egress.py): CIDRs,
+# addresses, host names (*.domain), each optionally with :port. Empty: public addresses only.
+try:
+    OUTBOUND_ALLOW = _egress.parse_allow(env_list("MSR_OUTBOUND_ALLOW", []))
+except ValueError as _e:
+    raise _ImproperlyConfigured(f"MSR_OUTBOUND_ALLOW: {_e}") from None
+
+# Failed sign-ins (accounts/throttle.py): failures allowed per window (seconds) for one
+# account from one address, for one address, and for one account from addresses it has not
+# signed in from before; a key over its limit is refused (429) for AUTH_THROTTLE_BLOCK s.
+AUTH_THROTTLE_ENABLED = env_bool("MSR_AUTH_THROTTLE", True)
+AUTH_THROTTLE_WINDOW = env_int("MSR_AUTH_THROTTLE_WINDOW", 900)
+AUTH_THROTTLE_BLOCK = env_int("MSR_AUTH_THROTTLE_BLOCK", 900)
+AUTH_THROTTLE_ACCOUNT_ADDRESS = env_int("MSR_AUTH_THROTTLE_ACCOUNT_ADDRESS", 10)
+AUTH_THROTTLE_ADDRESS = env_int("MSR_AUTH_THROTTLE_ADDRESS", 100)
+AUTH_THROTTLE_ACCOUNT = env_int("MSR_AUTH_THROTTLE_ACCOUNT", 100)
+for _name in ("WINDOW", "BLOCK", "ACCOUNT_ADDRESS", "ADDRESS", "ACCOUNT"):
+    if globals()[f"AUTH_THROTTLE_{_name}"] < 1:
+        raise _ImproperlyConfigured(f"MSR_AUTH_THROTTLE_{_name}: expected 1 or more")
+
+# Passwords (web UI, REST API, `msr manage adduser`): at least 12 characters, not a common
+# password, not like the username, not all digits.
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+     "OPTIONS": {"min_length": env_int("MSR_PASSWORD_MIN_LENGTH", 12)}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# Scopes one token request may ask for (Docker asks for one or two).
+MAX_TOKEN_SCOPES = env_int("MSR_MAX_TOKEN_SCOPES", 64)

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from msr import egress
 from msr.crypto import decrypt
 from msr.models import WebhookAttempt, WebhookDelivery
 
@@ -20,6 +21,38 @@ log = logging.getLogger(__name__)
 
 def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def owner_refusal(webhook, delivery) -> str:
+    """Why this delivery may not go out now (empty if it may): a webhook acts for the user
+    who created it, so it delivers only while that user still administers what it
+    watches and may read the repository of the event."""
+    from accounts.permissions import ADMIN, PULL, repository_actions
+    from msr.access import administers_namespace
+    from msr.services import find_repository
+
+    owner = webhook.created_by
+    if owner is None or not owner.is_active:
+        return "refused: the webhook's creator no longer exists or is deactivated"
+    if webhook.repository_id is not None:
+        repository = webhook.repository
+        if ADMIN not in repository_actions(owner, repository.namespace, repository):
+            return (f"refused: {owner.username}, who created this webhook, no longer has admin "
+                    f"access to {repository.full_name}")
+    elif not administers_namespace(owner, webhook.namespace):
+        return (f"refused: {owner.username}, who created this webhook, no longer administers "
+                f"{webhook.namespace.name}")
+    contents = (delivery.payload or {}).get("contents") or {}
+    # Registry events name the namespace and the repository apart; job events the full name.
+    name = contents.get("repository")
+    if name and contents.get("namespace"):
+        name = f"{contents['namespace']}/{name}"
+    if isinstance(name, str) and "/" in name:
+        event_repository = find_repository(name)
+        if event_repository is not None and PULL not in repository_actions(
+                owner, event_repository.namespace, event_repository):
+            return f"refused: {owner.username}, who created this webhook, may not read {name}"
+    return ""
 
 
 @shared_task(bind=True, max_retries=None, acks_late=True)
@@ -33,7 +66,8 @@ def deliver_webhook(self, delivery_id: int) -> str:
     4. Otherwise retry after WEBHOOK_RETRY_BASE_SECONDS * 2**(attempt-1), until
        WEBHOOK_MAX_ATTEMPTS attempts, then mark it failed.
     """
-    delivery = WebhookDelivery.objects.select_related("webhook").filter(pk=delivery_id).first()
+    delivery = WebhookDelivery.objects.select_related(
+        "webhook__created_by", "webhook__namespace", "webhook__repository__namespace").filter(pk=delivery_id).first()
     if delivery is None or delivery.status != WebhookDelivery.PENDING:
         return "skipped"
     webhook = delivery.webhook
@@ -49,14 +83,22 @@ def deliver_webhook(self, delivery_id: int) -> str:
         headers["X-MSR-Signature"] = signature(secret, body)
     number = delivery.attempts + 1
     started, status_code, error = time.monotonic(), None, ""
-    try:
-        response = requests.post(webhook.endpoint, data=body, headers=headers,
-                                 timeout=settings.WEBHOOK_TIMEOUT_SECONDS, allow_redirects=False)
-        status_code = response.status_code
-        if not 200 <= status_code < 300:
-            error = f"HTTP {status_code}: {response.text[:500]}"
-    except requests.RequestException as e:
-        error = f"{type(e).__name__}: {e}"[:1000]
+    refusal = owner_refusal(webhook, delivery)
+    if refusal:
+        error = refusal
+    else:
+        # The receiver's answer stays here: only its status reaches the delivery log, which
+        # its readers may not own (a webhook must not be a way to read internal services).
+        try:
+            with egress.session() as session:
+                response = session.post(webhook.endpoint, data=body, headers=headers,
+                                        timeout=settings.WEBHOOK_TIMEOUT_SECONDS, allow_redirects=False)
+                response.close()
+            status_code = response.status_code
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}"
+        except (requests.RequestException, egress.EgressRefused) as e:
+            error = egress.describe(e)
     succeeded = not error
     with transaction.atomic():
         WebhookAttempt.objects.get_or_create(
@@ -64,7 +106,8 @@ def deliver_webhook(self, delivery_id: int) -> str:
             defaults={"status_code": status_code, "error": error,
                       "duration_ms": int((time.monotonic() - started) * 1000)},
         )
-        final = succeeded or number >= settings.WEBHOOK_MAX_ATTEMPTS
+        # Refusals are final: the policy or the owner's rights will not change by waiting.
+        final = succeeded or bool(refusal) or number >= settings.WEBHOOK_MAX_ATTEMPTS
         WebhookDelivery.objects.filter(pk=delivery.pk).update(
             attempts=number,
             status=(WebhookDelivery.SUCCEEDED if succeeded
@@ -73,6 +116,9 @@ def deliver_webhook(self, delivery_id: int) -> str:
         )
     if succeeded:
         return "delivered"
+    if refusal:
+        log.warning("webhook %s: delivery %s refused: %s", webhook.pk, delivery.pk, refusal)
+        return "refused"
     if number >= settings.WEBHOOK_MAX_ATTEMPTS:
         log.warning("webhook %s: delivery %s failed after %d attempts", webhook.pk, delivery.pk, number)
         return "failed"

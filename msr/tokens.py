@@ -23,6 +23,10 @@ from django.conf import settings
 from msr.config import create_once
 
 ALGORITHM = "EdDSA"
+# Every token MSR signs names its type in `typ`, and every verifier checks it: the same key
+# signs registry access tokens, cache grants and purge tokens, so a grant must never pass
+# for an access token (a cache could be named like the token service) nor the reverse.
+ACCESS_TOKEN_TYPE = "access"
 
 
 class InvalidToken(Exception):
@@ -72,7 +76,7 @@ def sign(claims: dict, ttl: int) -> str:
 
 def issue_access_token(subject: str, access: list[dict], ttl: int | None = None) -> tuple[str, int]:
     ttl = ttl or settings.TOKEN_TTL_SECONDS
-    token = sign({"sub": subject, "aud": settings.TOKEN_SERVICE, "access": access}, ttl)
+    token = sign({"typ": ACCESS_TOKEN_TYPE, "sub": subject, "aud": settings.TOKEN_SERVICE, "access": access}, ttl)
     return token, ttl
 
 
@@ -113,6 +117,8 @@ def verify_access_token(token: str) -> dict:
             )
         except jwt.PyJWTError as e:
             raise InvalidToken(str(e)) from None
+        if claims.get("typ") != ACCESS_TOKEN_TYPE:
+            raise InvalidToken("not an access token")
         if not isinstance(claims.get("access", []), list):
             raise InvalidToken("malformed access claim")
         _verified.put(token, claims)

@@ -45,8 +45,10 @@ class Deployment:
         self.redis_url = redis_url
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "MSR_", "DATABASE_URL"))}
         self.env.update(FAST_ENV)
+        # Deployments mirror to each other on loopback, which the egress policy opens only
+        # when told to (tests/security runs deployments without it).
         self.env.update({"MSR_DATA_DIR": str(self.data_dir), "DATABASE_URL": self.db_url,
-                         "MSR_BROKER_URL": redis_url, **(extra_env or {})})
+                         "MSR_BROKER_URL": redis_url, "MSR_OUTBOUND_ALLOW": "127.0.0.1/32", **(extra_env or {})})
         self.web = self.worker = None
         self.url = ""
 

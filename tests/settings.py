@@ -5,6 +5,10 @@ import os
 import tempfile
 
 os.environ.setdefault("MSR_DATA_DIR", tempfile.mkdtemp(prefix="msr-test-"))
+# The suite's MSR (and this process, which runs tasks such as health checks in-process)
+# talks to cache nodes, webhook receivers and other deployments on loopback, which the
+# egress policy refuses by default; tests/security starts deployments without this.
+os.environ.setdefault("MSR_OUTBOUND_ALLOW", "127.0.0.1/32")
 # Playwright's sync API keeps an event loop running in the test thread; the ORM calls the
 # browser tests make are still synchronous (Django's documented escape hatch).
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

@@ -1,5 +1,6 @@
 """/api/v0/accounts: users, organizations, members, teams and settings (MSR's names)."""
 
+from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
@@ -15,6 +16,7 @@ from msr.access import (
     is_org_member, is_org_owner, namespace_or_404, organization_or_404, require_namespace_admin,
     team_or_404, user_or_404,
 )
+from msr.api.auth import require_password_or_session
 from msr.events import record
 from msr.models import Event
 
@@ -55,7 +57,7 @@ class AccountCreateSerializer(serializers.Serializer):
             if not data.get("password"):
                 raise serializers.ValidationError({"password": "A user needs a password."})
             try:
-                validate_password(data["password"])
+                validate_password(data["password"], User(username=data["name"], full_name=data["fullName"]))
             except DjangoValidationError as e:
                 raise serializers.ValidationError({"password": list(e.messages)}) from None
         return data
@@ -69,7 +71,7 @@ class AccountUpdateSerializer(serializers.Serializer):
 
     def validate_password(self, value):
         try:
-            validate_password(value)
+            validate_password(value, self.context.get("user"))
         except DjangoValidationError as e:
             raise serializers.ValidationError(list(e.messages)) from None
         return value
@@ -118,13 +120,15 @@ class AccountDetail(APIView):
     def patch(self, request, name):
         namespace = namespace_or_404(name)
         require_namespace_admin(request.user, namespace)
-        form = AccountUpdateSerializer(data=request.data)
+        form = AccountUpdateSerializer(data=request.data, context={"user": namespace.user})
         form.is_valid(raise_exception=True)
         data = form.validated_data
         if ("isAdmin" in data or "isActive" in data) and not request.user.is_superuser:
             raise PermissionDenied("Only system admins change isAdmin and isActive.")
         if namespace.is_org and ({"password", "isAdmin", "isActive"} & data.keys()):
             raise serializers.ValidationError({"isOrg": "These fields do not apply to an organization."})
+        if "password" in data:
+            require_password_or_session(request, "Changing a password")
         with transaction.atomic():
             if "fullName" in data:
                 namespace.full_name = data["fullName"]
@@ -133,13 +137,18 @@ class AccountDetail(APIView):
             if user is not None:
                 if "fullName" in data:
                     user.full_name = data["fullName"]
-                if "password" in data:
-                    user.set_password(data["password"])
                 if "isAdmin" in data:
                     user.is_superuser = user.is_staff = data["isAdmin"]
-                if "isActive" in data:
-                    user.is_active = data["isActive"]
                 user.save()
+                if "password" in data:
+                    # Ends the refresh tokens and web sessions of the old password (but
+                    # the session making the change, if it is one).
+                    keep = request.session.session_key if request.user == user else None
+                    services.set_password(user, data["password"], keep_session=keep)
+                    if keep:
+                        update_session_auth_hash(request, user)
+                if "isActive" in data:
+                    services.set_active(user, data["isActive"])
             record(Event.ACCOUNT, request.user.username,
                    detail={"action": "update", "account": name, "fields": sorted(data)}, request=request)
         return Response(AccountSerializer(namespace).data)

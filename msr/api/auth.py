@@ -1,22 +1,37 @@
 """How the REST API knows who is calling: Basic (username + password or personal access
-token), Bearer (a personal access token alone), or the web UI's session (with CSRF)."""
+token), Bearer (a personal access token alone), or the web UI's session (with CSRF).
 
-from django.utils import timezone
+Every secret is checked by msr.signin (throttled, failures audited). `request.auth` is
+the personal access token used, or None for a password or a session: some changes
+(the password, tokens, sign-ins) need the password or a session, so that a leaked token
+cannot make itself permanent (`require_password_or_session`). A personal access token
+without the `api` scope is refused here.
+"""
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from accounts.credentials import check_credentials
-from accounts.models import AccessToken
+from accounts.models import SCOPE_API, AccessToken
+from msr.signin import API, Throttled, bearer, sign_in
+
+
+def _checked(credential):
+    if credential.token is not None and SCOPE_API not in credential.token.scope_set:
+        raise exceptions.PermissionDenied("This personal access token has no api scope.")
+    return (credential.user, credential.token)
 
 
 class BasicCredentialsAuthentication(authentication.BasicAuthentication):
     www_authenticate_realm = "msr"
 
     def authenticate_credentials(self, userid, password, request=None):
-        user = check_credentials(userid, password)
-        if user is None:
+        try:
+            credential = sign_in(request, userid, password, API)
+        except Throttled as e:
+            raise exceptions.Throttled(wait=e.retry_after, detail=str(e)) from None
+        if credential is None:
             raise exceptions.AuthenticationFailed("Invalid username, password or token.")
-        return (user, None)
+        return _checked(credential)
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -26,14 +41,23 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         scheme, _, secret = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
         if scheme.lower() != "bearer":
             return None
-        token = AccessToken.find(secret.strip(), AccessToken.PERSONAL)
-        if token is None:
+        try:
+            credential = bearer(request, secret.strip(), AccessToken.PERSONAL, API)
+        except Throttled as e:
+            raise exceptions.Throttled(wait=e.retry_after, detail=str(e)) from None
+        if credential is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
-        AccessToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-        return (token.user, token)
+        return _checked(credential)
 
     def authenticate_header(self, request):
         return 'Bearer realm="msr"'
+
+
+def require_password_or_session(request, what: str) -> None:
+    """Refuse `what` to a caller who authenticated with a personal access token."""
+    if isinstance(request.auth, AccessToken):
+        raise exceptions.PermissionDenied(
+            f"{what} needs your password or a signed-in session, not a personal access token.")
 
 
 class BasicScheme(OpenApiAuthenticationExtension):

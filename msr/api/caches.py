@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from caches.models import CacheMetrics, ContentCache, NetworkRule, PrewarmPolicy
+from msr import egress
 from msr.references import is_valid_name
 
 
@@ -40,6 +41,10 @@ class ContentCacheSerializer(serializers.ModelSerializer):
     def validate_url(self, value):
         if not value.lower().startswith(("http://", "https://")):
             raise serializers.ValidationError("Use an http or https URL.")
+        try:
+            egress.check_url(value)  # MSR checks its health and sends purges there
+        except (ValueError, egress.EgressRefused) as e:
+            raise serializers.ValidationError(str(e)) from None
         return value.rstrip("/")
 
     def validate(self, data):
@@ -109,8 +114,8 @@ class ContentCachePurge(APIView):
         form.is_valid(raise_exception=True)
         try:
             return Response(purge(cache, form.validated_data.get("digest")))
-        except requests.RequestException as e:
-            return Response({"detail": f"the cache did not answer: {e}"}, status=502)
+        except (requests.RequestException, egress.EgressRefused) as e:
+            return Response({"detail": f"the cache did not answer: {egress.describe(e)}"}, status=502)
 
 
 class PrewarmSerializer(serializers.Serializer):

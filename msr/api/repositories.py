@@ -1,6 +1,5 @@
 """/api/v0/repositories: repositories, team access and tags."""
 
-import json
 
 from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
@@ -13,7 +12,7 @@ from rest_framework.views import APIView
 from accounts.models import Namespace
 from accounts.permissions import ACCESS_LEVELS, DELETE, readable_repositories
 from accounts.services import set_team_access
-from msr import services
+from msr import jsonsafe, services
 from msr.access import (
     is_org_member, is_org_owner, may_create_in, namespace_or_404, organization_or_404,
     repository_for, require_repository_admin, team_access_levels, team_or_404,
@@ -71,6 +70,10 @@ class NamespaceRepositories(generics.ListCreateAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Repository.objects.none()
+        if not self.request.user.is_authenticated:
+            # Anonymous callers get the public repositories, and for a name that is no
+            # account the same empty list: a 404 would tell who has an account here.
+            return readable_repositories(None, _repositories().filter(namespace__name=self.kwargs["namespace"]))
         namespace = namespace_or_404(self.kwargs["namespace"])
         return readable_repositories(self.request.user, _repositories().filter(namespace=namespace))
 
@@ -232,9 +235,13 @@ class TagSerializer(serializers.Serializer):
 
 
 def _config_platform(digest: str) -> list[dict]:
+    """The platform an image config names (the config is whatever its pusher uploaded:
+    anything that is not the expected JSON gives no platform, never an error)."""
+    if not isinstance(digest, str) or not digest:
+        return []
     try:
         with get_storage().open_blob(digest) as f:
-            config = json.loads(f.read(1024 * 1024))
+            config = jsonsafe.loads(f.read(1024 * 1024))
     except (*STORAGE_ERRORS, ValueError):
         return []
     if not isinstance(config, dict) or "architecture" not in config:
@@ -245,19 +252,31 @@ def _config_platform(digest: str) -> list[dict]:
     return [platform]
 
 
+def _size(descriptor) -> int:
+    size = descriptor.get("size", 0) if isinstance(descriptor, dict) else 0
+    return size if isinstance(size, int) and not isinstance(size, bool) else 0
+
+
 def describe_tag(tag: Tag) -> dict:
     manifest = tag.manifest
-    document = json.loads(bytes(manifest.content))
+    try:
+        document = jsonsafe.loads(bytes(manifest.content))
+    except ValueError:
+        document = {}
+    if not isinstance(document, dict):
+        document = {}
     size, platforms = manifest.size, []
     if manifest.media_type in services.INDEX_TYPES:
-        for child in document.get("manifests", []):
-            size += child.get("size", 0)
-            platform = child.get("platform") or {}
-            if platform.get("architecture"):
-                platforms.append({k: platform[k] for k in ("os", "architecture", "variant") if k in platform})
+        children = document.get("manifests")
+        for child in children if isinstance(children, list) else []:
+            size += _size(child)
+            platform = child.get("platform") if isinstance(child, dict) else None
+            if isinstance(platform, dict) and platform.get("architecture"):
+                platforms.append({k: str(platform[k]) for k in ("os", "architecture", "variant") if k in platform})
     else:
-        config = document.get("config", {})
-        size += config.get("size", 0) + sum(layer.get("size", 0) for layer in document.get("layers", []))
+        config = document.get("config") if isinstance(document.get("config"), dict) else {}
+        layers = document.get("layers") if isinstance(document.get("layers"), list) else []
+        size += _size(config) + sum(_size(layer) for layer in layers)
         platforms = _config_platform(config.get("digest", ""))
     return {
         "name": tag.name, "digest": manifest.digest, "mediaType": manifest.media_type, "size": size,

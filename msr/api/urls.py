@@ -4,7 +4,7 @@ matched by their fixed suffix (the most specific first)."""
 from django.http import JsonResponse
 from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from mirroring import api as mirroring
 from msr.api import accounts, caches, events, repositories, tokens, webhooks
@@ -20,7 +20,8 @@ REPO = r"(?P<repository>.+?)"
 
 urlpatterns = [
     path("schema", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # The split view loads its start-up script from a URL, so the page needs no inline script (CSP).
+    path("docs", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("accounts", accounts.AccountList.as_view()),
     path("accounts/<str:name>", accounts.AccountDetail.as_view()),
     path("accounts/<str:name>/settings", accounts.AccountSettings.as_view()),
@@ -43,6 +44,9 @@ urlpatterns = [
     re_path(rf"^repositories/{NS}/{REPO}/pollMirroringPolicies$", mirroring.PollMirroringPolicyList.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}/pollMirroringPolicies/(?P<policy_id>[0-9]+)$",
             mirroring.PollMirroringPolicyDetail.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}/incomingPolicies$", mirroring.IncomingPolicyList.as_view()),
+    re_path(rf"^repositories/{NS}/{REPO}/incomingPolicies/(?P<policy_id>[0-9]+)$",
+            mirroring.IncomingPolicyDetail.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}/tags$", repositories.TagList.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}/tags/(?P<tag>[^/]+)$", repositories.TagDetail.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}$", repositories.RepositoryDetail.as_view()),
@@ -50,6 +54,10 @@ urlpatterns = [
     re_path(rf"^repositoryNamespaces/{NS}/teamAccess/(?P<team>[^/]+)$", repositories.NamespaceTeamAccess.as_view()),
     path("tokens", tokens.TokenList.as_view()),
     path("tokens/<int:token_id>", tokens.TokenDetail.as_view()),
+    path("refreshTokens", tokens.RefreshTokenList.as_view()),
+    path("refreshTokens/<int:token_id>", tokens.RefreshTokenDetail.as_view()),
+    path("sessions", tokens.SessionList.as_view()),
+    path("sessions/<str:session_id>", tokens.SessionDetail.as_view()),
     path("webhooks", webhooks.WebhookList.as_view()),
     path("webhooks/<int:webhook_id>", webhooks.WebhookDetail.as_view()),
     path("webhooks/<int:webhook_id>/deliveries", webhooks.WebhookDeliveries.as_view()),

@@ -1,6 +1,7 @@
 """/api/v0/webhooks: subscriptions, their delivery log, and a test delivery."""
 
 from django.db import transaction
+from django.db.models import Q
 from django.http import Http404
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
@@ -9,7 +10,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import ADMIN, repository_actions
-from msr.access import require_namespace_admin
+from msr import egress
+from msr.access import administers_namespace, require_namespace_admin
 from msr.crypto import encrypt
 from msr.models import Repository, Webhook, WebhookDelivery
 from accounts.models import Namespace
@@ -29,6 +31,10 @@ class WebhookSerializer(serializers.Serializer):
     def validate_endpoint(self, value):
         if not value.lower().startswith(("http://", "https://")):
             raise serializers.ValidationError("Use an http or https URL.")
+        try:
+            egress.check_url(value)
+        except (ValueError, egress.EgressRefused) as e:
+            raise serializers.ValidationError(str(e)) from None
         return value
 
 
@@ -59,8 +65,19 @@ def _resolve_key(user, key: str) -> tuple[Namespace, Repository | None]:
 
 
 def _visible_webhooks(user):
+    """Webhooks on what `user` administers now (whoever created them), so that the admins
+    of a repository see and can stop every webhook that watches it, and a creator who
+    lost access no longer sees, edits or reads the deliveries of theirs."""
     webhooks = Webhook.objects.select_related("namespace", "repository__namespace", "created_by")
-    return webhooks if user.is_superuser else webhooks.filter(created_by=user)
+    if user.is_superuser:
+        return webhooks
+    namespaces = [n for n in Namespace.objects.filter(pk__in=webhooks.values("namespace_id"))
+                  if administers_namespace(user, n)]
+    repositories = [r.pk for r in Repository.objects.select_related("namespace").filter(
+        pk__in=webhooks.filter(repository__isnull=False).values("repository_id"))
+        if ADMIN in repository_actions(user, r.namespace, r)]
+    return webhooks.filter(Q(repository__isnull=True, namespace__in=namespaces)
+                           | Q(repository_id__in=repositories))
 
 
 class WebhookList(generics.ListCreateAPIView):

@@ -1,7 +1,43 @@
 from django import forms
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import ValidationError
 
 from accounts.models import NAMESPACE_PATTERN
 from accounts.permissions import ACCESS_LEVELS
+
+
+class SignInForm(AuthenticationForm):
+    """Django's sign-in form, checking the password through msr.signin (throttled,
+    audited). Only the password signs in here: a personal access token is for clients,
+    and a session made from one could mint tokens that outlive it."""
+
+    throttled = None
+
+    def clean(self):
+        from msr.signin import UI, Throttled, sign_in
+
+        username = self.cleaned_data.get("username")
+        password = self.cleaned_data.get("password")
+        if username is not None and password:
+            try:
+                credential = sign_in(self.request, username, password, UI, audit_success=True, allow_tokens=False)
+            except Throttled as e:
+                self.throttled = e
+                minutes = max(1, round(e.retry_after / 60))
+                raise ValidationError(f"Too many failed sign-ins {e.reason}. Try again in about "
+                                      f"{minutes} minute{'s' if minutes > 1 else ''}.", code="throttled") from None
+            if credential is None:
+                raise self.get_invalid_login_error()
+            self.user_cache = credential.user
+            self.user_cache.backend = "django.contrib.auth.backends.ModelBackend"
+        return self.cleaned_data
+
+
+TOKEN_SCOPE_CHOICES = [
+    ("registry:pull", "Pull images (registry:pull)"),
+    ("registry:push", "Push and delete images (registry:push)"),
+    ("api", "Use the REST API (api)"),
+]
 
 
 class TokenForm(forms.Form):
@@ -9,6 +45,9 @@ class TokenForm(forms.Form):
                            help_text="What the token is for, e.g. “CI pipeline”.")
     expires_in_days = forms.IntegerField(min_value=1, max_value=3650, required=False,
                                          label="Expires after (days)", help_text="Empty: never.")
+    scopes = forms.MultipleChoiceField(choices=TOKEN_SCOPE_CHOICES, widget=forms.CheckboxSelectMultiple,
+                                       initial=[c for c, _ in TOKEN_SCOPE_CHOICES], label="What it may do",
+                                       help_text="A token that only pulls cannot push, even where you may.")
 
 
 class SettingsForm(forms.Form):

@@ -1,4 +1,5 @@
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.urls import path, re_path
 
 from msr.ui import views
@@ -9,7 +10,7 @@ REPO = r"(?P<namespace>[^/]+)/(?P<repository>.+?)"
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", views.SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("repositories/", views.repositories, name="repositories"),
     re_path(rf"^repositories/{REPO}/tags/(?P<tag>[^/]+)/delete/$", views.delete_tag, name="delete-tag"),
@@ -21,6 +22,9 @@ urlpatterns = [
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.revoke_token, name="revoke-token"),
     path("settings/", views.profile, name="profile"),
+    path("settings/password/", login_required(views.ChangePasswordView.as_view()), name="password"),
+    path("settings/sign-ins/", views.sign_ins, name="sign-ins"),
+    path("settings/sign-ins/<str:kind>/<str:item>/end/", views.end_sign_in, name="end-sign-in"),
     path("console/", views.console, name="console"),
     path("console/caches/", views.console_caches, name="console-caches"),
 ]

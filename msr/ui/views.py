@@ -7,16 +7,18 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView, PasswordChangeView
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count, Sum
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse_lazy
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from accounts import services as account_services
-from accounts.models import AccessToken, Namespace, OrganizationMembership, User
+from accounts.models import AccessToken, Namespace, User
 from accounts.permissions import ADMIN, DELETE, readable_repositories, repository_actions
 from accounts.services import set_team_access
 from msr import services
@@ -24,7 +26,7 @@ from msr.access import (
     is_org_member, is_org_owner, organization_or_404, repository_for, team_access_levels, team_or_404,
 )
 from msr.api.repositories import describe_tag
-from msr.events import record
+from msr.events import client_ip, record
 from msr.models import Blob, Event, Repository
 from msr.ui import forms
 
@@ -121,7 +123,9 @@ def organization(request, org):
     if not is_org_member(request.user, found):
         raise Http404("no such organization")
     owner = is_org_owner(request.user, found)
-    repositories_ = list(found.repositories.order_by("name"))
+    # Members see the repositories they may read, and only those repositories' grants
+    # (the API answers 404 for the others; so does this page, by leaving them out).
+    repositories_ = list(readable_repositories(request.user, found.repositories.all()).order_by("name"))
     # Each object's grants are read once, then grouped by team.
     access_by_team: dict[int, list] = {}
     for repository in repositories_:
@@ -216,7 +220,11 @@ def tokens(request):
         if form.is_valid():
             days = form.cleaned_data["expires_in_days"]
             expires = timezone.now() + timedelta(days=days) if days else None
-            _, secret = AccessToken.issue(request.user, AccessToken.PERSONAL, form.cleaned_data["name"], expires)
+            token, secret = AccessToken.issue(request.user, AccessToken.PERSONAL, form.cleaned_data["name"], expires,
+                                              scopes=form.cleaned_data["scopes"])
+            record(Event.ACCOUNT, request.user.username, detail={
+                "action": "create token", "account": request.user.username, "token": token.hint,
+                "scopes": sorted(token.scope_set)}, request=request)
             request.session["new_token_secret"] = secret
             return redirect("ui:tokens")
     listing = AccessToken.objects.filter(user=request.user, kind=AccessToken.PERSONAL).order_by("-created_at")
@@ -228,14 +236,104 @@ def tokens(request):
 @login_required
 @require_POST
 def revoke_token(request, token_id):
+    from msr.api.tokens import revoke
+
     token = AccessToken.objects.filter(pk=token_id, user=request.user, kind=AccessToken.PERSONAL).first()
     if token is None:
         raise Http404("no such token")
-    if token.revoked_at is None:
-        token.revoked_at = timezone.now()
-        token.save(update_fields=["revoked_at"])
-    messages.success(request, f"Revoked the token “{token.name}”. It no longer works anywhere.")
+    revoke(request, token)
+    messages.success(request, f"Revoked the token “{token.name}”. It no longer works anywhere, and neither do "
+                              "the docker logins made with it.")
     return redirect("ui:tokens")
+
+
+class SignInView(LoginView):
+    """The sign-in page: msr.signin checks the password (throttled: 429 with Retry-After
+    beyond the limit; audited); the session remembers where and how it was opened, for the
+    user's list of sessions."""
+
+    form_class = forms.SignInForm
+    redirect_authenticated_user = True
+
+    def form_valid(self, form):
+        from accounts import sessions
+
+        response = super().form_valid(form)
+        self.request.session[sessions.CLIENT_IP] = client_ip(self.request)
+        self.request.session[sessions.USER_AGENT] = self.request.META.get("HTTP_USER_AGENT", "")[:200]
+        self.request.session[sessions.SIGNED_IN_AT] = timezone.now().isoformat()
+        return response
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.throttled is not None:
+            response.status_code = 429
+            response["Retry-After"] = str(form.throttled.retry_after)
+        return response
+
+
+@login_required
+def sign_ins(request):
+    """Where the user is signed in: web sessions and the refresh tokens of docker logins,
+    each with a button that ends it, and one that ends every other."""
+    from accounts.models import UserSession
+
+    now = timezone.now()
+    sessions = list(UserSession.objects.filter(user=request.user, expire_date__gt=now).order_by("-created_at"))
+    refresh = [t for t in AccessToken.objects.filter(user=request.user, kind=AccessToken.REFRESH, revoked_at__isnull=True)
+               .select_related("parent", "user").order_by("-created_at")
+               if (t.expires_at is None or t.expires_at > now) and t.binding_holds()]
+    return render(request, "ui/sign_ins.html", {
+        "sessions": sessions, "refresh_tokens": refresh, "current": request.session.session_key})
+
+
+@login_required
+@require_POST
+def end_sign_in(request, kind, item):
+    from accounts.models import UserSession
+    from msr.api.tokens import revoke
+
+    if kind == "session":
+        found = next((s for s in UserSession.objects.filter(user=request.user) if s.public_id == item), None)
+        if found is None:
+            raise Http404("no such session")
+        found.delete()
+        record(Event.ACCOUNT, request.user.username, detail={"action": "end session",
+                                                             "account": request.user.username}, request=request)
+        messages.success(request, "Ended that session: the browser is signed out.")
+    elif kind == "refresh":
+        token = AccessToken.objects.filter(pk=int(item) if item.isdigit() else 0, user=request.user,
+                                           kind=AccessToken.REFRESH).first()
+        if token is None:
+            raise Http404("no such sign-in")
+        revoke(request, token)
+        messages.success(request, "Revoked that docker login: the client must sign in again.")
+    elif kind == "others" and item == "all":
+        ended = account_services.end_sign_ins(request.user, keep_session=request.session.session_key)
+        record(Event.ACCOUNT, request.user.username, detail={"action": "end other sign-ins",
+                                                             "account": request.user.username, "ended": ended},
+               request=request)
+        messages.success(request, f"Signed out everywhere else ({ended} ended).")
+    else:
+        raise Http404("no such sign-in")
+    return redirect("ui:sign-ins")
+
+
+class ChangePasswordView(PasswordChangeView):
+    """Change the password (the current one is asked for). Every other session and every
+    docker login made with the old password ends; personal access tokens stay."""
+
+    template_name = "ui/password.html"
+    success_url = reverse_lazy("ui:sign-ins")
+
+    def form_valid(self, form):
+        response = super().form_valid(form)  # saves, keeps this session signed in
+        ended = account_services.end_sign_ins(self.request.user, keep_session=self.request.session.session_key)
+        record(Event.ACCOUNT, self.request.user.username, detail={
+            "action": "change password", "account": self.request.user.username, "ended": ended},
+            request=self.request)
+        messages.success(self.request, "Password changed. Every other session and docker login has ended.")
+        return response
 
 
 @login_required

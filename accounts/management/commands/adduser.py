@@ -24,9 +24,15 @@ class Command(BaseCommand):
         if if_missing and User.objects.filter(username=username).exists():
             self.stdout.write(f"user {username} exists")
             return
+        from django.contrib.auth.password_validation import validate_password
+
+        password = password or os.environ.get("MSR_NEW_USER_PASSWORD")
         try:
-            create_user(username, password or os.environ.get("MSR_NEW_USER_PASSWORD"),
-                        is_admin=admin, full_name=full_name)
-        except (AccountError, ValidationError) as e:
+            if password:
+                validate_password(password, User(username=username, full_name=full_name))
+            create_user(username, password, is_admin=admin, full_name=full_name)
+        except ValidationError as e:
+            raise CommandError(" ".join(e.messages)) from e
+        except AccountError as e:
             raise CommandError(str(e)) from e
         self.stdout.write(f"created user {username}")

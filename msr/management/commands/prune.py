@@ -21,6 +21,9 @@ class Command(BaseCommand):
             return
         verb = "would delete" if dry_run else "deleted"
         for kind, count in counts.items():
-            days = settings.RETENTION_DAYS[kind]
-            kept = f"older than {days} days" if days else "kept forever (0 days)"
+            days = settings.RETENTION_DAYS.get(kind)
+            if days is None:
+                kept = "expired"  # sessions and sign-in counters past their end
+            else:
+                kept = f"older than {days} days" if days else "kept forever (0 days)"
             self.stdout.write(f"  {kind:<20} {verb} {count:>9}   ({kept})")

@@ -1,0 +1,247 @@
+"""The gunicorn worker of MSR's web process and of the cache node: gunicorn's threaded
+worker, guarded against slow clients. (Django-free: the cache node loads it too.)
+
+gunicorn's gthread worker hands a connection to a thread as soon as its first bytes
+arrive; the thread then blocks until the request's headers are complete, and reads the
+body and writes the response on a socket without a timeout. A few dozen clients that
+send their headers a byte at a time (slowloris), trickle an upload, or stop reading a
+response hold every thread, and nobody else is answered, not even /healthz.
+
+This worker:
+- reads each request's headers in the event loop, without a thread, and gives up on a
+  connection whose headers are not complete within MSR_HTTP_HEADER_TIMEOUT seconds
+  (default 10; a keep-alive connection's next request likewise);
+- reads the start of the body there too (up to 64 KiB, so small bodies such as API calls
+  and manifests arrive whole) before a thread takes the request;
+- then, in the thread, bounds every read and write: no progress for MSR_HTTP_IO_TIMEOUT
+  seconds (default 60), or less than MSR_HTTP_MIN_RATE bytes per second (default 1024)
+  on average after that many seconds, ends the connection.
+A thread is therefore only ever held by a client that moves data at a useful rate.
+Put a reverse proxy in front as well where one is at hand: it is the first line.
+"""
+
+import errno
+import os
+import selectors
+import socket
+import time
+from collections import deque
+from functools import partial
+
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+HEADER_TIMEOUT = float(os.environ.get("MSR_HTTP_HEADER_TIMEOUT", "10"))
+IO_TIMEOUT = float(os.environ.get("MSR_HTTP_IO_TIMEOUT", "60"))
+MIN_RATE = int(os.environ.get("MSR_HTTP_MIN_RATE", "1024"))
+PREREAD_BODY = 64 * 1024
+MAX_HEAD = 128 * 1024
+PIECE = 1024 * 1024
+
+
+class ClientTooSlow(TimeoutError):
+    pass
+
+
+class GuardedSocket(socket.socket):
+    """A client socket whose blocking mode has a timeout, and whose transfers keep a
+    minimum average rate for the request in progress (`begin_request`)."""
+
+    def setblocking(self, flag):
+        # gunicorn sets connections to blocking mode in the thread; this makes that mode
+        # "blocking with a timeout" (a stalled peer ends the wait).
+        if flag:
+            self.settimeout(IO_TIMEOUT)
+        else:
+            super().setblocking(False)
+
+    def begin_request(self) -> None:
+        self._started = time.monotonic()
+        self._moved = 0
+
+    def _check_rate(self) -> None:
+        started = getattr(self, "_started", None)
+        if started is None:
+            return
+        elapsed = time.monotonic() - started
+        if elapsed > IO_TIMEOUT and self._moved < MIN_RATE * elapsed:
+            raise ClientTooSlow(errno.ETIMEDOUT, f"client below {MIN_RATE} bytes/s")
+
+    def recv(self, size, *args):
+        self._check_rate()
+        data = super().recv(size, *args)
+        self._moved = getattr(self, "_moved", 0) + len(data)
+        return data
+
+    def sendall(self, data, *args):
+        view = memoryview(data)
+        for start in range(0, len(view), PIECE):
+            self._check_rate()
+            super().sendall(view[start:start + PIECE], *args)
+            self._moved = getattr(self, "_moved", 0) + len(view[start:start + PIECE])
+
+    def sendfile(self, file, offset=0, count=None):
+        sent = 0
+        while count is None or sent < count:
+            self._check_rate()
+            piece = PIECE if count is None else min(PIECE, count - sent)
+            n = super().sendfile(file, offset + sent, piece)
+            if not n:
+                break
+            sent += n
+            self._moved = getattr(self, "_moved", 0) + n
+        return sent
+
+
+def _guarded(sock: socket.socket) -> GuardedSocket:
+    guarded = GuardedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    guarded.setblocking(False)
+    return guarded
+
+
+def _body_wanted(head: bytes) -> int | None:
+    """How many body bytes to read before a thread takes the request: the Content-Length
+    (at most PREREAD_BODY), PREREAD_BODY for a chunked body, 0 for none; None when the
+    client waits for `100 Continue` (sent by gunicorn once a thread has the request)."""
+    length, chunked = 0, False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                return 0  # gunicorn answers the malformed header
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+        elif name == b"expect" and value.strip().lower() == b"100-continue":
+            return None
+    if chunked:
+        return PREREAD_BODY
+    return min(max(length, 0), PREREAD_BODY)
+
+
+class GuardedThreadWorker(ThreadWorker):
+    """gunicorn's gthread worker, reading headers (and the start of bodies) in its event
+    loop; see the module's docstring."""
+
+    def init_process(self):
+        self.reading = deque()  # connections whose request is being read, by deadline
+        super().init_process()
+
+    def accept(self, listener):
+        try:
+            client, address = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        if self.cfg.is_ssl:  # TLS bytes cannot be read here; gunicorn's own way then
+            client.setblocking(True)
+            return super().enqueue_req(TConn(self.cfg, client, address, listener.getsockname()))
+        conn = TConn(self.cfg, _guarded(client), address, listener.getsockname())
+        self._read_request(conn, b"")
+
+    def enqueue_req(self, conn):
+        """Every way a connection reaches the thread pool (a kept-alive connection that
+        became readable, bytes left over from the last request) goes through reading
+        first, unless its request has been read."""
+        if self.cfg.is_ssl or getattr(conn, "msr_request", None) is not None:
+            return super().enqueue_req(conn)
+        leftover = b""
+        if conn.parser is not None:
+            leftover = conn.parser.unreader.buf.getvalue()
+            conn.parser.unreader.buf.seek(0)
+            conn.parser.unreader.buf.truncate()
+        self._read_request(conn, leftover)
+
+    def _read_request(self, conn, data: bytes) -> None:
+        conn.sock.setblocking(False)
+        conn.msr_buffer = bytearray(data)
+        conn.msr_wanted = None  # the buffer length to reach; None: the headers are not in yet
+        conn.msr_deadline = time.monotonic() + HEADER_TIMEOUT
+        if not self._progress(conn):
+            self.reading.append(conn)
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _on_readable(self, conn, sock):
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._forget(conn)
+            self._close(conn)
+            return
+        conn.msr_buffer += data
+        if self._progress(conn, registered=True):
+            return
+
+    def _progress(self, conn, registered=False) -> bool:
+        """Look at what has arrived: hand the request to a thread once its headers and the
+        start of its body are in, or refuse oversized headers. True when the connection
+        left the reading stage (handed over or closed)."""
+        buffer = conn.msr_buffer
+        if conn.msr_wanted is None:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) <= MAX_HEAD:
+                    return False
+                if registered:
+                    self._forget(conn)
+                self._close(conn, b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                  b"Connection: close\r\nContent-Length: 0\r\n\r\n")
+                return True
+            body = _body_wanted(bytes(buffer[:end]))
+            conn.msr_wanted = end + 4 + (body or 0)
+            # The body gets the time a client at the minimum rate needs for it.
+            conn.msr_deadline = time.monotonic() + max(HEADER_TIMEOUT, (body or 0) / max(MIN_RATE, 1))
+        if len(buffer) < conn.msr_wanted and not buffer.endswith(b"0\r\n\r\n"):
+            return False
+        if registered:
+            self._forget(conn)
+        conn.msr_request = bytes(buffer)
+        del conn.msr_buffer
+        conn.data_ready = True
+        super().enqueue_req(conn)
+        return True
+
+    def _forget(self, conn) -> None:
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        try:
+            self.reading.remove(conn)
+        except ValueError:
+            pass
+
+    def _close(self, conn, answer: bytes = b"") -> None:
+        if answer:
+            try:
+                conn.sock.send(answer)
+            except OSError:
+                pass
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self):
+        """gunicorn's, plus: close connections whose request did not arrive in time."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn in [c for c in self.reading if c.msr_deadline <= now]:
+            self._forget(conn)
+            self._close(conn, b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+
+    def handle(self, conn):
+        request = getattr(conn, "msr_request", None)
+        if request is not None:
+            conn.msr_request = None
+            conn.sock.setblocking(True)
+            conn.init()
+            conn.parser.unreader.unread(request)
+            if isinstance(conn.sock, GuardedSocket):
+                conn.sock.begin_request()
+        return super().handle(conn)

@@ -1,0 +1,96 @@
+"""Every check of a secret, in one place: the web sign-in, the token service (password,
+personal access token, refresh token), Basic and Bearer credentials on the REST API and
+on /metrics.
+
+Each goes through the same three steps: the throttle (accounts/throttle.py) may refuse
+before the secret is looked at; the secret is checked; the outcome is counted and every
+failure is written to the audit trail with the entry point and the client's address.
+"""
+
+from dataclasses import dataclass
+
+from django.utils import timezone
+
+from accounts import throttle
+from accounts.credentials import check_credentials
+from accounts.models import AccessToken, User
+from accounts.throttle import Throttled  # noqa: F401  (re-exported for the entry points)
+from msr.events import client_ip, record
+from msr.models import Event
+
+UI, TOKEN, API, METRICS = "ui", "token", "api", "metrics"
+
+
+@dataclass
+class Credential:
+    """Who signed in, and with which personal access or refresh token (None: a password)."""
+
+    user: User
+    token: AccessToken | None = None
+
+    @property
+    def method(self) -> str:
+        if self.token is None:
+            return "password"
+        return "refresh_token" if self.token.kind == AccessToken.REFRESH else "token"
+
+
+def _method(secret: str) -> str:
+    if secret.startswith(AccessToken.PREFIXES[AccessToken.PERSONAL]):
+        return "token"
+    if secret.startswith(AccessToken.PREFIXES[AccessToken.REFRESH]):
+        return "refresh_token"
+    return "password"
+
+
+def _audit(request, username: str, succeeded: bool, method: str, via: str, throttled: bool = False) -> None:
+    detail = {"succeeded": succeeded, "method": method, "via": via}
+    if throttled:
+        detail["throttled"] = True
+    record(Event.LOGIN, (username or "")[:150], detail=detail, request=request)
+
+
+def sign_in(request, username: str, password: str, via: str, audit_success: bool = False,
+            allow_tokens: bool = True) -> Credential | None:
+    """Check a username and a password (or a personal access token used as one). Raises
+    Throttled; None for wrong credentials."""
+    address = client_ip(request)
+    method = _method(password)
+    try:
+        attempt = throttle.check(username, address)
+    except Throttled:
+        _audit(request, username, False, method, via, throttled=True)
+        raise
+    found = None
+    if allow_tokens or method == "password":
+        found = check_credentials(username, password)
+    if found is None:
+        throttle.failed(attempt)
+        _audit(request, username, False, method, via)
+        return None
+    throttle.succeeded(attempt)
+    credential = Credential(*found)
+    if audit_success:
+        _audit(request, credential.user.username, True, method, via)
+    return credential
+
+
+def bearer(request, secret: str, kind: str, via: str, audit_success: bool = False) -> Credential | None:
+    """Check a personal access token or a refresh token presented alone (no username):
+    throttled by the client's address."""
+    address = client_ip(request)
+    method = "refresh_token" if kind == AccessToken.REFRESH else "token"
+    try:
+        attempt = throttle.check("", address)
+    except Throttled:
+        _audit(request, "", False, method, via, throttled=True)
+        raise
+    token = AccessToken.find(secret, kind)
+    if token is None:
+        throttle.failed(attempt)
+        _audit(request, "", False, method, via)
+        return None
+    AccessToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    if audit_success:
+        _audit(request, token.user.username, True, method, via)
+    return Credential(token.user, token)

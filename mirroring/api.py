@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Namespace
-from accounts.permissions import ADMIN, PUSH, repository_actions
+from accounts.permissions import ADMIN, PULL, PUSH, repository_actions
 from mirroring import criteria
 from mirroring.client import RegistryError, normalize_host
 from mirroring.jobs import cancel, create_job, remote_for
@@ -319,10 +319,16 @@ def _visible_jobs(user, pk=None):
     jobs = Job.objects.all() if pk is None else Job.objects.filter(pk=pk)
     if user.is_superuser:
         return jobs
-    names = set(jobs.values_list("repository", flat=True).distinct())
-    names |= set(jobs.exclude(target="").values_list("target", flat=True).distinct())
-    allowed = _administered(user, names)
-    return jobs.filter(Q(repository__in=allowed) | Q(target__in=allowed))
+    sources = set(jobs.values_list("repository", flat=True).distinct())
+    targets = set(jobs.exclude(target="").values_list("target", flat=True).distinct())
+    administered = _administered(user, sources | targets)
+    # A job seen from its target tells of its source: shown when it wrote into the
+    # target, or when the user may read the source (else a refused job would tell an
+    # admin of the target what was pushed where they may not look).
+    readable = {name for name in sources if (r := find_repository(name)) is not None
+                and PULL in repository_actions(user, r.namespace, r)}
+    return jobs.filter(Q(repository__in=administered)
+                       | (Q(target__in=administered) & (Q(status=Job.DONE) | Q(repository__in=readable))))
 
 
 class IncomingPolicySerializer(serializers.ModelSerializer):

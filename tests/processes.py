@@ -71,7 +71,7 @@ def database_url(settings_dict) -> str:
 
 
 def start_msr(command: str, data_dir: Path, db_url: str | None, log_dir: Path, extra_env=None,
-              workers=2) -> tuple[Process, str]:
+              workers=2, threads=None) -> tuple[Process, str]:
     """Run `msr serve` or `msr up` on a free port; returns the process and its URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
@@ -82,10 +82,10 @@ def start_msr(command: str, data_dir: Path, db_url: str | None, log_dir: Path, e
         env.pop("DATABASE_URL", None)
     env.update(extra_env or {})
     log_dir.mkdir(parents=True, exist_ok=True)
-    process = Process(
-        [MSR, command, "--bind", f"127.0.0.1:{port}", "--workers", str(workers)], env,
-        log_dir / f"msr-{command}-{port}.log",
-    )
+    argv = [MSR, command, "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    if threads:
+        argv += ["--threads", str(threads)]
+    process = Process(argv, env, log_dir / f"msr-{command}-{port}.log")
     url = f"http://127.0.0.1:{port}"
     process.wait_http(f"{url}/v2/")
     return process, url
@@ -117,15 +117,18 @@ def run(argv, timeout=300, check=True, **kwargs) -> subprocess.CompletedProcess:
 
 
 def start_cache(name: str, msr_url: str, data_dir: Path, log_dir: Path, upstream: str | None = None,
-                workers=2) -> tuple[Process, str]:
+                workers=2, extra_env=None, threads=None) -> tuple[Process, str]:
     """Run `msr cache` (a cache node) on a free port; returns the process and its URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "MSR_", "DATABASE_URL"))}
+    env.update(extra_env or {})
     log_dir.mkdir(parents=True, exist_ok=True)
     argv = [MSR, "cache", "--name", name, "--msr", msr_url, "--data", str(data_dir),
             "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
     if upstream:
         argv += ["--upstream", upstream]
+    if threads:
+        argv += ["--threads", str(threads)]
     process = Process(argv, env, log_dir / f"cache-{name}-{port}.log")
     url = f"http://127.0.0.1:{port}"
     process.wait_http(f"{url}/healthz")

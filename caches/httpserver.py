@@ -15,7 +15,9 @@ This worker:
   and manifests arrive whole) before a thread takes the request;
 - then, in the thread, bounds every read and write: no progress for MSR_HTTP_IO_TIMEOUT
   seconds (default 60), or less than MSR_HTTP_MIN_RATE bytes per second (default 1024)
-  on average after that many seconds, ends the connection.
+  on average over the time spent waiting for the client, once that exceeds
+  MSR_HTTP_IO_TIMEOUT, ends the connection. (Time the application spends working, say on
+  a long server-side copy before it answers, does not count against the client.)
 A thread is therefore only ever held by a client that moves data at a useful rate.
 Put a reverse proxy in front as well where one is at hand: it is the first line.
 """
@@ -35,7 +37,8 @@ IO_TIMEOUT = float(os.environ.get("MSR_HTTP_IO_TIMEOUT", "60"))
 MIN_RATE = int(os.environ.get("MSR_HTTP_MIN_RATE", "1024"))
 PREREAD_BODY = 64 * 1024
 MAX_HEAD = 128 * 1024
-PIECE = 1024 * 1024
+PIECE = 1024 * 1024  # sendfile: each call waits for progress, not for the whole piece
+SEND_PIECE = 64 * 1024  # sendall's timeout covers the whole call: a piece a slow client can take in time
 
 
 class ClientTooSlow(TimeoutError):
@@ -44,7 +47,8 @@ class ClientTooSlow(TimeoutError):
 
 class GuardedSocket(socket.socket):
     """A client socket whose blocking mode has a timeout, and whose transfers keep a
-    minimum average rate for the request in progress (`begin_request`)."""
+    minimum rate: over the time a request's reads and writes spent waiting for the client
+    (not the time the application spent working), MIN_RATE bytes per second."""
 
     def setblocking(self, flag):
         # gunicorn sets connections to blocking mode in the thread; this makes that mode
@@ -55,40 +59,39 @@ class GuardedSocket(socket.socket):
             super().setblocking(False)
 
     def begin_request(self) -> None:
-        self._started = time.monotonic()
+        self._waited = 0.0
         self._moved = 0
 
-    def _check_rate(self) -> None:
-        started = getattr(self, "_started", None)
-        if started is None:
-            return
-        elapsed = time.monotonic() - started
-        if elapsed > IO_TIMEOUT and self._moved < MIN_RATE * elapsed:
+    def _account(self, started: float, moved: int) -> None:
+        self._waited = getattr(self, "_waited", 0.0) + time.monotonic() - started
+        self._moved = getattr(self, "_moved", 0) + moved
+        if self._waited > IO_TIMEOUT and self._moved < MIN_RATE * self._waited:
             raise ClientTooSlow(errno.ETIMEDOUT, f"client below {MIN_RATE} bytes/s")
 
     def recv(self, size, *args):
-        self._check_rate()
+        started = time.monotonic()
         data = super().recv(size, *args)
-        self._moved = getattr(self, "_moved", 0) + len(data)
+        self._account(started, len(data))
         return data
 
     def sendall(self, data, *args):
         view = memoryview(data)
-        for start in range(0, len(view), PIECE):
-            self._check_rate()
-            super().sendall(view[start:start + PIECE], *args)
-            self._moved = getattr(self, "_moved", 0) + len(view[start:start + PIECE])
+        for start in range(0, len(view), SEND_PIECE):
+            piece = view[start:start + SEND_PIECE]
+            started = time.monotonic()
+            super().sendall(piece, *args)
+            self._account(started, len(piece))
 
     def sendfile(self, file, offset=0, count=None):
         sent = 0
         while count is None or sent < count:
-            self._check_rate()
             piece = PIECE if count is None else min(PIECE, count - sent)
+            started = time.monotonic()
             n = super().sendfile(file, offset + sent, piece)
+            self._account(started, n)
             if not n:
                 break
             sent += n
-            self._moved = getattr(self, "_moved", 0) + n
         return sent
 
 

@@ -79,6 +79,16 @@ def ensure_admin(stdout=sys.stdout) -> None:
         print(f"Created the admin user {username!r} (password from MSR_ADMIN_PASSWORD).", file=stdout)
 
 
+def _worker_class() -> str:
+    """MSR's gunicorn worker, guarded against slow clients (caches/httpserver.py);
+    MSR_HTTP_GUARD=false runs gunicorn's own gthread worker instead (for comparison, or
+    behind a proxy that already buffers whole requests)."""
+    guard = os.environ.get("MSR_HTTP_GUARD", "true").strip().lower()
+    if guard not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        sys.exit(f"MSR_HTTP_GUARD={guard!r}: expected true or false")
+    return "caches.httpserver.GuardedThreadWorker" if guard in ("true", "1", "yes", "on") else "gthread"
+
+
 def _gunicorn_argv(args) -> list[str]:
     from django.conf import settings
 
@@ -86,7 +96,7 @@ def _gunicorn_argv(args) -> list[str]:
         sys.executable, "-m", "gunicorn", "msr.wsgi:application",
         "--bind", args.bind,
         "--workers", str(args.workers),
-        "--worker-class", "caches.httpserver.GuardedThreadWorker",
+        "--worker-class", _worker_class(),
         "--threads", str(args.threads),
         "--keep-alive", "5",
         "--timeout", "300",
@@ -219,7 +229,7 @@ def _cache_argv(args) -> tuple[list[str], dict]:
         "MSR_CACHE_MAX_SIZE": args.max_size, "MSR_CACHE_TTL": args.ttl,
     }
     argv = [sys.executable, "-m", "gunicorn", "caches.node:application", "--bind", args.bind,
-            "--workers", str(args.workers), "--worker-class", "caches.httpserver.GuardedThreadWorker",
+            "--workers", str(args.workers), "--worker-class", _worker_class(),
             "--threads", str(args.threads),
             "--keep-alive", "5", "--timeout", "300", "--name", f"msr-cache-{args.name}",
             "--no-control-socket", "--logger-class", "caches.node.GunicornLogger"]

@@ -9,6 +9,10 @@ os.environ.setdefault("MSR_DATA_DIR", tempfile.mkdtemp(prefix="msr-test-"))
 # talks to cache nodes, webhook receivers and other deployments on loopback, which the
 # egress policy refuses by default; tests/security starts deployments without this.
 os.environ.setdefault("MSR_OUTBOUND_ALLOW", "127.0.0.1/32")
+# Every test client is 127.0.0.1, and the suite refuses credentials on purpose now and then:
+# the per-address limit of failed sign-ins (100 per 15 minutes in production) is raised for
+# the suite's servers; tests/security runs its own with the production value.
+os.environ.setdefault("MSR_AUTH_THROTTLE_ADDRESS", "1000")
 # Playwright's sync API keeps an event loop running in the test thread; the ORM calls the
 # browser tests make are still synchronous (Django's documented escape hatch).
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

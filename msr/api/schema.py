@@ -20,6 +20,8 @@ DESCRIPTIONS = {
     "401": ("No or invalid credentials", "Error"),
     "403": ("Signed in, but not allowed", "Error"),
     "404": ("Not found, or not visible to the caller", "Error"),
+    "429": ("Too many failed sign-ins from this address or for this account: retry after the "
+            "Retry-After header's seconds", "Error"),
 }
 
 

@@ -52,7 +52,10 @@ class Guarded:
 def guarded(db_url, artifacts_dir, personas):
     registry, receiver = FakeRegistry(), Listener()
     redis.Redis.from_url(REDIS_URL).flushdb()
-    env = {**FAST_ENV, "MSR_BROKER_URL": REDIS_URL, "MSR_MIRROR_MAX_ATTEMPTS": "1",
+    from accounts.models import AuthThrottle
+
+    AuthThrottle.objects.filter(key="a:127.0.0.1").delete()  # the suite's own address starts clean
+    env = {**FAST_ENV, "MSR_BROKER_URL": REDIS_URL, "MSR_MIRROR_MAX_ATTEMPTS": "1", "MSR_AUTH_THROTTLE_ADDRESS": "100",
            "MSR_WEBHOOK_RETRY_BASE_SECONDS": "0.2", "MSR_WEBHOOK_MAX_ATTEMPTS": "2",
            "MSR_OUTBOUND_ALLOW": f"127.0.0.1:{registry.port},127.0.0.1:{receiver.port}"}
     logs = artifacts_dir / "logs" / "security"

@@ -24,6 +24,7 @@ Put a reverse proxy in front as well where one is at hand: it is the first line.
 
 import errno
 import os
+import re
 import selectors
 import socket
 import time
@@ -99,6 +100,14 @@ def _guarded(sock: socket.socket) -> GuardedSocket:
     guarded = GuardedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
     guarded.setblocking(False)
     return guarded
+
+
+_METHOD = re.compile(rb"[A-Z]{1,20}(?: |$)")
+
+
+def _looks_like_http(buffer: bytearray) -> bool:
+    """The start of an HTTP/1 request line: a method in capitals, then a space."""
+    return _METHOD.match(bytes(buffer[:21])) is not None
 
 
 def _body_wanted(head: bytes) -> int | None:
@@ -187,6 +196,15 @@ class GuardedThreadWorker(ThreadWorker):
         start of its body are in, or refuse oversized headers. True when the connection
         left the reading stage (handed over or closed)."""
         buffer = conn.msr_buffer
+        if conn.msr_wanted is None and buffer and not _looks_like_http(buffer):
+            # Not an HTTP/1 request: most often a TLS ClientHello from a client that tries
+            # https first (Go's registry clients do). Refused at once, so the client falls
+            # back to http without waiting out a timeout, and no thread waits on bytes
+            # that will never make a request line.
+            if registered:
+                self._forget(conn)
+            self._close(conn, b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            return True
         if conn.msr_wanted is None:
             end = buffer.find(b"\r\n\r\n")
             if end < 0:

@@ -141,3 +141,17 @@ def test_a_reader_that_stops_reading_a_cold_layer_holds_back_nobody(msr, persona
         stalled.close()
     finally:
         process.stop()
+
+
+def test_a_tls_hello_on_the_plain_port_is_answered_at_once(msr):
+    """Go's registry clients (docker, podman, skopeo) try https first: their ClientHello
+    must be refused right away, not held until the header timeout (10 s here), or every
+    login and copy waits that long before falling back to http."""
+    s = socket.create_connection((urlsplit(msr).hostname, urlsplit(msr).port))
+    s.settimeout(5)
+    s.sendall(bytes.fromhex("160301020001") + b"\x00" * 64)
+    try:
+        answer = s.recv(1024)  # gunicorn's 400, or the connection closed: either is prompt
+    finally:
+        s.close()
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400")

@@ -11,13 +11,14 @@ This worker:
 - reads each request's headers in the event loop, without a thread, and gives up on a
   connection whose headers are not complete within MSR_HTTP_HEADER_TIMEOUT seconds
   (default 10; a keep-alive connection's next request likewise);
-- reads the start of the body there too (up to 64 KiB, so small bodies such as API calls
-  and manifests arrive whole) before a thread takes the request;
+- reads bodies of up to 256 KiB there too, whole (API calls, sign-in forms, token
+  requests, manifests), and the first 64 KiB of larger ones, before a thread takes the
+  request, within the time a client at the minimum rate needs;
 - then, in the thread, bounds every read and write: no progress for MSR_HTTP_IO_TIMEOUT
   seconds (default 60), or less than MSR_HTTP_MIN_RATE bytes per second (default 1024)
-  on average over the time spent waiting for the client, once that exceeds
-  MSR_HTTP_IO_TIMEOUT, ends the connection. (Time the application spends working, say on
-  a long server-side copy before it answers, does not count against the client.)
+  on average over the time spent waiting for the client, once that passes 10 s, ends
+  the connection. (Time the application spends working, say on a long server-side copy
+  before it answers, does not count against the client.)
 A thread is therefore only ever held by a client that moves data at a useful rate.
 Put a reverse proxy in front as well where one is at hand: it is the first line.
 """
@@ -36,14 +37,21 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 HEADER_TIMEOUT = float(os.environ.get("MSR_HTTP_HEADER_TIMEOUT", "10"))
 IO_TIMEOUT = float(os.environ.get("MSR_HTTP_IO_TIMEOUT", "60"))
 MIN_RATE = int(os.environ.get("MSR_HTTP_MIN_RATE", "1024"))
-PREREAD_BODY = 64 * 1024
+PREREAD_BODY = 64 * 1024  # read before a thread takes a large body
+PREREAD_WHOLE = 256 * 1024  # bodies up to this size are read whole first (API calls, forms, manifests)
+# The minimum rate is enforced once a request has waited this long on its client in all.
+RATE_GRACE = min(IO_TIMEOUT, 10.0)
 MAX_HEAD = 128 * 1024
 PIECE = 1024 * 1024  # sendfile: each call waits for progress, not for the whole piece
 SEND_PIECE = 64 * 1024  # sendall's timeout covers the whole call: a piece a slow client can take in time
 
 
-class ClientTooSlow(TimeoutError):
-    pass
+class ClientTooSlow(ConnectionError):
+    """The client stalled or moved data below the minimum rate: the connection is shut.
+    (ENOTCONN: gunicorn then treats it as a client that went away, which it is.)"""
+
+    def __init__(self, why: str):
+        super().__init__(errno.ENOTCONN, why)
 
 
 class GuardedSocket(socket.socket):
@@ -63,15 +71,25 @@ class GuardedSocket(socket.socket):
         self._waited = 0.0
         self._moved = 0
 
+    def _give_up(self, why: str):
+        try:
+            self.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return ClientTooSlow(why)
+
     def _account(self, started: float, moved: int) -> None:
         self._waited = getattr(self, "_waited", 0.0) + time.monotonic() - started
         self._moved = getattr(self, "_moved", 0) + moved
-        if self._waited > IO_TIMEOUT and self._moved < MIN_RATE * self._waited:
-            raise ClientTooSlow(errno.ETIMEDOUT, f"client below {MIN_RATE} bytes/s")
+        if self._waited > RATE_GRACE and self._moved < MIN_RATE * self._waited:
+            raise self._give_up(f"client below {MIN_RATE} bytes/s")
 
     def recv(self, size, *args):
         started = time.monotonic()
-        data = super().recv(size, *args)
+        try:
+            data = super().recv(size, *args)
+        except socket.timeout:
+            raise self._give_up(f"no data from the client for {IO_TIMEOUT:g} s") from None
         self._account(started, len(data))
         return data
 
@@ -80,7 +98,10 @@ class GuardedSocket(socket.socket):
         for start in range(0, len(view), SEND_PIECE):
             piece = view[start:start + SEND_PIECE]
             started = time.monotonic()
-            super().sendall(piece, *args)
+            try:
+                super().sendall(piece, *args)
+            except socket.timeout:
+                raise self._give_up(f"the client read nothing for {IO_TIMEOUT:g} s") from None
             self._account(started, len(piece))
 
     def sendfile(self, file, offset=0, count=None):
@@ -88,7 +109,10 @@ class GuardedSocket(socket.socket):
         while count is None or sent < count:
             piece = PIECE if count is None else min(PIECE, count - sent)
             started = time.monotonic()
-            n = super().sendfile(file, offset + sent, piece)
+            try:
+                n = super().sendfile(file, offset + sent, piece)
+            except socket.timeout:
+                raise self._give_up(f"the client read nothing for {IO_TIMEOUT:g} s") from None
             self._account(started, n)
             if not n:
                 break
@@ -110,10 +134,11 @@ def _looks_like_http(buffer: bytearray) -> bool:
     return _METHOD.match(bytes(buffer[:21])) is not None
 
 
-def _body_wanted(head: bytes) -> int | None:
+def _body_wanted(head: bytes) -> tuple[int | None, bool]:
     """How many body bytes to read before a thread takes the request: the Content-Length
-    (at most PREREAD_BODY), PREREAD_BODY for a chunked body, 0 for none; None when the
-    client waits for `100 Continue` (sent by gunicorn once a thread has the request)."""
+    (at most PREREAD_BODY), PREREAD_BODY for a chunked body (or its end, if sooner), 0 for
+    none; None when the client waits for `100 Continue` (sent by gunicorn once a thread
+    has the request). And whether the body is chunked."""
     length, chunked = 0, False
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
@@ -122,14 +147,15 @@ def _body_wanted(head: bytes) -> int | None:
             try:
                 length = int(value.strip())
             except ValueError:
-                return 0  # gunicorn answers the malformed header
+                return 0, False  # gunicorn answers the malformed header
         elif name == b"transfer-encoding" and b"chunked" in value.lower():
             chunked = True
         elif name == b"expect" and value.strip().lower() == b"100-continue":
-            return None
+            return None, False
     if chunked:
-        return PREREAD_BODY
-    return min(max(length, 0), PREREAD_BODY)
+        return PREREAD_BODY, True
+    length = max(length, 0)
+    return (length if length <= PREREAD_WHOLE else PREREAD_BODY), False
 
 
 class GuardedThreadWorker(ThreadWorker):
@@ -215,11 +241,12 @@ class GuardedThreadWorker(ThreadWorker):
                 self._close(conn, b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
                                   b"Connection: close\r\nContent-Length: 0\r\n\r\n")
                 return True
-            body = _body_wanted(bytes(buffer[:end]))
+            body, chunked = _body_wanted(bytes(buffer[:end]))
             conn.msr_wanted = end + 4 + (body or 0)
+            conn.msr_chunked_from = end + 4 if chunked else None
             # The body gets the time a client at the minimum rate needs for it.
             conn.msr_deadline = time.monotonic() + max(HEADER_TIMEOUT, (body or 0) / max(MIN_RATE, 1))
-        if len(buffer) < conn.msr_wanted and not buffer.endswith(b"0\r\n\r\n"):
+        if len(buffer) < conn.msr_wanted and not self._chunked_body_ended(conn, buffer):
             return False
         if registered:
             self._forget(conn)
@@ -228,6 +255,12 @@ class GuardedThreadWorker(ThreadWorker):
         conn.data_ready = True
         super().enqueue_req(conn)
         return True
+
+    @staticmethod
+    def _chunked_body_ended(conn, buffer) -> bool:
+        """A chunked body shorter than PREREAD_BODY has arrived whole (its last chunk)."""
+        start = conn.msr_chunked_from
+        return start is not None and len(buffer) >= start + 5 and buffer.endswith(b"0\r\n\r\n")
 
     def _forget(self, conn) -> None:
         try:
@@ -249,10 +282,11 @@ class GuardedThreadWorker(ThreadWorker):
         conn.close()
 
     def murder_pending(self):
-        """gunicorn's, plus: close connections whose request did not arrive in time."""
+        """gunicorn's, plus: close connections whose request did not arrive in time (all of
+        them when the worker is stopping: no request of theirs is in progress)."""
         super().murder_pending()
         now = time.monotonic()
-        for conn in [c for c in self.reading if c.msr_deadline <= now]:
+        for conn in [c for c in self.reading if c.msr_deadline <= now or not self.alive]:
             self._forget(conn)
             self._close(conn, b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
 

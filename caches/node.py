@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -393,7 +394,7 @@ class CacheNode:
                 self._wait_published(digest)
                 continue
             self.metrics.add("hits")
-            return self._stream_partial(start_response, digest, *partial, "HIT")
+            return self._stream_partial(environ, start_response, digest, *partial, "HIT")
         return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", "the upstream fetch failed")
 
     def _follow(self, digest: str):
@@ -483,7 +484,7 @@ class CacheNode:
             if fill.failed:
                 return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", fill.failed)
             return self._serve(environ, start_response, self.blob_path(digest), digest)
-        return self._stream_partial(start_response, digest, fill.reader, fill.length, "MISS")
+        return self._stream_partial(environ, start_response, digest, fill.reader, fill.length, "MISS")
 
     def _run_fill(self, fill, name, grant, request_id, lock_fd):
         """Fetch a blob from the upstream into the partial file, verify it and publish it;
@@ -564,10 +565,11 @@ class CacheNode:
             raise UpstreamError("upstream content does not match the digest")
         os.fsync(out_fd)
 
-    def _stream_partial(self, start_response, digest, reader, length, x_cache):
+    def _stream_partial(self, environ, start_response, digest, reader, length, x_cache):
         start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(length)),
                                   ("Docker-Content-Digest", digest), ("X-Cache", x_cache)])
-        stream = self._tail(reader, length, digest, count_disk=x_cache == "HIT")
+        stream = self._tail(reader, length, digest, count_disk=x_cache == "HIT",
+                            connection=environ.get("gunicorn.socket"))
 
         def finished():
             reader.close()
@@ -575,10 +577,21 @@ class CacheNode:
 
         return _ClosingStream(stream, finished, stream)
 
-    def _tail(self, reader, length: int, digest: str, count_disk: bool):
+    def _tail(self, reader, length: int, digest: str, count_disk: bool, connection=None):
         """The bytes of a partial file as they arrive; the last byte only once the file is
         published (complete and verified: a client never gets a whole body of wrong
-        bytes). Ends short if the fill fails."""
+        bytes). If the fill fails, the body ends short and the connection is shut, so the
+        client knows at once rather than when keep-alive gives up on it."""
+        try:
+            yield from self._tail_bytes(reader, length, digest, count_disk)
+        except UpstreamError:
+            if connection is not None:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _tail_bytes(self, reader, length: int, digest: str, count_disk: bool):
         fd = reader.fileno()
         target = self.blob_path(digest)
         lock_path = self._files(digest)[0]
@@ -588,7 +601,7 @@ class CacheNode:
             published = status.st_nlink > 0 and _same_file(target, status)
             if status.st_nlink == 0 and not published:
                 log.warning("serving %s: the fill failed after %d bytes", digest, sent)
-                return  # the partial file was removed: the fill failed
+                raise UpstreamError("the fill failed")  # the partial file was removed
             limit = length if published else length - 1
             if sent < min(status.st_size, limit):
                 data = os.pread(fd, min(CHUNK, min(status.st_size, limit) - sent), sent)
@@ -602,7 +615,7 @@ class CacheNode:
                 continue
             if time.monotonic() - idle_since > 1 and self._lock_free(lock_path) and not _same_file(target, status):
                 log.warning("serving %s: the filler went away after %d bytes", digest, sent)
-                return
+                raise UpstreamError("the filler went away")
             fill = self._fills.get(digest)
             if fill is not None:
                 fill.wait_growth(0.05)

@@ -106,20 +106,25 @@ def request_body(request):
     Content-Length and a chunked transfer encoding (Docker sends chunked PATCHes)."""
     stream = request.environ["wsgi.input"]
     length = request.META.get("CONTENT_LENGTH")
-    if length:
-        try:
-            remaining = int(length)
-        except ValueError:
-            raise errors.SizeInvalid("invalid Content-Length") from None
-        while remaining > 0:
-            chunk = stream.read(min(CHUNK_SIZE, remaining))
-            if not chunk:
-                return
-            remaining -= len(chunk)
-            yield chunk
-    elif "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
-        while chunk := stream.read(CHUNK_SIZE):
-            yield chunk
+    try:
+        if length:
+            try:
+                remaining = int(length)
+            except ValueError:
+                raise errors.SizeInvalid("invalid Content-Length") from None
+            while remaining > 0:
+                chunk = stream.read(min(CHUNK_SIZE, remaining))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+                yield chunk
+        elif "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+            while chunk := stream.read(CHUNK_SIZE):
+                yield chunk
+    except OSError as e:
+        # The client went away, stalled, or sent too slowly (caches/httpserver.py shut the
+        # connection): what arrived is handled as a short body.
+        raise errors.BlobUploadInvalid("the request body stopped arriving", detail=str(e)) from None
 
 
 def empty_response(status: int, headers: dict | None = None) -> HttpResponse:

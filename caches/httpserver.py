@@ -139,6 +139,9 @@ def _body_wanted(head: bytes) -> tuple[int | None, bool]:
     (at most PREREAD_BODY), PREREAD_BODY for a chunked body (or its end, if sooner), 0 for
     none; None when the client waits for `100 Continue` (sent by gunicorn once a thread
     has the request). And whether the body is chunked."""
+    lowered = head.lower()
+    if b"content-length" not in lowered and b"transfer-encoding" not in lowered:
+        return 0, False  # most requests: a GET or HEAD without a body
     length, chunked = 0, False
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
@@ -198,26 +201,36 @@ class GuardedThreadWorker(ThreadWorker):
         conn.msr_buffer = bytearray(data)
         conn.msr_wanted = None  # the buffer length to reach; None: the headers are not in yet
         conn.msr_deadline = time.monotonic() + HEADER_TIMEOUT
-        if not self._progress(conn):
+        if self._progress(conn):
+            return
+        # Most requests are already there (a kept-alive connection that became readable, a
+        # client that wrote as soon as it connected): read now, and wait in the poller
+        # only for what has not arrived.
+        if self._receive(conn) and not self._progress(conn):
             self.reading.append(conn)
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
-    def _on_readable(self, conn, sock):
+    def _receive(self, conn) -> bool:
+        """Append what the socket holds to the buffer; False if the connection is over."""
         try:
-            data = sock.recv(65536)
+            data = conn.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
-            return
+            return True
         except OSError:
             data = b""
         if not data:
-            self._forget(conn)
             self._close(conn)
-            return
+            return False
         conn.msr_buffer += data
-        if self._progress(conn, registered=True):
-            return
+        return True
 
-    def _progress(self, conn, registered=False) -> bool:
+    def _on_readable(self, conn, sock):
+        self._forget(conn)
+        if self._receive(conn) and not self._progress(conn):
+            self.reading.append(conn)
+            self.poller.register(sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _progress(self, conn) -> bool:
         """Look at what has arrived: hand the request to a thread once its headers and the
         start of its body are in, or refuse oversized headers. True when the connection
         left the reading stage (handed over or closed)."""
@@ -227,8 +240,6 @@ class GuardedThreadWorker(ThreadWorker):
             # https first (Go's registry clients do). Refused at once, so the client falls
             # back to http without waiting out a timeout, and no thread waits on bytes
             # that will never make a request line.
-            if registered:
-                self._forget(conn)
             self._close(conn, b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
             return True
         if conn.msr_wanted is None:
@@ -236,8 +247,6 @@ class GuardedThreadWorker(ThreadWorker):
             if end < 0:
                 if len(buffer) <= MAX_HEAD:
                     return False
-                if registered:
-                    self._forget(conn)
                 self._close(conn, b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
                                   b"Connection: close\r\nContent-Length: 0\r\n\r\n")
                 return True
@@ -248,8 +257,6 @@ class GuardedThreadWorker(ThreadWorker):
             conn.msr_deadline = time.monotonic() + max(HEADER_TIMEOUT, (body or 0) / max(MIN_RATE, 1))
         if len(buffer) < conn.msr_wanted and not self._chunked_body_ended(conn, buffer):
             return False
-        if registered:
-            self._forget(conn)
         conn.msr_request = bytes(buffer)
         del conn.msr_buffer
         conn.data_ready = True

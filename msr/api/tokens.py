@@ -114,19 +114,27 @@ def revoke(request, token: AccessToken) -> None:
         request=request)
 
 
-class TokenDetail(APIView):
-    serializer_class = TokenSerializer
+class _OwnTokenDetail(APIView):
+    """A token of the caller's (system admins: anyone's), by id, of one kind."""
+
+    kind: str
+    revoking: str  # what revoking it is called in a refusal
 
     def get(self, request, token_id):
-        return Response(TokenSerializer(_own_token(request, token_id, AccessToken.PERSONAL)).data)
+        return Response(self.serializer_class(_own_token(request, token_id, self.kind)).data)
 
     def delete(self, request, token_id):
-        """Revoke the token: it stops working at once for the API and for logins, and so
-        do the refresh tokens `docker login` obtained with it."""
-        token = _own_token(request, token_id, AccessToken.PERSONAL)
-        require_password_or_session(request, "Revoking a token")
+        """Revoke it: it stops working at once, and so does whatever it made (the refresh
+        tokens `docker login` obtained with a personal access token)."""
+        token = _own_token(request, token_id, self.kind)
+        require_password_or_session(request, self.revoking)
         revoke(request, token)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TokenDetail(_OwnTokenDetail):
+    serializer_class = TokenSerializer
+    kind, revoking = AccessToken.PERSONAL, "Revoking a token"
 
 
 class RefreshTokenSerializer(serializers.ModelSerializer):
@@ -166,18 +174,9 @@ class RefreshTokenList(generics.ListAPIView):
                 .select_related("user", "parent").order_by("-created_at"))
 
 
-class RefreshTokenDetail(APIView):
+class RefreshTokenDetail(_OwnTokenDetail):
     serializer_class = RefreshTokenSerializer
-
-    def get(self, request, token_id):
-        return Response(RefreshTokenSerializer(_own_token(request, token_id, AccessToken.REFRESH)).data)
-
-    def delete(self, request, token_id):
-        """Revoke it: the client it kept signed in must sign in again."""
-        token = _own_token(request, token_id, AccessToken.REFRESH)
-        require_password_or_session(request, "Revoking a sign-in")
-        revoke(request, token)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+    kind, revoking = AccessToken.REFRESH, "Revoking a sign-in"
 
 
 class SessionSerializer(serializers.Serializer):

@@ -19,7 +19,9 @@ This worker:
   on average over the time spent waiting for the client, once that passes 10 s, ends
   the connection. (Time the application spends working, say on a long server-side copy
   before it answers, does not count against the client.)
-A thread is therefore only ever held by a client that moves data at a useful rate.
+A thread is therefore only ever held by a client that moves data at a useful rate. What
+the event loop holds for requests still arriving is capped (32 MiB per process), so slow
+clients cannot exhaust memory instead.
 Put a reverse proxy in front as well where one is at hand: it is the first line.
 """
 
@@ -42,6 +44,10 @@ PREREAD_WHOLE = 256 * 1024  # bodies up to this size are read whole first (API c
 # The minimum rate is enforced once a request has waited this long on its client in all.
 RATE_GRACE = min(IO_TIMEOUT, 10.0)
 MAX_HEAD = 128 * 1024
+# Bytes a worker process holds for requests still arriving, at most: beyond it a body goes
+# to a thread with what has arrived (and the rate rules), and large unfinished headers are
+# refused, so that many connections sending slowly cannot exhaust memory either.
+BUFFER_BUDGET = int(os.environ.get("MSR_HTTP_BUFFER_BUDGET", str(32 * 1024 * 1024)))
 PIECE = 1024 * 1024  # sendfile: each call waits for progress, not for the whole piece
 SEND_PIECE = 64 * 1024  # sendall's timeout covers the whole call: a piece a slow client can take in time
 
@@ -167,6 +173,7 @@ class GuardedThreadWorker(ThreadWorker):
 
     def init_process(self):
         self.reading = deque()  # connections whose request is being read, by deadline
+        self.buffered = 0  # bytes of theirs held
         super().init_process()
 
     def accept(self, listener):
@@ -199,6 +206,7 @@ class GuardedThreadWorker(ThreadWorker):
     def _read_request(self, conn, data: bytes) -> None:
         conn.sock.setblocking(False)
         conn.msr_buffer = bytearray(data)
+        self.buffered += len(data)
         conn.msr_wanted = None  # the buffer length to reach; None: the headers are not in yet
         conn.msr_deadline = time.monotonic() + HEADER_TIMEOUT
         if self._progress(conn):
@@ -222,6 +230,7 @@ class GuardedThreadWorker(ThreadWorker):
             self._close(conn)
             return False
         conn.msr_buffer += data
+        self.buffered += len(data)
         return True
 
     def _on_readable(self, conn, sock):
@@ -245,7 +254,7 @@ class GuardedThreadWorker(ThreadWorker):
         if conn.msr_wanted is None:
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
-                if len(buffer) <= MAX_HEAD:
+                if len(buffer) <= MAX_HEAD and (self.buffered <= BUFFER_BUDGET or len(buffer) <= 16 * 1024):
                     return False
                 self._close(conn, b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
                                   b"Connection: close\r\nContent-Length: 0\r\n\r\n")
@@ -255,10 +264,11 @@ class GuardedThreadWorker(ThreadWorker):
             conn.msr_chunked_from = end + 4 if chunked else None
             # The body gets the time a client at the minimum rate needs for it.
             conn.msr_deadline = time.monotonic() + max(HEADER_TIMEOUT, (body or 0) / max(MIN_RATE, 1))
-        if len(buffer) < conn.msr_wanted and not self._chunked_body_ended(conn, buffer):
+        if len(buffer) < conn.msr_wanted and not self._chunked_body_ended(conn, buffer) \
+                and self.buffered <= BUFFER_BUDGET:
             return False
         conn.msr_request = bytes(buffer)
-        del conn.msr_buffer
+        self._release(conn)
         conn.data_ready = True
         super().enqueue_req(conn)
         return True
@@ -279,7 +289,13 @@ class GuardedThreadWorker(ThreadWorker):
         except ValueError:
             pass
 
+    def _release(self, conn) -> None:
+        self.buffered -= len(conn.msr_buffer)
+        del conn.msr_buffer
+
     def _close(self, conn, answer: bytes = b"") -> None:
+        if hasattr(conn, "msr_buffer"):
+            self._release(conn)
         if answer:
             try:
                 conn.sock.send(answer)

@@ -17,7 +17,7 @@ import logging
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse, JsonResponse, UnreadablePostError
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -164,6 +164,11 @@ def _token_response(request, credential: Credential | None, scopes, offline: boo
 
 @require_http_methods(["GET", "POST"])
 def token(request):
+    try:
+        request.POST  # read the form now: a body that stops arriving is the client's fault
+    except UnreadablePostError:
+        return JsonResponse({"error": "invalid_request", "error_description": "the request body stopped arriving"},
+                            status=400)
     service = request.GET.get("service") or request.POST.get("service")
     if service and service != settings.TOKEN_SERVICE:
         return JsonResponse(

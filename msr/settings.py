@@ -128,6 +128,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "msr.security.ContentSecurityPolicyMiddleware",
+    "msr.security.ClientGoneMiddleware",
 ]
 
 ROOT_URLCONF = "msr.urls"

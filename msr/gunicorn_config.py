@@ -57,12 +57,25 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiprocess_dir)
 
 
 class Logger(glogging.Logger):
-    """gunicorn's handlers, with MSR's formatter."""
+    """gunicorn's handlers, with MSR's formatter. Registry clients (docker, podman,
+    skopeo, containerd) try https first on a plain-http port; gunicorn calls the TLS
+    ClientHello an "Invalid HTTP request line" at WARNING on every call. That is noise,
+    not a fault: logged at debug, once per process."""
+
+    tls_probe_seen = False
 
     def setup(self, cfg):
         super().setup(cfg)
         for handler in self.error_log.handlers:
             handler.setFormatter(FORMATTERS[settings.LOG_FORMAT]())
+
+    def warning(self, msg, *args, **kwargs):
+        if isinstance(msg, str) and msg.startswith("Invalid request from") and "Invalid HTTP request line" in msg:
+            if not Logger.tls_probe_seen:
+                Logger.tls_probe_seen = True
+                self.debug(msg + " (a client probing for TLS on the plain-http port; logged once)", *args, **kwargs)
+            return
+        super().warning(msg, *args, **kwargs)
 
 
 logger_class = Logger

@@ -183,7 +183,10 @@ def resolve_manifest(name: str, reference: str) -> tuple[str, str, bytes]:
         row = _manifest_by_digest(namespace, rest, reference)
     else:
         if not is_valid_tag(reference):
-            raise errors.TagInvalid("invalid tag", detail={"tag": reference})
+            # Reading, a reference that cannot be a tag names no manifest: 404, as the
+            # distribution spec's conformance suite expects (a PUT still answers TAG_INVALID).
+            get_repository(name)
+            raise errors.ManifestUnknown(detail={"name": name, "reference": reference})
         row = _manifest_by_tag(namespace, rest, reference)
     if row is None:
         get_repository(name)  # NAME_UNKNOWN before MANIFEST_UNKNOWN

@@ -18,6 +18,7 @@ class FaultProxy:
         self.fail_next = 0
         self.refused = 0
         self.upload_bytes_per_second = 0  # 0: no limit
+        self.seen: list[tuple[str, str, int]] = []  # (method, path, status) of every request
         self.lock = threading.Lock()
         proxy = self
 
@@ -57,7 +58,10 @@ class FaultProxy:
                     if self.command != "HEAD":
                         self.wfile.write(payload)
                     return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                headers = {}
+                for key, value in self.headers.items():  # repeated headers (Accept) joined
+                    if key.lower() not in HOP_BY_HOP:
+                        headers[key] = f"{headers[key]}, {value}" if key in headers else value
                 try:
                     response = requests.request(self.command, proxy.upstream + self.path, headers=headers,
                                                 data=body if body else None, allow_redirects=False,
@@ -68,6 +72,7 @@ class FaultProxy:
                     self.end_headers()
                     return
                 content = b"" if self.command == "HEAD" else response.raw.read()
+                proxy.seen.append((self.command, self.path, response.status_code))
                 self.send_response(response.status_code)
                 for key, value in response.headers.items():
                     if key.lower() not in HOP_BY_HOP:

@@ -153,7 +153,7 @@ def test_invalid_tag(alice, repo, tag):
     ("/v2/acme/../alice/secret/manifests/latest", "NAME_INVALID"),
     ("/v2/acme/public-app/../../etc/manifests/latest", "NAME_INVALID"),
     ("/v2/acme/public-app/blobs/sha256:../../../../etc/passwd", "UNSUPPORTED"),  # no such route
-    ("/v2/acme/public-app/manifests/..", "TAG_INVALID"),
+    ("/v2/acme/public-app/manifests/..", "MANIFEST_UNKNOWN"),  # reading: no such manifest
 ])
 def test_paths_with_dot_dot_are_refused(msr, alice, path, code):
     """Sent byte for byte (clients would normalise the path first)."""

@@ -6,6 +6,7 @@ byte for byte (digests of the manifest and of every blob)."""
 import hashlib
 import json
 import tempfile
+from urllib.parse import unquote
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,39 @@ def test_skopeo_login_copy_multi_layer_image_there_and_back(msr, personas, uniqu
     _skopeo("delete", "--tls-verify=false", f"docker://{host}/{name}:v1", authfile=authfile)
     tags = json.loads(_skopeo("list-tags", "--tls-verify=false", f"docker://{host}/{name}", authfile=authfile))
     assert tags["Tags"] == []
+
+
+def test_skopeo_copy_between_repositories_mounts_the_layers(msr, personas, unique, tmp_path, authfile):
+    """A copy from one repository to another of the same registry mounts every blob (POST
+    ?mount=&from= answered 201) instead of uploading it again; seen through a recording proxy."""
+    need("skopeo")
+    from tests.faults import FaultProxy
+
+    source = tmp_path / "source"
+    make_image_layout(source, layer_sizes=(70_000, 90_000))
+    proxy = FaultProxy(msr)
+    try:
+        host = _host(proxy.url)
+        first, second = f"acme/mount-a-{unique}", f"acme/mount-b-{unique}"
+        run(["skopeo", "login", "--tls-verify=false", "--authfile", str(authfile),
+             "-u", "alice", "-p", "alice-password", host])
+        _skopeo("copy", "--dest-tls-verify=false", f"oci:{source}:v1", f"docker://{host}/{first}:v1",
+                authfile=authfile)
+        proxy.seen.clear()
+        _skopeo("copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                f"docker://{host}/{first}:v1", f"docker://{host}/{second}:v1", authfile=authfile)
+        index = json.loads((source / "index.json").read_text())
+        manifest = json.loads((source / "blobs/sha256" / index["manifests"][0]["digest"].split(":")[1]).read_text())
+        layers = {layer["digest"] for layer in manifest["layers"]}
+        mounts = {unquote(path.split("mount=")[1].split("&")[0]): (unquote(path.split("from=")[1].split("&")[0]), status)
+                  for method, path, status in proxy.seen if method == "POST" and "mount=" in path}
+        # every layer mounted from the first repository (skopeo may upload the small config again)
+        assert {digest: mounts.get(digest) for digest in layers} == {digest: (first, 201) for digest in layers}, proxy.seen
+        uploaded = {unquote(path.split("digest=")[1]) for method, path, status in proxy.seen
+                    if method == "PUT" and "/blobs/uploads/" in path}
+        assert uploaded <= {manifest["config"]["digest"]}, uploaded
+    finally:
+        proxy.close()
 
 
 def test_skopeo_copies_a_multi_platform_index_with_a_personal_access_token(msr, personas, unique, tmp_path):

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -356,3 +357,78 @@ def test_every_response_says_the_api_version(alice):
     response = alice.request("GET", "/v2/", scope="registry:catalog:*")
     assert response.status_code == 200
     assert response.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
+
+
+# -- points of the OCI conformance suite (v1.1.1) -------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("reference", [".INVALID_MANIFEST_NAME", "-dash", "t" * 129])
+def test_reading_a_reference_that_cannot_be_a_tag_is_manifest_unknown(alice, repo, method, reference):
+    """Reading, an invalid tag names no manifest: 404 MANIFEST_UNKNOWN (the conformance
+    suite's "GET nonexistent manifest"), not 400."""
+    alice.push_image(repo, "v1")
+    response = alice.request(method, f"/v2/{repo}/manifests/{reference}", scope=f"repository:{repo}:pull")
+    assert response.status_code == 404
+    if method == "GET":
+        assert response.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+def test_writing_under_an_invalid_tag_is_still_tag_invalid(alice, repo):
+    _, pushed = alice.push_image(repo, "v1")
+    manifest = alice.request("GET", f"/v2/{repo}/manifests/v1", scope=f"repository:{repo}:pull",
+                             headers={"Accept": OCI_MANIFEST})
+    response = alice.push_manifest(repo, ".INVALID_MANIFEST_NAME", manifest.content)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["code"] == "TAG_INVALID"
+
+
+def test_empty_responses_carry_no_content_type(alice, repo):
+    """201/202/204 without a body must not claim to be text/html."""
+    token = alice.token(_push_scope(repo))
+    data = b"no type for empty bodies"
+    started = alice.request("POST", f"/v2/{repo}/blobs/uploads/", token=token)
+    assert started.status_code == 202
+    patched = alice.request("PATCH", started.headers["Location"], token=token, data=data,
+                            headers={"Content-Type": "application/octet-stream"})
+    assert patched.status_code == 202
+    status = alice.request("GET", started.headers["Location"], token=token)
+    assert status.status_code == 204
+    finished = alice.request("PUT", patched.headers["Location"] + ("&" if "?" in patched.headers["Location"]
+                             else "?") + f"digest={sha256(data)}", token=token)
+    assert finished.status_code == 201
+    digest, manifest = alice.push_image(repo, "v1")
+    assert manifest.status_code == 201
+    deleted = alice.request("DELETE", f"/v2/{repo}/manifests/{digest}", token=alice.token(
+        f"repository:{repo}:delete,pull,push"))
+    assert deleted.status_code == 202
+    for response in (started, patched, status, finished, manifest, deleted):
+        assert response.content == b""
+        assert "Content-Type" not in response.headers, (response.status_code, response.headers)
+
+
+def test_a_mount_challenge_names_the_source_and_following_it_mounts(alice, repo, msr):
+    """Distribution's challenge for `?mount=&from=` asks for pull on `from` too; a client
+    that requests exactly the challenge's scopes gets a token that lets the mount happen."""
+    data = b"mount through the challenge " + repo.encode()
+    assert alice.push_blob(repo, data).status_code == 201
+    target = repo + "-mounted"
+    path = f"/v2/{target}/blobs/uploads/?mount={sha256(data)}&from={repo}"
+    challenge = alice.request("POST", path)
+    assert challenge.status_code == 401
+    header = challenge.headers["WWW-Authenticate"]
+    scopes = re.search(r'scope="([^"]+)"', header).group(1).split(" ")
+    assert scopes == [_push_scope(target), f"repository:{repo}:pull"]
+    mounted = alice.request("POST", path, token=alice.token(*scopes))
+    assert mounted.status_code == 201, mounted.text
+    assert mounted.headers["Docker-Content-Digest"] == sha256(data)
+
+
+def test_insufficient_scope_names_only_the_missing_actions(alice, repo):
+    alice.push_blob(repo, b"x")
+    response = alice.request("POST", f"/v2/{repo}/blobs/uploads/", scope=f"repository:{repo}:pull")
+    assert response.status_code == 401
+    error = response.json()["errors"][0]
+    assert error["message"] == f"insufficient scope: the token does not grant push on {repo}"
+    assert error["detail"] == [{"Type": "repository", "Name": repo, "Action": "push"}]
+    assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]

@@ -285,3 +285,30 @@ def test_job_outcomes_and_durations_come_from_the_job_table(observed, personas, 
 ])
 def test_routes_are_labelled_by_their_pattern(route, template):
     assert route_template(route) == template
+
+
+@pytest.mark.parametrize("guard", ["true", "false"])
+def test_a_tls_probe_on_the_plain_port_is_no_warning(db_url, artifacts_dir, guard):
+    """docker, podman, skopeo and containerd try https first on a plain-http registry: the
+    ClientHello is refused and the client falls back, with nothing logged at WARNING (with
+    the guarded worker and with gunicorn's own gthread worker)."""
+    import socket
+
+    process, url = start_msr("serve", settings.DATA_DIR, db_url, artifacts_dir / "logs", workers=1,
+                             extra_env={"MSR_HTTP_GUARD": guard})
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        # A ClientHello whose random field holds a CRLF, as about one in ten do: gunicorn
+        # then has a "request line" to call invalid.
+        hello = (bytes.fromhex("160301003a0100003603036a") + b"\x17" * 14 + b"\r\n" + b"\x17" * 16
+                 + bytes.fromhex("0000020035010000"))
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(hello)
+                answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 400")  # an http answer: the client falls back
+        assert requests.get(f"{url}/v2/", timeout=10).status_code == 401  # and its next try works
+    finally:
+        process.stop()
+    log = process.log()
+    assert "Invalid HTTP request line" not in log and "Invalid request from" not in log, log[-2000:]

@@ -82,16 +82,18 @@ class RegistryView(View):
         if self.claims is None:
             raise errors.Unauthorized()
 
-    def authorize(self, name: str, *actions: str) -> None:
-        """Raise 401 unless the token grants every one of `actions` on repository `name`."""
-        scope = f"repository:{name}:{','.join(actions)}"
+    def authorize(self, name: str, *actions: str, also: str = "") -> None:
+        """Raise 401 unless the token grants every one of `actions` on repository `name`.
+        `also`: more scopes for the challenge to name (a mount's source)."""
+        scope = " ".join(filter(None, [f"repository:{name}:{','.join(actions)}", also]))
         if self.claims is None:
             raise errors.Unauthorized(scope=scope)
         granted = granted_actions(self.claims, "repository", name)
-        if "*" not in granted and not set(actions) <= granted:
+        missing = [a for a in actions if a not in granted]
+        if "*" not in granted and missing:
             raise errors.Unauthorized(
-                "insufficient scope: the token does not grant " + ",".join(actions) + " on " + name,
-                detail=[{"Type": "repository", "Name": name, "Action": a} for a in actions],
+                "insufficient scope: the token does not grant " + ",".join(missing) + " on " + name,
+                detail=[{"Type": "repository", "Name": name, "Action": a} for a in missing],
                 scope=scope, error="insufficient_scope",
             )
 
@@ -129,6 +131,7 @@ def request_body(request):
 
 def empty_response(status: int, headers: dict | None = None) -> HttpResponse:
     response = HttpResponse(status=status)
+    del response["Content-Type"]  # no body, no type (Django would say text/html)
     response["Content-Length"] = "0"
     for name, value in (headers or {}).items():
         response[name] = value

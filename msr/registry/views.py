@@ -218,8 +218,11 @@ class UploadStartView(RegistryView):
     mount a blob from another repository (`?mount=&from=`)."""
 
     def post(self, request, name):
-        self.authorize(name, "pull", "push")
         mount, source = request.GET.get("mount"), request.GET.get("from")
+        # A mount's challenge names the source too (as Distribution's does), so a client
+        # that follows it gets pull there and the mount can happen.
+        also = f"repository:{source}:pull" if mount and source and is_valid_name(source) else ""
+        self.authorize(name, "pull", "push", also=also)
         if mount and source:
             if not is_valid_digest(mount):
                 raise errors.DigestInvalid("invalid digest", detail={"digest": mount})

@@ -36,8 +36,9 @@ def create_job(policy: Policy, tag: str = "", digest: str = "", depth: int = 0, 
 
 def queue(job_id: int, countdown: float = 0) -> None:
     from mirroring.tasks import run_job
+    from msr import outbox
 
-    transaction.on_commit(lambda: run_job.apply_async((job_id,), countdown=countdown or None))
+    outbox.send(run_job, job_id, countdown=countdown)
 
 
 def cancel(job: Job) -> Job:

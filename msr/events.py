@@ -117,9 +117,11 @@ def enqueue_deliveries(repository, event_type: str, contents: dict) -> list[int]
         for webhook in _subscribers(repository, event_type)
     ]
     if ids:
+        from msr import outbox
         from msr.tasks import deliver_webhook
 
-        transaction.on_commit(lambda: [deliver_webhook.delay(i) for i in ids])
+        for delivery_id in ids:
+            outbox.send(deliver_webhook, delivery_id)
     return ids
 
 

@@ -46,23 +46,18 @@ def check_database() -> None:
 
 
 def check_broker() -> None:
+    """The broker as the worker and the outbox use it: Celery's own connection, so its
+    transport module is loaded (a missing dependency of Kombu's Redis transport fails here,
+    not only in the worker) and a channel is opened (Redis: a PING on the transport's client)."""
     url = settings.CELERY_BROKER_URL
-    scheme = urlsplit(url).scheme
-    if scheme == "filesystem":
+    if urlsplit(url).scheme == "filesystem":
         _writable(Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]))
-    elif scheme in ("redis", "rediss"):
-        import redis
+        return
+    from msr.celery import app
 
-        client = redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS)
-        try:
-            client.ping()
-        finally:
-            client.close()
-    else:
-        from kombu import Connection
-
-        with Connection(url, connect_timeout=TIMEOUT_SECONDS) as broker:
-            broker.ensure_connection(max_retries=1, timeout=TIMEOUT_SECONDS)
+    with app.connection_for_write() as broker:
+        broker.ensure_connection(max_retries=1, timeout=TIMEOUT_SECONDS)
+        broker.default_channel  # noqa: B018  (opening the channel is the check)
 
 
 def check_storage() -> None:

@@ -234,6 +234,10 @@ if CELERY_BROKER_URL == "filesystem://":
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
+else:
+    # A broker host that does not answer costs a request at most this, not the OS's
+    # connect timeout.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3}
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -253,9 +257,18 @@ MIRROR_CHUNK_BYTES = env_int("MSR_MIRROR_CHUNK_BYTES", 64 * 1024 * 1024)
 MIRROR_PARALLEL_BLOBS = env_int("MSR_MIRROR_PARALLEL_BLOBS", 3)
 MIRROR_TIMEOUT_SECONDS = env_int("MSR_MIRROR_TIMEOUT", 60)
 MIRROR_MAX_PROMOTION_CHAIN = env_int("MSR_MIRROR_MAX_PROMOTION_CHAIN", 10)
+# Outbox (msr/outbox.py): a message whose publication on commit failed (broker away) is
+# published again by beat's sweep, every OUTBOX_SWEEP_SECONDS, once it is this old.
+OUTBOX_SWEEP_SECONDS = float(env_str("MSR_OUTBOX_SWEEP_SECONDS", "15"))
+OUTBOX_GRACE_SECONDS = float(env_str("MSR_OUTBOX_GRACE_SECONDS", "30"))
+# A request that queues work waits at most about a second for an absent broker (then its
+# message stays in the outbox); Celery's default would try for longer.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
+                                    "interval_max": 0.5}
 CELERY_BEAT_SCHEDULE = {
     "check-caches": {"task": "caches.tasks.check_caches", "schedule": CACHE_HEALTH_INTERVAL_SECONDS},
     "mirroring-tick": {"task": "mirroring.tasks.tick", "schedule": MIRROR_TICK_SECONDS},
+    "outbox-sweep": {"task": "msr.tasks.sweep_outbox", "schedule": OUTBOX_SWEEP_SECONDS},
 }
 
 WEBHOOK_MAX_ATTEMPTS = env_int("MSR_WEBHOOK_MAX_ATTEMPTS", 6)

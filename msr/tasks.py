@@ -5,11 +5,13 @@ import hmac
 import json
 import logging
 import time
+from datetime import timedelta
 
 import requests
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from msr import egress
@@ -55,12 +57,12 @@ def owner_refusal(webhook, delivery) -> str:
     return ""
 
 
-@shared_task(bind=True, max_retries=None, acks_late=True)
-def deliver_webhook(self, delivery_id: int) -> str:
+@shared_task(acks_late=True)
+def deliver_webhook(delivery_id: int) -> str:
     """Deliver one webhook event.
 
     1. Reload the delivery; stop if it is no longer pending (a duplicate message, or a
-       retry after success).
+       retry after success), or if another worker holds it (claimed_until).
     2. POST the payload with `X-MSR-Signature: sha256=<HMAC of the body>`.
     3. Record the attempt; a 2xx ends the delivery.
     4. Otherwise retry after WEBHOOK_RETRY_BASE_SECONDS * 2**(attempt-1), until
@@ -69,6 +71,14 @@ def deliver_webhook(self, delivery_id: int) -> str:
     delivery = WebhookDelivery.objects.select_related(
         "webhook__created_by", "webhook__namespace", "webhook__repository__namespace").filter(pk=delivery_id).first()
     if delivery is None or delivery.status != WebhookDelivery.PENDING:
+        return "skipped"
+    now = timezone.now()
+    hold = now + timedelta(seconds=2 * settings.WEBHOOK_TIMEOUT_SECONDS + 30)
+    claimed = WebhookDelivery.objects.filter(
+        Q(claimed_until__isnull=True) | Q(claimed_until__lt=now),
+        pk=delivery.pk, status=WebhookDelivery.PENDING, attempts=delivery.attempts,
+    ).update(claimed_until=hold)
+    if not claimed:
         return "skipped"
     webhook = delivery.webhook
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
@@ -113,7 +123,14 @@ def deliver_webhook(self, delivery_id: int) -> str:
             status=(WebhookDelivery.SUCCEEDED if succeeded
                     else WebhookDelivery.FAILED if final else WebhookDelivery.PENDING),
             finished_at=timezone.now() if final else None,
+            claimed_until=None,
         )
+        if not final:
+            # The retry goes through the outbox too: a broker away now delays it, never loses it.
+            from msr import outbox
+
+            outbox.send(deliver_webhook, delivery.pk,
+                        countdown=settings.WEBHOOK_RETRY_BASE_SECONDS * 2 ** (number - 1))
     if succeeded:
         return "delivered"
     if refusal:
@@ -122,8 +139,7 @@ def deliver_webhook(self, delivery_id: int) -> str:
     if number >= settings.WEBHOOK_MAX_ATTEMPTS:
         log.warning("webhook %s: delivery %s failed after %d attempts", webhook.pk, delivery.pk, number)
         return "failed"
-    countdown = settings.WEBHOOK_RETRY_BASE_SECONDS * 2 ** (number - 1)
-    raise self.retry(countdown=countdown)
+    return "retrying"
 
 
 @shared_task(acks_late=True)
@@ -148,3 +164,11 @@ def prune_records() -> dict:
     from msr import retention
 
     return retention.prune()
+
+
+@shared_task
+def sweep_outbox() -> dict:
+    """Beat: publish again the messages the broker missed (msr/outbox.py)."""
+    from msr import outbox
+
+    return outbox.sweep()

@@ -134,6 +134,7 @@ class ContentCachePrewarm(APIView):
     @extend_schema(request=PrewarmSerializer, responses={202: dict})
     def post(self, request, pk):
         from caches.tasks import prewarm
+        from msr import outbox
         from msr.registry.errors import RegistryError
         from msr.services import resolve_manifest
 
@@ -144,7 +145,7 @@ class ContentCachePrewarm(APIView):
             resolve_manifest(form.validated_data["repository"], form.validated_data["tag"])
         except RegistryError:
             raise serializers.ValidationError({"tag": ["No such image."]}) from None
-        prewarm.delay(cache.pk, form.validated_data["repository"], form.validated_data["tag"])
+        outbox.send(prewarm, cache.pk, form.validated_data["repository"], form.validated_data["tag"])
         return Response({"queued": True, "cache": cache.name}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -177,7 +177,8 @@ class WebhookTest(APIView):
         with transaction.atomic():
             delivery = WebhookDelivery.objects.create(webhook=webhook, event_type=webhook.event_type,
                                                       payload=payload)
+            from msr import outbox
             from msr.tasks import deliver_webhook
 
-            transaction.on_commit(lambda: deliver_webhook.delay(delivery.pk))
+            outbox.send(deliver_webhook, delivery.pk)
         return Response(DeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)

@@ -51,6 +51,9 @@ class WebhookDelivery(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A worker sending this delivery holds it until then: a duplicate message (the outbox
+    # publishes at least once) finds it held and does not send it a second time.
+    claimed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["webhook", "-created_at"], name="delivery_webhook_idx")]

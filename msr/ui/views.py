@@ -411,6 +411,7 @@ def console_caches(request):
 
     from caches.models import ContentCache
     from caches.tasks import prewarm
+    from msr import outbox
 
     if not request.user.is_superuser:
         raise PermissionDenied("The console is for system admins.")
@@ -424,7 +425,7 @@ def console_caches(request):
             form.add_error("tag", "No such image in this repository.")
         else:
             cache = next(c for c in caches if c.name == form.cleaned_data["cache"])
-            prewarm.delay(cache.pk, repository_name, tag)
+            outbox.send(prewarm, cache.pk, repository_name, tag)
             messages.success(request, f"Queued: {cache.name} will fetch {repository_name}:{tag}.")
             return redirect("ui:console-caches")
     rows = []

@@ -21,13 +21,17 @@ def issue_grant(cache: ContentCache, repository: str, digest: str, username: str
 
 
 def choose_cache(username: str, client_ip: str | None) -> ContentCache | None:
-    """The cache this client's layer pulls go to: the user's choice, else the most
-    specific network rule matching the client's address; only if enabled and healthy.
-    Asked on every blob GET, so the user's choice is one query by username."""
+    """The cache this client's layer pulls go to: the user's choice (a cache, or "MSR, no
+    cache", which no network rule overrides), else the most specific network rule matching
+    the client's address; only if enabled and healthy. Asked on every blob GET, so the
+    user's choice is one query by username."""
     cache = None
     if username:
         choice = UserCacheChoice.objects.select_related("cache").filter(user__username=username).first()
-        cache = choice.cache if choice else None
+        if choice is not None:
+            if choice.cache is None:
+                return None  # chose MSR itself
+            cache = choice.cache
     if cache is None and client_ip:
         cache = _cache_for_address(client_ip)
     if cache is None or not cache.enabled or not cache.healthy:

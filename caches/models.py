@@ -55,10 +55,29 @@ class CacheMetrics(models.Model):
 
 
 class UserCacheChoice(models.Model):
-    """A user's default content cache (chosen by the user or set by an admin)."""
+    """A user's default content cache (chosen by the user or set by an admin). No row: not
+    chosen, the network rules decide. A row without a cache: "MSR, no cache", which wins
+    over the network rules (someone on a cache's network who wants MSR itself)."""
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="cache_choice")
-    cache = models.ForeignKey(ContentCache, on_delete=models.CASCADE, related_name="+")
+    cache = models.ForeignKey(ContentCache, on_delete=models.CASCADE, related_name="+", null=True, blank=True)
+
+    NETWORK, NONE, CACHE = "network", "none", "cache"
+
+    @classmethod
+    def of(cls, user) -> tuple[str, "ContentCache | None"]:
+        """(network | none | cache, the chosen cache)."""
+        choice = cls.objects.select_related("cache").filter(user=user).first()
+        if choice is None:
+            return cls.NETWORK, None
+        return (cls.CACHE, choice.cache) if choice.cache else (cls.NONE, None)
+
+    @classmethod
+    def set(cls, user, kind: str, cache: "ContentCache | None" = None) -> None:
+        if kind == cls.NETWORK:
+            cls.objects.filter(user=user).delete()
+        else:
+            cls.objects.update_or_create(user=user, defaults={"cache": cache if kind == cls.CACHE else None})
 
 
 class NetworkRule(models.Model):

@@ -81,7 +81,8 @@ def test_settings_default_visibility_applies_to_repositories_created_by_push(api
     user = requests.Session()
     user.auth = (f"s{unique}", "a-long-password")
     url = f"{admin.base}/accounts/s{unique}/settings"
-    assert user.get(url).json() == {"defaultRepositoryVisibility": "private", "defaultContentCache": None}
+    assert user.get(url).json() == {"defaultRepositoryVisibility": "private", "contentCacheChoice": "network",
+                                 "defaultContentCache": None}
     assert api("carol").get(f"/accounts/s{unique}/settings").status_code == 403
     bad = user.patch(url, json={"defaultRepositoryVisibility": "everyone"})
     assert bad.status_code == 400 and "defaultRepositoryVisibility" in bad.json()

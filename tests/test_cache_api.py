@@ -56,7 +56,7 @@ def test_users_choose_their_cache_and_admins_may_set_anyones(msr, personas, node
         direct = registry.request("GET", f"/v2/acme/private-app/blobs/{digest}", scope="repository:acme/private-app:pull")
         assert direct.status_code == 200 and direct.content == data
     finally:
-        _admin(personas).patch(url, json={"defaultContentCache": None})
+        _admin(personas).patch(url, json={"contentCacheChoice": "network"})
 
 
 def test_a_network_rule_picks_the_cache_unless_the_user_chose_one(msr, personas, nodes, layer):
@@ -74,10 +74,23 @@ def test_a_network_rule_picks_the_cache_unless_the_user_chose_one(msr, personas,
                        json={"defaultContentCache": "china"})
         response = bob.request("GET", f"/v2/acme/private-app/blobs/{digest}", scope="repository:acme/private-app:pull")
         assert response.headers["Location"].startswith(nodes["china"])  # the user's choice wins
+        settings_url = f"{msr}/api/v0/accounts/bob/settings"
+        chose_msr = requests.patch(settings_url, auth=("bob", personas["bob"].token), json={"contentCacheChoice": "none"})
+        assert chose_msr.json() == {"defaultRepositoryVisibility": "private", "contentCacheChoice": "none",
+                                    "defaultContentCache": None}
+        response = bob.request("GET", f"/v2/acme/private-app/blobs/{digest}", scope="repository:acme/private-app:pull")
+        assert response.status_code == 200  # "MSR itself" wins over the network rule
+        back = requests.patch(settings_url, auth=("bob", personas["bob"].token), json={"contentCacheChoice": "network"})
+        assert back.json()["contentCacheChoice"] == "network"
+        response = bob.request("GET", f"/v2/acme/private-app/blobs/{digest}", scope="repository:acme/private-app:pull")
+        assert response.headers["Location"].startswith(nodes["asia"])  # not chosen: the network decides
+        refused = requests.patch(settings_url, auth=("bob", personas["bob"].token),
+                                 json={"contentCacheChoice": "none", "defaultContentCache": "asia"})
+        assert refused.status_code == 400 and "defaultContentCache" in refused.json()
     finally:
         admin.delete(f"{rules}/{rule.json()['id']}")
         requests.patch(f"{msr}/api/v0/accounts/bob/settings", auth=("bob", personas["bob"].token),
-                       json={"defaultContentCache": None})
+                       json={"contentCacheChoice": "network"})
 
 
 def test_behind_a_proxy_the_rule_matches_the_forwarded_client_address(msr, personas, nodes, layer):

@@ -170,8 +170,18 @@ def test_settings_console_and_delete_with_confirmation(sign_in, msr, personas, u
     page = sign_in("alice")
     page.goto("/settings/")
     select = page.get_by_label("Default content cache")
-    assert select.input_value() == ""  # no cache chosen: MSR serves the layers
-    assert select.locator("option").first.inner_text() == "MSR (no cache)"
+    assert select.input_value() == ""  # not chosen: the network rules decide (else MSR)
+    assert [o.inner_text() for o in select.locator("option").all()][:2] == [
+        "Not chosen: the cache for my network, if any", "MSR itself (no cache)"]
+    select.select_option(label="MSR itself (no cache)")
+    page.get_by_role("button", name="Save settings").click()
+    assert "Settings saved." in page.get_by_role("status").inner_text()
+    from caches.models import UserCacheChoice
+
+    assert UserCacheChoice.of(personas["alice"].user) == ("none", None)
+    page.get_by_label("Default content cache").select_option(label="Not chosen: the cache for my network, if any")
+    page.get_by_role("button", name="Save settings").click()
+    assert UserCacheChoice.of(personas["alice"].user) == ("network", None)
     check_accessibility_basics(page)
     shot(page, "07-settings")
     page.goto(f"/repositories/{name}/")

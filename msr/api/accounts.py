@@ -171,18 +171,22 @@ class AccountDetail(APIView):
 
 class SettingsSerializer(serializers.Serializer):
     defaultRepositoryVisibility = serializers.ChoiceField(choices=["public", "private"], required=False)
+    contentCacheChoice = serializers.ChoiceField(
+        choices=["network", "none", "cache"], required=False,
+        help_text="users only. network: not chosen, the network rules pick a cache (else MSR); "
+                  "none: MSR itself, whatever the network; cache: defaultContentCache")
     defaultContentCache = serializers.CharField(
         required=False, allow_null=True, allow_blank=True,
-        help_text="a content cache's name; empty or null: pull layers from MSR (users only)")
+        help_text="a content cache's name (contentCacheChoice becomes cache); empty or null: MSR "
+                  "itself (contentCacheChoice none)")
 
 
 def _settings(namespace) -> dict:
     from caches.models import UserCacheChoice
 
-    choice = UserCacheChoice.objects.select_related("cache").filter(user=namespace.user).first() \
-        if namespace.user else None
+    kind, cache = UserCacheChoice.of(namespace.user) if namespace.user else (None, None)
     return {"defaultRepositoryVisibility": namespace.default_visibility,
-            "defaultContentCache": choice.cache.name if choice else None}
+            "contentCacheChoice": kind, "defaultContentCache": cache.name if cache else None}
 
 
 class AccountSettings(APIView):
@@ -204,17 +208,24 @@ class AccountSettings(APIView):
         form = SettingsSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         data = form.validated_data
-        if "defaultContentCache" in data:
+        if "defaultContentCache" in data or "contentCacheChoice" in data:
+            field = "contentCacheChoice" if "contentCacheChoice" in data else "defaultContentCache"
             if namespace.user is None:
-                raise serializers.ValidationError({"defaultContentCache": ["Only users choose a cache."]})
-            wanted = data["defaultContentCache"]
-            if wanted:
+                raise serializers.ValidationError({field: ["Only users choose a cache."]})
+            wanted = data.get("defaultContentCache")
+            kind = data.get("contentCacheChoice") or (UserCacheChoice.CACHE if wanted else UserCacheChoice.NONE)
+            cache = None
+            if kind == UserCacheChoice.CACHE:
+                if not wanted:
+                    raise serializers.ValidationError({"defaultContentCache": [
+                        "contentCacheChoice cache needs the cache's name here."]})
                 cache = ContentCache.objects.filter(name=wanted).first()
                 if cache is None:
                     raise serializers.ValidationError({"defaultContentCache": [f"No cache named {wanted!r}."]})
-                UserCacheChoice.objects.update_or_create(user=namespace.user, defaults={"cache": cache})
-            else:
-                UserCacheChoice.objects.filter(user=namespace.user).delete()
+            elif wanted:
+                raise serializers.ValidationError({"defaultContentCache": [
+                    f"A cache name goes with contentCacheChoice cache, not {kind}."]})
+            UserCacheChoice.set(namespace.user, kind, cache)
         if "defaultRepositoryVisibility" in data:
             namespace.default_visibility = data["defaultRepositoryVisibility"]
             namespace.save(update_fields=["default_visibility"])

@@ -53,14 +53,20 @@ class TokenForm(forms.Form):
 class SettingsForm(forms.Form):
     def __init__(self, *args, caches=(), **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["default_content_cache"].choices = [("", "MSR (no cache)")] + [
+        self.fields["default_content_cache"].choices = list(self.CACHE_CHOICES) + [
             (c.name, f"{c.name} ({c.region})" if c.region else c.name) for c in caches]
+
+    # Values no cache name can take (names are DNS-like labels).
+    NETWORK, NONE = "", ":none"
+    CACHE_CHOICES = [(NETWORK, "Not chosen: the cache for my network, if any"), (NONE, "MSR itself (no cache)")]
 
     full_name = forms.CharField(max_length=200, required=False, label="Full name")
     default_content_cache = forms.ChoiceField(
-        choices=[("", "MSR (no cache)")], required=False, label="Default content cache",
-        help_text="Where your layer pulls are served from: the cache nearest to you. Regional "
-                  "caches appear here once an administrator adds them.")
+        choices=CACHE_CHOICES, required=False, label="Default content cache",
+        help_text="Where your layer pulls are served from: the cache nearest to you. Not chosen, "
+                  "the cache an administrator set for your network serves them (else MSR); "
+                  "“MSR itself” always pulls from MSR. Regional caches appear here once an "
+                  "administrator adds them.")
     default_visibility = forms.ChoiceField(
         choices=[("private", "Private"), ("public", "Public")], label="Visibility of repositories you create by pushing")
 

@@ -341,18 +341,20 @@ def profile(request):
     from caches.models import ContentCache, UserCacheChoice
 
     namespace = request.user.namespace
-    choice = UserCacheChoice.objects.filter(user=request.user).select_related("cache").first()
+    kind, chosen = UserCacheChoice.of(request.user)
     initial = {"full_name": request.user.full_name, "default_visibility": namespace.default_visibility,
-               "default_content_cache": choice.cache.name if choice else ""}
+               "default_content_cache": (chosen.name if chosen else forms.SettingsForm.NONE
+                                         if kind == UserCacheChoice.NONE else forms.SettingsForm.NETWORK)}
     form = forms.SettingsForm(request.POST or None, initial=initial,
                               caches=ContentCache.objects.filter(enabled=True).order_by("name"))
     if request.method == "POST" and form.is_valid():
         wanted = form.cleaned_data["default_content_cache"]
-        if wanted:
-            UserCacheChoice.objects.update_or_create(
-                user=request.user, defaults={"cache": ContentCache.objects.get(name=wanted)})
+        if wanted == forms.SettingsForm.NETWORK:
+            UserCacheChoice.set(request.user, UserCacheChoice.NETWORK)
+        elif wanted == forms.SettingsForm.NONE:
+            UserCacheChoice.set(request.user, UserCacheChoice.NONE)
         else:
-            UserCacheChoice.objects.filter(user=request.user).delete()
+            UserCacheChoice.set(request.user, UserCacheChoice.CACHE, ContentCache.objects.get(name=wanted))
         request.user.full_name = form.cleaned_data["full_name"]
         request.user.save(update_fields=["full_name"])
         namespace.full_name = form.cleaned_data["full_name"]

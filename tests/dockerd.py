@@ -133,8 +133,12 @@ class _Daemon:
         return self.log_path.read_text(errors="replace")
 
     def _run(self, argv, check, input, timeout, env) -> subprocess.CompletedProcess:
+        # -H or --address names the daemon: settings that would name another one go
+        inherited = {k: v for k, v in os.environ.items()
+                     if k not in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH",
+                                  "CONTAINERD_ADDRESS", "CONTAINERD_NAMESPACE")}
         result = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
-                                env={**os.environ, **self._env(), **(env or {})})
+                                env={**inherited, **self._env(), **(env or {})})
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} exited {result.returncode}\n"
                                  f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")

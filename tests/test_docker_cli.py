@@ -138,7 +138,7 @@ def test_docker_login_push_rmi_pull_by_tag_and_by_digest_then_logout(dockerd, ms
 
 def test_docker_login_with_a_personal_access_token_ends_with_its_revocation(dockerd, msr, personas, unique,
                                                                          tmp_path):
-    host, name = _host(msr), f"acme/private-app"
+    host, name = _host(msr), "acme/private-app"
     image = f"{host}/{name}:docker-pat-{unique}"
     created = requests.post(f"{msr}/api/v0/tokens", auth=("wanda", "wanda-password"), timeout=30,
                             json={"name": f"docker-{unique}", "scopes": ["registry:pull", "registry:push"]})

@@ -102,7 +102,10 @@ def grant_access(user, scopes, allowed=TOKEN_ACTIONS) -> list[dict]:
 
 def _unauthorized(message: str, oauth: bool) -> HttpResponse:
     if oauth:
-        body = {"error": "invalid_grant", "error_description": message}
+        # The registry's error format too: Docker reads only that one from a token
+        # service's 400 and would otherwise print "error parsing HTTP 400 response body".
+        body = {"error": "invalid_grant", "error_description": message,
+                "errors": [{"code": "UNAUTHORIZED", "message": message}]}
         return JsonResponse(body, status=400)
     body = {"errors": [{"code": "UNAUTHORIZED", "message": message}]}
     response = JsonResponse(body, status=401)

@@ -153,3 +153,23 @@ def pytest_terminal_summary(terminalreporter):
 
     if SCREENSHOTS.exists() and any(SCREENSHOTS.iterdir()):
         terminalreporter.write_line(f"UI screenshots: {SCREENSHOTS}")
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory):
+    """A private dockerd for the session (tests/dockerd.py), stopped by pid at the end."""
+    from tests.dockerd import start_dockerd
+
+    daemon = start_dockerd(tmp_path_factory.mktemp("dockerd"))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory):
+    """A private containerd for the session (tests/dockerd.py), driven with `ctr`."""
+    from tests.dockerd import start_containerd
+
+    daemon = start_containerd(tmp_path_factory.mktemp("containerd"))
+    yield daemon
+    daemon.stop()

@@ -75,6 +75,10 @@ def test_permission_matrix(msr, personas, seeded, unique, persona, visibility, a
         assert response.status_code == 401, response.text
         assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
         assert response.json()["errors"][0]["code"] == "UNAUTHORIZED"
+        # docker shows the challenge's description, MSR's message (tests/test_docker_cli.py)
+        message = response.json()["errors"][0]["message"]
+        assert message.startswith("insufficient scope: the token does not grant ")
+        assert f'error_description="{message}"' in response.headers["WWW-Authenticate"]
 
 
 def test_a_user_creates_repositories_in_their_own_namespace_by_pushing(msr, personas, unique):

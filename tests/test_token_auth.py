@@ -87,6 +87,8 @@ def test_oauth2_password_grant(msr, personas):
     bad = requests.post(f"{msr}/auth/token", data={
         "grant_type": "password", "username": "bob", "password": "nope", "service": "msr"})
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_grant"
+    # and in the registry's error format, the one docker reads from a token service's 400
+    assert bad.json()["errors"] == [{"code": "UNAUTHORIZED", "message": bad.json()["error_description"]}]
     forged = requests.post(f"{msr}/auth/token", data={
         "grant_type": "refresh_token", "refresh_token": "msrrt_forged", "service": "msr"})
     assert forged.status_code == 400

@@ -21,12 +21,17 @@ def public_url(request) -> str:
     return settings.PUBLIC_URL or f"{request.scheme}://{request.get_host()}"
 
 
-def challenge(request, scope=None, error=None) -> str:
+def challenge(request, scope=None, error=None, description=None) -> str:
     header = f'Bearer realm="{public_url(request)}/auth/token",service="{settings.TOKEN_SERVICE}"'
     if scope:
         header += f',scope="{scope}"'
     if error:
         header += f',error="{error}"'
+        if description:
+            # RFC 6750 section 3: docker shows error_description to the user
+            # (without it, docker prints its own "requested access to the resource is denied").
+            quoted = description.replace("\\", "\\\\").replace('"', '\\"')
+            header += f',error_description="{quoted}"'
     return header
 
 
@@ -42,7 +47,7 @@ class RegistryView(View):
             self.claims = self._authenticate(request)
             response = super().dispatch(request, *args, **kwargs)
         except errors.Unauthorized as e:
-            response = errors.error_response(e, challenge(request, e.scope, e.error))
+            response = errors.error_response(e, challenge(request, e.scope, e.error, e.message))
         except errors.RegistryError as e:
             response = errors.error_response(e)
         except DatabaseError:

@@ -168,7 +168,7 @@ def test_docker_login_with_a_personal_access_token_ends_with_its_revocation(dock
     dockerd.docker("logout", host)
 
 
-def test_docker_push_without_write_access_is_refused_with_msrs_message(dockerd, msr, unique, tmp_path):
+def test_docker_push_without_write_access_is_refused_with_msrs_message(dockerd, msr, personas, unique, tmp_path):
     host = _host(msr)
     image = f"{host}/acme/private-app:bob-{unique}"
     build_image(dockerd, tmp_path, image)

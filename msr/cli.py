@@ -255,7 +255,7 @@ def supervise(children: list[Child], on_ready=None) -> int:
                 while child.deaths and child.deaths[0] < now - RESTART_WINDOW:
                     child.deaths.popleft()
                 if len(child.deaths) >= RESTART_LIMIT:
-                    log.error("%s (pid %s) exited (%s), its %s exit within %d s: giving up; stopping MSR",
+                    log.error("%s (pid %s) exited (%s), for the %s time within %d s: giving up; stopping MSR",
                               child.name, pid, describe_exit(returncode), _ordinal(len(child.deaths)),
                               RESTART_WINDOW, extra={"child": child.name, "pid": pid, "returncode": returncode})
                     failed = True

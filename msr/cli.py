@@ -203,7 +203,11 @@ class Child:
     def start(self) -> None:
         if self._before_start:
             self._before_start()
-        self.popen = subprocess.Popen(self.argv, env=self.env)
+        # A process group of its own: when the child dies, what it started dies with it
+        # (the worker's beat process would live on, and a restarted worker would start a
+        # second scheduler). Ctrl-C reaches `msr up` alone, which stops the children.
+        self.popen = subprocess.Popen(self.argv, env=self.env, process_group=0,
+                                      preexec_fn=_die_with_parent(os.getpid()))
         self.started_at = time.monotonic()
         self.up = False
         self.restart_at = None
@@ -212,6 +216,70 @@ class Child:
         if not self.up and self.popen is not None and self.popen.poll() is None:
             self.up = self._ready is None or self._ready(self)
         return self.up
+
+
+def _die_with_parent(parent: int):
+    """A child's setup (Linux): SIGTERM when `msr up` dies, even by SIGKILL, so that its
+    children, in process groups of their own, are not left running."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def setup() -> None:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the line above
+            os._exit(1)
+
+    return setup
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs. A zombie does not count: where `msr up`
+    is process 1 (a container without an init), orphans become its children, and it reaps
+    those of the group here."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    if not os.path.isdir("/proc/self"):
+        return True
+    alive = False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) != pgid:
+            continue
+        if fields[0] != "Z":
+            alive = True
+        else:
+            try:
+                os.waitpid(int(entry.name), os.WNOHANG)
+            except ChildProcessError:  # someone else's to reap
+                pass
+    return alive
+
+
+def _kill_group(pid: int, grace: float = 0.0) -> None:
+    """Whatever is left of a child's process group (the child itself has exited): given
+    `grace` seconds to finish on its own (the worker's beat ends after the worker), then
+    killed; returns once the group is gone (or after a few seconds more)."""
+    deadline = time.monotonic() + grace
+    while _group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + 5
+    while _group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _stop_children(children: list[Child]) -> None:
@@ -225,6 +293,8 @@ def _stop_children(children: list[Child]) -> None:
         except subprocess.TimeoutExpired:
             popen.kill()
             popen.wait()
+    for popen in running:
+        _kill_group(popen.pid, grace=max(deadline - time.monotonic(), 5.0))
 
 
 def supervise(children: list[Child], on_ready=None) -> int:
@@ -251,6 +321,7 @@ def supervise(children: list[Child], on_ready=None) -> int:
                 if stopping:
                     break
                 pid, returncode, child.popen = child.popen.pid, child.popen.returncode, None
+                _kill_group(pid)
                 child.deaths.append(now)
                 while child.deaths and child.deaths[0] < now - RESTART_WINDOW:
                     child.deaths.popleft()

@@ -192,6 +192,21 @@ def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
+def _group(pgid: int) -> list[int]:
+    """The processes of a process group that run (zombies, which init reaps, do not)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            state, _, group = stat.rpartition(")")[2].split()[:3]
+            if int(group) == pgid and state != "Z":
+                members.append(int(entry.name))
+    return members
+
+
 def test_msr_up_restarts_a_killed_worker_and_logs_json_when_not_at_a_terminal(tmp_path):
     data_dir = tmp_path / "data"
     port = free_port()
@@ -207,12 +222,16 @@ def test_msr_up_restarts_a_killed_worker_and_logs_json_when_not_at_a_terminal(tm
         assert ready["registry_url"] == url and ready["admin_user"] == "admin"
         assert ready["admin_password_file"] == str(data_dir / "admin-password")
         password = (data_dir / "admin-password").read_text().strip()
-        [worker] = [pid for pid in _children(popen.pid) if " celery " in _cmdline(pid)]
+        children = _children(popen.pid)
+        [worker] = [pid for pid in children if " celery " in _cmdline(pid)]
+        assert len(_group(worker)) > 1  # the worker and its beat process
         os.kill(worker, signal.SIGKILL)  # as the OOM killer would
         died = wait_for_record(read, f"worker (pid {worker}) exited")
         assert died["level"] == "ERROR" and "killed by SIGKILL" in died["message"] and "restarting" in died["message"]
         back = wait_for_record(read, "worker is back")
         assert back["pid"] != worker and back["pid"] in _children(popen.pid)
+        assert _group(worker) == []  # its beat went with it: one scheduler, not two
+        children.append(back["pid"])
         assert popen.poll() is None
         # The new worker runs tasks: a webhook's test delivery.
         receiver = Receiver(failures=0)
@@ -226,6 +245,7 @@ def test_msr_up_restarts_a_killed_worker_and_logs_json_when_not_at_a_terminal(tm
     finally:
         _stop(popen)
     assert popen.returncode == 0
+    assert [_group(child) for child in children] == [[]] * len(children)  # nothing left running
     # One JSON object per line on stderr, the password never among them; no banner on stdout.
     lines = [line for line in read().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]

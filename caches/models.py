@@ -21,7 +21,10 @@ class ContentCache(models.Model):
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
     healthy = models.BooleanField(default=True)
     last_checked_at = models.DateTimeField(null=True, blank=True)
+    # Why the last health check failed, as a sentence for people (console, API), and the
+    # error as the HTTP library put it, for whoever debugs the network (the console's details).
     last_error = models.CharField(max_length=500, blank=True)
+    last_error_detail = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self):

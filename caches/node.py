@@ -15,7 +15,7 @@ It serves `GET/HEAD /v2/<name>/blobs/<digest>?grant=<grant>`:
 Also: `/healthz`, `/metrics` (Prometheus text), `/stats` (JSON, read by MSR's health
 check), `POST /purge` (a purge token from MSR), and eviction by TTL and LRU size budget.
 
-Every blob request is logged (one JSON object per line, or text with MSR_LOG_FORMAT=text)
+Every blob request is logged (one JSON object per line, or text at a terminal / MSR_LOG_FORMAT=text)
 with the request id MSR put in the redirect (`rid`), or the `X-Request-ID` of a child
 cache, which is passed on to the upstream: one id follows a layer through the chain.
 
@@ -104,7 +104,15 @@ class LogFormatter(logging.Formatter):
 
 
 def _log_formatter() -> LogFormatter:
-    return LogFormatter(json_lines=os.environ.get("MSR_LOG_FORMAT", "json") != "text")
+    """MSR_LOG_FORMAT=json or text; unset or auto: text when stderr is a terminal (as
+    msr/logs.py resolve_format, not imported: the node stays small)."""
+    value = os.environ.get("MSR_LOG_FORMAT", "").strip().lower()
+    if value in ("", "auto"):
+        try:
+            value = "text" if os.isatty(2) else "json"
+        except OSError:
+            value = "json"
+    return LogFormatter(json_lines=value != "text")
 
 
 def _configure_logging() -> None:

@@ -13,40 +13,61 @@ from msr.jsonsafe import loads
 log = logging.getLogger(__name__)
 
 
+def health_error(url: str, error: Exception | None = None, status: int | None = None,
+                 reason: str = "") -> tuple[str, str]:
+    """Why a cache at `url` failed its health check: a sentence for people, and the raw
+    error (the HTTP library's text, or the status line) for the console's details."""
+    url = url.rstrip("/")
+    if status is not None:
+        status_line = f"{status} {reason}".strip()
+        return (f"The cache node at {url} answered {status_line} instead of its statistics.",
+                f"GET {url}/stats: HTTP {status_line}")
+    raw = f"{type(error).__name__}: {error}"
+    if isinstance(error, egress.EgressRefused):
+        return f"MSR may not connect to the cache node at {url}: {error}.", raw
+    if isinstance(error, requests.RequestException):
+        return f"Cannot reach the cache node at {url}: {egress.describe(error)}.", raw
+    return f"The cache node at {url} answered with something other than its statistics.", raw
+
+
 def check_cache(cache: ContentCache) -> bool:
     """Ask the cache for its counters; a cache that does not answer in time stops
-    receiving redirects until it does again. The error is a sentence for the console."""
-    stats, error = None, ""
+    receiving redirects until it does again. The error is a sentence for the console,
+    with the raw error beside it."""
+    stats, error, detail = None, "", ""
+    url = cache.url.rstrip("/")
     try:
         with egress.session() as session:
-            response = session.get(f"{cache.url.rstrip('/')}/stats", timeout=3)
+            response = session.get(f"{url}/stats", timeout=3)
         if response.status_code != 200:
-            error = f"The cache answered HTTP {response.status_code} instead of its statistics."
+            error, detail = health_error(url, status=response.status_code, reason=response.reason or "")
         else:
             stats = loads(response.content)
             if not isinstance(stats, dict):
-                raise ValueError("not an object")
+                raise ValueError("the statistics are not a JSON object")
             if stats.get("name") != cache.name:
-                error = f"The node at this address is not {cache.name!r}: it calls itself {str(stats.get('name'))[:100]!r}."
-    except egress.EgressRefused as e:
-        error = f"MSR may not connect to it: {e}."
-    except requests.RequestException as e:
-        error = f"The cache did not answer: {egress.describe(e)}."
-    except ValueError:
-        stats, error = None, "The cache answered with something other than its statistics."
+                error = (f"The node at {url} is not {cache.name!r}: "
+                         f"it calls itself {str(stats.get('name'))[:100]!r}.")
+    except (requests.RequestException, egress.EgressRefused, ValueError) as e:
+        error, detail = health_error(url, e)
     if error:
         stats = None
     healthy = not error
     if healthy != cache.healthy:
         log.warning("cache %s is now %s%s", cache.name, "healthy" if healthy else "unhealthy",
                     f": {error}" if error else "")
-    ContentCache.objects.filter(pk=cache.pk).update(healthy=healthy, last_error=error,
-                                                    last_checked_at=timezone.now())
+    ContentCache.objects.filter(pk=cache.pk).update(
+        healthy=healthy, last_error=_clip(error, 500), last_error_detail=_clip(detail, 2000),
+        last_checked_at=timezone.now())
     if stats:
         CacheMetrics.objects.create(cache=cache, **{
             field: int(stats.get(field, 0)) for field in (
                 "hits", "misses", "bytes_from_disk", "bytes_from_upstream", "upstream_fetches", "disk_used")})
     return healthy
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 @shared_task

@@ -10,12 +10,17 @@
 """
 
 import argparse
+import collections
+import logging
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
+
+log = logging.getLogger("msr.up")
 
 
 def _setup_django():
@@ -60,23 +65,35 @@ def _prepare_keys():
     jwks()
 
 
-def ensure_admin(stdout=sys.stdout) -> None:
+ADMIN_PASSWORD_FILE = "admin-password"
+
+
+def ensure_admin() -> tuple[str, str | None]:
+    """Create the admin user on the first start. Returns its name and, when MSR generated
+    its password just now, that password. A generated password is also kept in the data
+    dir (owner-only, like the keys there), so that it is not lost with the terminal, and
+    never written to the logs: the logs say where it is."""
+    from django.conf import settings
+
     from accounts.models import User
     from accounts.services import create_user
 
     username = os.environ.get("MSR_ADMIN_USER", "admin")
     if User.objects.filter(username=username).exists():
-        return
+        return username, None
     password = os.environ.get("MSR_ADMIN_PASSWORD")
     generated = not password
     if generated:
         password = secrets.token_urlsafe(12)
     create_user(username, password, is_admin=True)
-    if generated:
-        print(f"Created the admin user {username!r} with password: {password}", file=stdout)
-        print("It is shown only this once; set MSR_ADMIN_PASSWORD to choose it.", file=stdout)
-    else:
-        print(f"Created the admin user {username!r} (password from MSR_ADMIN_PASSWORD).", file=stdout)
+    if not generated:
+        log.info("created the admin user %r (password from MSR_ADMIN_PASSWORD)", username)
+        return username, None
+    path = settings.DATA_DIR / ADMIN_PASSWORD_FILE
+    path.write_text(f"{password}\n")
+    path.chmod(0o600)
+    log.info("created the admin user %r with a generated password, kept in %s", username, path)
+    return username, password
 
 
 def _worker_class() -> str:
@@ -122,12 +139,15 @@ def cmd_serve(args) -> None:
     os.execv(sys.executable, argv)
 
 
-def _worker_argv(concurrency: int, pool: str, beat: bool) -> list[str]:
+def _worker_argv(concurrency: int, pool: str, beat: bool, quiet: bool = False) -> list[str]:
     from django.conf import settings
 
-    argv = [sys.executable, "-m", "celery", "-A", "msr", "worker", "--loglevel", "INFO",
-            "--concurrency", str(concurrency), "--pool", pool,
-            "--hostname", f"msr-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
+    argv = [sys.executable, "-m", "celery", "-A", "msr"]
+    if quiet:  # no banner (the configuration and task list Celery prints on stdout)
+        argv.append("--quiet")
+    argv += ["worker", "--loglevel", "INFO",
+             "--concurrency", str(concurrency), "--pool", pool,
+             "--hostname", f"msr-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
     if beat:
         argv += ["--beat", "--schedule", str(settings.DATA_DIR / "celerybeat-schedule")]
     return argv
@@ -135,11 +155,153 @@ def _worker_argv(concurrency: int, pool: str, beat: bool) -> list[str]:
 
 def cmd_worker(args) -> None:
     _setup_django()
-    os.execv(sys.executable, _worker_argv(args.concurrency, args.pool, args.beat))
+    from django.conf import settings
+
+    # Celery's banner is not a log line: it stays for a person at a terminal (text logs)
+    # and is left out of JSON logs, where every line is one object.
+    os.execv(sys.executable, _worker_argv(args.concurrency, args.pool, args.beat,
+                                          quiet=settings.LOG_FORMAT == "json"))
 
 
-def supervise(children: dict[str, subprocess.Popen]) -> int:
-    """Run until a signal or until one child exits; then stop the others."""
+# A child of `msr up` that dies is started again, after a pause that doubles with each
+# death in the window (1, 2, 4, 8 s); the RESTART_LIMIT-th death within RESTART_WINDOW
+# seconds stops MSR instead: something is wrong that starting again will not fix.
+RESTART_LIMIT = 5
+RESTART_WINDOW = 60.0
+READY_WARNING_AFTER = 60.0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+class Child:
+    """One process of `msr up`: how to start it and how to tell that it serves."""
+
+    def __init__(self, name: str, argv: list[str], env: dict | None = None, ready=None, before_start=None):
+        self.name, self.argv, self.env = name, argv, env
+        self._ready, self._before_start = ready, before_start
+        self.popen: subprocess.Popen | None = None
+        self.up = False
+        self.started_at = 0.0
+        self.restart_at: float | None = None
+        self.deaths: collections.deque[float] = collections.deque()
+
+    def start(self) -> None:
+        if self._before_start:
+            self._before_start()
+        # A process group of its own: when the child dies, what it started dies with it
+        # (the worker's beat process would live on, and a restarted worker would start a
+        # second scheduler). Ctrl-C reaches `msr up` alone, which stops the children.
+        self.popen = subprocess.Popen(self.argv, env=self.env, process_group=0,
+                                      preexec_fn=_die_with_parent(os.getpid()))
+        self.started_at = time.monotonic()
+        self.up = False
+        self.restart_at = None
+
+    def check_ready(self) -> bool:
+        if not self.up and self.popen is not None and self.popen.poll() is None:
+            self.up = self._ready is None or self._ready(self)
+        return self.up
+
+
+def _die_with_parent(parent: int):
+    """A child's setup (Linux): SIGTERM when `msr up` dies, even by SIGKILL, so that its
+    children, in process groups of their own, are not left running."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def setup() -> None:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the line above
+            os._exit(1)
+
+    return setup
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs. A zombie does not count: where `msr up`
+    is process 1 (a container without an init), orphans become its children, and it reaps
+    those of the group here."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    if not os.path.isdir("/proc/self"):
+        return True
+    alive = False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) != pgid:
+            continue
+        if fields[0] != "Z":
+            alive = True
+        else:
+            try:
+                os.waitpid(int(entry.name), os.WNOHANG)
+            except ChildProcessError:  # someone else's to reap
+                pass
+    return alive
+
+
+def _kill_group(pid: int, grace: float = 0.0) -> None:
+    """Whatever is left of a child's process group (the child itself has exited): given
+    `grace` seconds to finish on its own (the worker's beat ends after the worker), then
+    killed; returns once the group is gone (or after a few seconds more)."""
+    deadline = time.monotonic() + grace
+    while _group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + 5
+    while _group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _stop_children(children: list[Child]) -> None:
+    running = [c.popen for c in children if c.popen is not None and c.popen.poll() is None]
+    for popen in running:
+        popen.terminate()
+    deadline = time.monotonic() + 30
+    for popen in running:
+        try:
+            popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+    for popen in running:
+        _kill_group(popen.pid, grace=max(deadline - time.monotonic(), 5.0))
+
+
+def supervise(children: list[Child], on_ready=None) -> int:
+    """Start the children and keep them running until SIGTERM or SIGINT (then stop them
+    all; 0). A child that exits is started again (see RESTART_LIMIT); when one keeps
+    dying, stop the others and return 1. `on_ready` is called once, when every child
+    serves."""
     stopping = False
 
     def stop(signum, frame):
@@ -148,25 +310,56 @@ def supervise(children: dict[str, subprocess.Popen]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    exited = None
-    while not stopping and exited is None:
-        for name, child in children.items():
-            if child.poll() is not None:
-                exited = name
-                print(f"msr up: {name} exited with {child.returncode}; stopping", file=sys.stderr, flush=True)
-                break
+    for child in children:
+        child.start()
+    started, announced, warned = time.monotonic(), False, False
+    failed = False
+    while not stopping and not failed:
+        now = time.monotonic()
+        for child in children:
+            if child.popen is not None and child.popen.poll() is not None:
+                if stopping:
+                    break
+                pid, returncode, child.popen = child.popen.pid, child.popen.returncode, None
+                _kill_group(pid)
+                child.deaths.append(now)
+                while child.deaths and child.deaths[0] < now - RESTART_WINDOW:
+                    child.deaths.popleft()
+                if len(child.deaths) >= RESTART_LIMIT:
+                    log.error("%s (pid %s) exited (%s), for the %s time within %d s: giving up; stopping MSR",
+                              child.name, pid, describe_exit(returncode), _ordinal(len(child.deaths)),
+                              RESTART_WINDOW, extra={"child": child.name, "pid": pid, "returncode": returncode})
+                    failed = True
+                    break
+                delay = 2.0 ** (len(child.deaths) - 1)
+                log.error("%s (pid %s) exited (%s); restarting it in %g s", child.name, pid,
+                          describe_exit(returncode), delay,
+                          extra={"child": child.name, "pid": pid, "returncode": returncode})
+                child.restart_at = now + delay
+            elif child.popen is None and child.restart_at is not None and now >= child.restart_at:
+                child.start()
+                log.info("%s restarted (pid %s)", child.name, child.popen.pid,
+                         extra={"child": child.name, "pid": child.popen.pid})
+            elif child.popen is not None and not child.up and child.check_ready() and announced:
+                log.info("%s is back (pid %s)", child.name, child.popen.pid,
+                         extra={"child": child.name, "pid": child.popen.pid})
+        if stopping or failed:
+            break
+        if not announced and all(child.up for child in children):
+            announced = True
+            if on_ready:
+                on_ready()
+        elif not announced and not warned and now - started > READY_WARNING_AFTER:
+            warned = True
+            log.warning("still waiting for %s to be ready", ", ".join(c.name for c in children if not c.up))
         time.sleep(0.2)
-    for child in children.values():
-        if child.poll() is None:
-            child.terminate()
-    deadline = time.monotonic() + 30
-    for child in children.values():
-        try:
-            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-    return 0 if exited is None else 1
+    log.info("stopping MSR")
+    _stop_children(children)
+    return 1 if failed else 0
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _next_free_bind(bind: str) -> str:
@@ -192,14 +385,57 @@ def _register_local_cache(url: str) -> None:
                                                                   "healthy": True})
 
 
+def _display_host(bind: str) -> str:
+    """host:port as a URL names it: a wildcard address is reached on loopback."""
+    host, _, port = bind.rpartition(":")
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def ready_message(web: str, cache: str, admin: str, password: str | None, password_file, data_dir,
+                  show_password: bool) -> str:
+    """What `msr up` prints at a terminal once everything serves (`web`, `cache`: URLs)."""
+    from urllib.parse import urlsplit
+
+    registry = urlsplit(web).netloc
+    if password and show_password:
+        credentials = [f"  Password    {password}",
+                       f"              generated now, also kept in {password_file}",
+                       "              (set MSR_ADMIN_PASSWORD before the first start to choose it)"]
+    elif password_file.exists():
+        credentials = [f"  Password    in {password_file} (generated at the first start)"]
+    else:
+        credentials = [f"  Password    the one you chose (forgotten: msr manage changepassword {admin})"]
+    lines = [
+        "",
+        "MSR is ready.",
+        "",
+        f"  Registry    {web}    docker login {registry}",
+        f"  Web UI      {web}/",
+        f"  API docs    {web}/api/v0/docs",
+        f"  Cache node  {cache}    the local cache (\"local\")",
+        "",
+        f"  Sign in as  {admin}",
+        *credentials,
+        "",
+        f"  Data in {data_dir}. Ctrl-C stops MSR.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def cmd_up(args) -> None:
     _setup_django()
     from django.conf import settings
     from django.core.management import call_command
 
+    # Every child writes the format this process chose (a terminal: text), even one whose
+    # stderr a library replaces.
+    os.environ["MSR_LOG_FORMAT"] = settings.LOG_FORMAT
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
     call_command("migrate", interactive=False, verbosity=0)
-    ensure_admin()
+    admin, password = ensure_admin()
     _prepare_keys()
     cache_bind = args.cache_bind or _next_free_bind(args.bind)
     _register_local_cache(f"http://{cache_bind}")
@@ -207,19 +443,41 @@ def cmd_up(args) -> None:
     # its address and port for the web and worker processes (health checks, pre-warming).
     allow = [os.environ.get("MSR_OUTBOUND_ALLOW", ""), cache_bind]
     os.environ["MSR_OUTBOUND_ALLOW"] = ",".join(a for a in allow if a)
-    print(f"MSR data in {settings.DATA_DIR}; serving on http://{args.bind}; "
-          f"local cache on http://{cache_bind}", flush=True)
+    local_web, cache = f"http://{_display_host(args.bind)}", f"http://{_display_host(cache_bind)}"
+    web = settings.PUBLIC_URL or local_web
+    log.info("starting MSR: web on %s, local cache on %s, data in %s", local_web, cache, settings.DATA_DIR)
     cache_args = argparse.Namespace(
         name="local", msr=f"http://{args.bind}", upstream=None, data=str(settings.DATA_DIR / "cache"),
         bind=cache_bind, max_size="10G", ttl="7d", workers=1, threads=16)
     cache_argv, cache_env = _cache_argv(cache_args)
-    children = {
+    ready_file = settings.DATA_DIR / "worker.ready"
+
+    def worker_ready(child: Child) -> bool:
+        return ready_file.exists()
+
+    children = [
         # Threads keep the embedded worker to one process; its tasks wait on the network.
-        "worker": subprocess.Popen(_worker_argv(4, "threads", beat=True)),
-        "web": subprocess.Popen(_gunicorn_argv(args)),
-        "cache": subprocess.Popen(cache_argv, env={**os.environ, **cache_env}),
-    }
-    sys.exit(supervise(children))
+        Child("worker", _worker_argv(4, "threads", beat=True, quiet=True),
+              env={**os.environ, "MSR_WORKER_EMBEDDED": "1", "MSR_WORKER_READY_FILE": str(ready_file)},
+              ready=worker_ready, before_start=lambda: ready_file.unlink(missing_ok=True)),
+        Child("web", _gunicorn_argv(args), ready=lambda child: _http_ok(f"{local_web}/readyz")),
+        Child("cache", cache_argv, env={**os.environ, **cache_env},
+              ready=lambda child: _http_ok(f"{cache}/healthz")),
+    ]
+    password_file = settings.DATA_DIR / ADMIN_PASSWORD_FILE
+
+    def announce() -> None:
+        if settings.LOG_FORMAT == "text":
+            print(ready_message(web, cache, admin, password, password_file, settings.DATA_DIR,
+                                show_password=sys.stdout.isatty()), flush=True)
+        else:
+            log.info("MSR is ready: registry and web UI on %s, local cache on %s", web, cache,
+                     extra={"registry_url": web, "web_url": f"{web}/",
+                            "api_docs_url": f"{web}/api/v0/docs", "cache_url": cache,
+                            "admin_user": admin,
+                            "admin_password_file": str(password_file) if password_file.exists() else ""})
+
+    sys.exit(supervise(children, on_ready=announce))
 
 
 def _cache_argv(args) -> tuple[list[str], dict]:

@@ -1,7 +1,8 @@
 """Structured logs and the request id.
 
-Every log line is one JSON object (`MSR_LOG_FORMAT=json`, the default) or one line of
-text (`text`), with the id of the request being served when there is one. The id is the
+Every log line is one JSON object (`MSR_LOG_FORMAT=json`) or one line of text (`text`),
+with the id of the request being served when there is one. Unset (or `auto`), the format
+is text when stderr is a terminal (a person reading) and JSON otherwise (a collector). The id is the
 client's `X-Request-ID` when it is a sane token, else a new one; it is returned in the
 response header and carried by a layer redirect to the cache node (`rid` in the URL: the
 client follows the redirect itself and sends no header of ours), so one id ties MSR's
@@ -115,8 +116,30 @@ class TextFormatter(logging.Formatter):
 FORMATTERS = {"json": JsonFormatter, "text": TextFormatter}
 
 
+def resolve_format(value: str | None) -> str:
+    """The log format for MSR_LOG_FORMAT=`value`: `json` and `text` as asked; unset, empty
+    or `auto`: text when stderr (file descriptor 2, whatever sys.stderr became) is a
+    terminal, else JSON. Anything else is returned as is, for the caller to refuse."""
+    value = (value or "").strip().lower()
+    if value in ("", "auto"):
+        try:
+            return "text" if os.isatty(2) else "json"
+        except OSError:
+            return "json"
+    return value
+
+
+# At a terminal these repeat every few seconds (beat's schedule, each periodic task's
+# "received" and "succeeded"), burying what a person started MSR to read. Their failures
+# are warnings and errors, which still show; MSR_LOG_LEVEL=DEBUG shows everything.
+_CHATTY_AT_A_TERMINAL = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+
 def logging_config(log_format: str, level: str) -> dict:
     """The dictConfig of MSR's processes: one handler on stderr, in `log_format`."""
+    loggers = {"django.request": {"level": "ERROR"}}
+    if log_format == "text" and level.upper() != "DEBUG":
+        loggers.update({name: {"level": "WARNING"} for name in _CHATTY_AT_A_TERMINAL})
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -124,7 +147,7 @@ def logging_config(log_format: str, level: str) -> dict:
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "msr",
                                  "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["console"], "level": level},
-        "loggers": {"django.request": {"level": "ERROR"}},
+        "loggers": loggers,
     }
 
 

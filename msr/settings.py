@@ -222,8 +222,9 @@ SPECTACULAR_SETTINGS = {
 # Celery: Redis in production; the embedded default needs no broker server (Kombu's
 # filesystem transport in the data dir).
 BROKER_DIR = DATA_DIR / "broker"
-CELERY_BROKER_URL = env_str("MSR_BROKER_URL") or "filesystem://"
-if CELERY_BROKER_URL == "filesystem://":
+# (A host in the URL, which the transport ignores, spares a "No hostname was supplied" warning.)
+CELERY_BROKER_URL = env_str("MSR_BROKER_URL") or "filesystem://localhost/"
+if CELERY_BROKER_URL.startswith("filesystem:"):
     for _folder in ("queue", "processed", "control"):
         (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -238,6 +239,10 @@ else:
     # A broker host that does not answer costs a request at most this, not the OS's
     # connect timeout.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3}
+# JSON only (Celery's default, stated): a worker never unpickles what the broker holds, and
+# Celery does not refuse to run as root (it warns; `msr up` silences that, msr/celery.py).
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -348,10 +353,11 @@ from django.core.exceptions import ImproperlyConfigured as _ImproperlyConfigured
 from msr import logs as _logs  # noqa: E402  (no Django inside)
 
 # Logs: one JSON object per line (json) or plain lines (text), on stderr, with the request
-# id; MSR_ACCESS_LOG adds one line per request (route, status, duration, user).
-LOG_FORMAT = env_str("MSR_LOG_FORMAT", "json")
+# id; unset (or auto): text when stderr is a terminal, else JSON. MSR_ACCESS_LOG adds one
+# line per request (route, status, duration, user).
+LOG_FORMAT = _logs.resolve_format(env_str("MSR_LOG_FORMAT", ""))
 if LOG_FORMAT not in _logs.FORMATTERS:
-    raise _ImproperlyConfigured(f"MSR_LOG_FORMAT={LOG_FORMAT!r}: expected json or text")
+    raise _ImproperlyConfigured(f"MSR_LOG_FORMAT={LOG_FORMAT!r}: expected json, text or auto")
 ACCESS_LOG = env_bool("MSR_ACCESS_LOG", False)
 LOGGING = _logs.logging_config(LOG_FORMAT, env_str("MSR_LOG_LEVEL", "INFO"))
 # Celery's workers log through the handler above instead of installing their own format.

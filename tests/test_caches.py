@@ -230,6 +230,53 @@ def test_a_cache_that_is_down_is_not_used_and_the_pull_succeeds_from_msr(msr, pe
     assert _pull(msr, name, f"far{unique}:far-password-1", tmp_path / "pulled") == digest
 
 
+def test_a_failing_health_check_reads_as_a_sentence_with_the_raw_error_beside_it(unique):
+    """What the console shows for the usual failures: nothing listening, a proxy answering
+    503 for its node, a node that accepts the connection and never answers."""
+    import socket
+
+    from caches.models import ContentCache
+    from caches.tasks import check_cache
+    from tests.processes import free_port
+
+    class Unavailable(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts connections; nobody reads or answers them
+    refused, unavailable, mute = (f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{proxy.server_address[1]}",
+                                  f"http://127.0.0.1:{silent.getsockname()[1]}")
+    caches = [ContentCache.objects.create(name=f"{kind}{unique}", url=url)
+              for kind, url in (("refused", refused), ("unavailable", unavailable), ("mute", mute))]
+    try:
+        for cache in caches:
+            assert check_cache(cache) is False
+            cache.refresh_from_db()
+        assert [c.last_error for c in caches] == [
+            f"Cannot reach the cache node at {refused}: connection refused.",
+            f"The cache node at {unavailable} answered 503 Service Unavailable instead of its statistics.",
+            f"Cannot reach the cache node at {mute}: timed out.",
+        ]
+        assert caches[0].last_error_detail.startswith("ConnectionError: ") and \
+            "Connection refused" in caches[0].last_error_detail
+        assert caches[1].last_error_detail == f"GET {unavailable}/stats: HTTP 503 Service Unavailable"
+        assert caches[2].last_error_detail.startswith(("ReadTimeout: ", "ConnectTimeout: "))
+    finally:
+        proxy.shutdown()
+        silent.close()
+        for cache in caches:
+            cache.delete()
+
+
 class CuttingProxy:
     """Forwards blob requests to MSR; the first `faults` answers are cut after `cut`
     bytes (mode "cut") or have one byte changed (mode "corrupt")."""

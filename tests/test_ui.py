@@ -259,3 +259,44 @@ def test_console_shows_each_caches_health_hit_ratio_and_traffic(sign_in, unique)
     assert page.get_by_role("alert").first.inner_text() == "No such image in this repository."
     shot(page, "09-console-caches")
     cache.delete()
+
+
+def test_console_says_why_a_cache_is_down_in_a_sentence_and_its_table_fits_the_page(sign_in, unique, msr, tmp_path,
+                                                                                   artifacts_dir):
+    from caches.models import ContentCache
+    from caches.tasks import check_cache
+    from tests.processes import start_cache
+
+    process, url = start_cache(f"down{unique}", msr, tmp_path / "node", artifacts_dir / "logs", workers=1)
+    process.stop()  # the node is down: its port refuses connections
+    down = ContentCache.objects.create(name=f"down{unique}", region="Somewhere with a rather long region name", url=url)
+    far = ContentCache.objects.create(name=f"far{unique}", region="Far away", healthy=False,
+                                      url="http://" + "cache-node-" * 8 + "in.a.long.region.example.com:5100/prefix")
+    try:
+        assert check_cache(down) is False  # the health check, for real: nothing listens there
+        down.refresh_from_db()
+        page = sign_in("admin")
+        page.set_viewport_size({"width": 1024, "height": 800})
+        page.goto("/console/caches/")
+        row = page.get_by_role("row").filter(has_text=f"down{unique}")
+        assert f"Cannot reach the cache node at {url}: connection refused." in row.inner_text()
+        # The raw error is there for whoever debugs it, folded away.
+        details = row.locator("details")
+        assert details.count() == 1 and not details.locator("code").is_visible()
+        details.get_by_text("Error details").click()
+        raw = details.locator("code").inner_text()
+        assert raw.startswith("ConnectionError: ") and "Connection refused" in raw and raw == down.last_error_detail
+        shot(page, "09b-console-caches-down-1024")
+        for width in (1280, 1024):
+            page.set_viewport_size({"width": width, "height": 800})
+            frame = page.locator("main").bounding_box()
+            table = page.locator("main table").bounding_box()
+            assert frame["x"] <= table["x"] and table["x"] + table["width"] <= frame["x"] + frame["width"], (
+                width, frame, table)
+            # Long addresses and errors wrap: neither the table nor the page scrolls sideways.
+            assert page.evaluate("() => [...document.querySelectorAll('main table')].every("
+                                 "t => t.parentElement.scrollWidth <= t.parentElement.clientWidth)")
+            assert page.evaluate("() => document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    finally:
+        down.delete()
+        far.delete()

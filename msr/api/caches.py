@@ -19,13 +19,16 @@ class ContentCacheSerializer(serializers.ModelSerializer):
     parent = serializers.SlugRelatedField(slug_field="name", queryset=ContentCache.objects.all(),
                                           allow_null=True, required=False)
     lastCheckedAt = serializers.DateTimeField(source="last_checked_at", read_only=True, allow_null=True)
-    lastError = serializers.CharField(source="last_error", read_only=True)
+    lastError = serializers.CharField(source="last_error", read_only=True,
+                                      help_text="why the last health check failed, in a sentence")
+    lastErrorDetail = serializers.CharField(source="last_error_detail", read_only=True,
+                                            help_text="the raw error behind lastError")
     metrics = serializers.SerializerMethodField()
 
     class Meta:
         model = ContentCache
         fields = ["id", "name", "region", "url", "enabled", "parent", "healthy", "lastCheckedAt", "lastError",
-                  "metrics"]
+                  "lastErrorDetail", "metrics"]
         read_only_fields = ["healthy"]
 
     def get_metrics(self, cache) -> dict | None:

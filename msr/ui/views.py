@@ -403,7 +403,7 @@ def _chart(samples, width=320, height=60) -> str:
     coordinates = " ".join(f"{i * step:.1f},{height - value / top * (height - 4) - 2:.1f}"
                            for i, value in enumerate(points))
     return (f'<svg role="img" aria-label="bytes served per health check, peak {top} bytes" '
-            f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+            f'class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
             f'<polyline fill="none" stroke="#1f5fbf" stroke-width="2" points="{coordinates}"/></svg>')
 
 

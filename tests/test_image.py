@@ -124,7 +124,7 @@ def _build_context(tmp: Path) -> Path:
 @pytest.fixture(scope="module")
 def image(daemon, base_image, tmp_path_factory):
     context = _build_context(tmp_path_factory.mktemp("image"))
-    args = ["build", "--network", "host", "-f", "docker/Dockerfile", "-t", IMAGE,
+    args = ["build", "--network", "host", "--force-rm", "-f", "docker/Dockerfile", "-t", IMAGE,
             "--build-arg", f"BASE_IMAGE={base_image}"]
     for name, arg in (("index-url", "PIP_INDEX_URL"), ("trusted-host", "PIP_TRUSTED_HOST")):
         value = _pip_setting(name)
@@ -308,3 +308,10 @@ def test_serve_in_the_image_on_its_own_port_push_and_pull_with_skopeo(daemon, im
                             env_file=env_file)
     state = containers.wait_healthy(worker, timeout=240)
     assert "pong" in state["Log"][-1]["Output"]
+
+    # the scheduler, as compose runs it: healthy while it writes its schedule file
+    beat = containers.run("beat", "-v", f"{data}:/data", *health, "--entrypoint", "celery", image,
+                          "-A", "msr.celery", "beat", "--schedule", "/data/celerybeat-schedule",
+                          "--loglevel", "INFO", env_file=env_file)
+    state = containers.wait_healthy(beat)
+    assert "beat: /data/celerybeat-schedule written" in state["Log"][-1]["Output"]

@@ -150,7 +150,7 @@ def check(ready: bool = False, timeout: float = 4.0) -> tuple[bool, str]:
         celery = [sys.executable, "-m", "celery", "-A", _option(argv, "-A") or "msr.celery",
                   "inspect", "ping", "-d", name, "--timeout", str(int(timeout))]
         try:
-            result = subprocess.run(celery, capture_output=True, text=True, timeout=timeout + 15)
+            result = subprocess.run(celery, capture_output=True, text=True, timeout=timeout + 5)
         except subprocess.TimeoutExpired:
             return False, f"worker: {name} did not answer"
         ok = result.returncode == 0 and "pong" in result.stdout

@@ -1,5 +1,7 @@
-"""docker/: the image installs MSR with the README's command, and the compose file
-validates with Debian's docker-compose (no container engine runs here to start it)."""
+"""docker/: the image installs MSR with the README's command, its build context and
+volumes are lean, and the compose file validates with Debian's docker-compose (without
+starting it: no Docker Hub for postgres and redis here). tests/test_image.py builds the
+image and runs it."""
 
 import os
 import re

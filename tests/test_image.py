@@ -25,6 +25,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -39,13 +40,20 @@ BASE_TARBALL = CACHE / "debootstrap-bookworm-minbase-python3.tar"
 IMAGE = "msr-test:image"
 MIRROR = os.environ.get("MSR_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 REDIS_URL = os.environ.get("MSR_IMAGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+def _postgres() -> dict:
+    """The server of DATABASE_URL when it is PostgreSQL (CI's first run), else the host's
+    127.0.0.1:5432 as user postgres (the SQLite run: the containers still use PostgreSQL,
+    as compose does)."""
+    from urllib.parse import unquote, urlsplit
+
+    url = urlsplit(os.environ.get("DATABASE_URL", ""))
+    if url.scheme in ("postgres", "postgresql", "pgsql") and url.hostname:
+        return {"host": url.hostname, "port": url.port or 5432, "user": unquote(url.username or "postgres"),
+                "password": unquote(url.password or "")}
+    return {"host": "127.0.0.1", "port": 5432, "user": "postgres", "password": ""}
 
 pytestmark = pytest.mark.integration
-
-
-def _skip(reason: str):
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,7 @@ def _debootstrap_tarball() -> Path:
             ["/usr/sbin/debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
              "bookworm", str(rootfs), MIRROR], capture_output=True, text=True, timeout=900)
         if result.returncode != 0:
-            _skip(f"no base image: debootstrap bookworm from {MIRROR} exited {result.returncode} "
+            pytest.skip(f"no base image: debootstrap bookworm from {MIRROR} exited {result.returncode} "
                   f"(is the Debian mirror reachable?):\n{(result.stdout + result.stderr)[-2000:]}")
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for path in (rootfs / leftover).glob("*"):
@@ -140,16 +148,18 @@ def database():
     """A fresh PostgreSQL database on the host for the containers, dropped afterwards."""
     import psycopg2
 
+    pg = _postgres()
     try:
-        admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **PG)
+        admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **{k: v for k, v in pg.items() if v})
     except psycopg2.OperationalError as e:
-        _skip(f"no PostgreSQL on 127.0.0.1:5432 for the containers: {e}")
+        pytest.skip(f"no PostgreSQL at {pg['host']}:{pg['port']} for the containers: {e}")
     admin.autocommit = True
     name = f"msr_image_{uuid.uuid4().hex[:10]}"
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgres://postgres@127.0.0.1:5432/{name}"
+        auth = f"{quote(pg['user'])}:{quote(pg['password'])}" if pg["password"] else quote(pg["user"])
+        yield f"postgres://{auth}@{pg['host']}:{pg['port']}/{name}"  # in an env file, never argv
     finally:
         with admin.cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
@@ -220,14 +230,15 @@ def test_the_image_holds_only_what_msr_needs(daemon, image):
                             "ls -A /app; echo ---; ls -A /app/docker; echo ---; "
                             "ls /app/templates | head -3; ls /app/msr/static | head -3; echo ---; "
                             "ls /app/.venv; echo ---; ls /usr/local/share/ca-certificates/msr; echo ---; "
-                            "id -un; msr --help").stdout
-    top, docker_dir, assets, venv, cas, rest = listing.split("---\n")
+                            "pg_dump --version; echo ---; id -un; msr --help").stdout
+    top, docker_dir, assets, venv, cas, pg_dump, rest = listing.split("---\n")
     assert set(top.split()) == {".venv", "pyproject.toml", "msr", "accounts", "caches", "mirroring",
                                 "templates", "docker", "msr.egg-info"}, top  # no tests, bench, docs, .git, var
     assert docker_dir.split() == ["ca"]  # no docker/.env
     assert len(assets.split()) >= 2  # templates and static files
     assert "host-venv" not in venv  # the image's own virtual environment, not the host's
     assert all(name.endswith(".crt") for name in cas.split())  # docker/ca's README is not a CA
+    assert pg_dump.startswith("pg_dump (PostgreSQL) 15")  # `msr manage backup` in the image
     assert rest.startswith("msr\n") and "healthcheck" in rest
     config = json.loads(daemon.docker("image", "inspect", image).stdout)[0]["Config"]
     assert not config.get("Volumes")  # no anonymous volumes for roles that do not need /data

@@ -122,9 +122,9 @@ def _http(url: str, timeout: float) -> tuple[int | None, str]:
 def check(ready: bool = False, timeout: float = 4.0) -> tuple[bool, str]:
     found = find_process()
     if found is None:
-        # Nothing in /proc to read (not Linux): the address the web role reads itself.
-        if not os.environ.get("MSR_BIND"):
+        if PROC.is_dir() or not os.environ.get("MSR_BIND"):
             return False, "no MSR process found (web, cache node, worker or beat)"
+        # No /proc to read (not Linux): the address the web role reads itself.
         pid, argv, role = None, [], "web"
     else:
         pid, argv, role = found

@@ -139,7 +139,9 @@ def image(daemon, base_image, tmp_path_factory):
         if value:
             args += ["--build-arg", f"{arg}={value}"]
     daemon.docker(*args, str(context), timeout=1800)
-    daemon.docker("image", "prune", "-f", check=False)  # the previous run's image, now untagged
+    # the previous run's image, now untagged, and containers a killed run left behind
+    daemon.docker("container", "prune", "-f", check=False)
+    daemon.docker("image", "prune", "-f", check=False)
     return IMAGE
 
 

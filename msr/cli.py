@@ -7,6 +7,8 @@
                  run separately with `msr manage migrate`)
     msr worker   a Celery worker (webhooks; later mirroring, promotion, cache checks)
     msr manage   Django management commands (migrate, adduser, addorg, ...)
+    msr healthcheck  the container image's HEALTHCHECK: checks the role running in the
+                 container where it listens (msr/healthcheck.py)
 """
 
 import argparse
@@ -523,6 +525,12 @@ def cmd_manage(args) -> None:
     execute_from_command_line(["msr manage", *args.rest])
 
 
+def cmd_healthcheck(args) -> None:
+    from msr.healthcheck import main as healthcheck
+
+    sys.exit(healthcheck(ready=args.ready))
+
+
 def _add_web_options(parser):
     parser.add_argument("--bind", default=os.environ.get("MSR_BIND", "127.0.0.1:5000"),
                         help="host:port to listen on (default 127.0.0.1:5000, or MSR_BIND)")
@@ -564,6 +572,9 @@ def main(argv=None) -> None:
     manage = sub.add_parser("manage", help="run a Django management command")
     manage.add_argument("rest", nargs=argparse.REMAINDER)
     manage.set_defaults(func=cmd_manage)
+    health = sub.add_parser("healthcheck", help="check the MSR process of this container (its own --bind)")
+    health.add_argument("--ready", action="store_true", help="web: /readyz (database, broker, storage) instead of /healthz")
+    health.set_defaults(func=cmd_healthcheck)
     args = parser.parse_args(argv)
     os.umask(0o077)  # files MSR writes (database, keys, blobs, caches) are its user's alone
     args.func(args)

@@ -20,6 +20,10 @@ configured and creates /opt/containerd.
 containerd: /usr/bin/containerd with a minimal config (CRI plugin disabled), driven with
 /usr/bin/ctr in the namespace `msr-tests`.
 
+The image test (tests/test_image.py) keeps a daemon's data between runs (`keep_data`,
+its build cache) and uses overlay2 where the filesystem allows it (`overlay_works`): with
+vfs every build step and container copies the whole image.
+
 When an engine cannot start (binary missing, not root) the test is skipped with the
 reason; with MSR_REQUIRE_CLIENTS=1 (CI) it fails instead.
 """
@@ -160,6 +164,10 @@ class _Daemon:
 
     def _cleanup(self) -> None:
         self._log.close()
+        # dockerd leaves its network namespace file mounted (exec/netns/default)
+        for directory in (self.root, self.run_dir):
+            for mountpoint in _mounts_under(directory):
+                subprocess.run(["umount", mountpoint], capture_output=True)
         for path in (*self._state_dirs(), self.run_dir):
             shutil.rmtree(path, ignore_errors=True)
 
@@ -170,8 +178,9 @@ class _Daemon:
 class Dockerd(_Daemon):
     name = "dockerd"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, storage_driver: str = "vfs", keep_data: bool = False):
         root.mkdir(parents=True, exist_ok=True)
+        self.keep_data = keep_data
         run_dir = _run_dir(root, "run")
         self.socket = run_dir / "docker.sock"
         self.config_dir = root / "config"
@@ -183,7 +192,7 @@ class Dockerd(_Daemon):
         daemon_json.write_text(json.dumps({"deprecated-key-path": str(root / "key.json")}))
         self.containerd = Containerd(root / "containerd")
         argv = [DOCKERD, "--config-file", str(daemon_json), "--containerd", str(self.containerd.socket),
-                "--storage-driver", "vfs",
+                "--storage-driver", storage_driver,
                 "--iptables=false", "--ip6tables=false", "--bridge=none",
                 "--data-root", str(self.data_root), "--exec-root", str(run_dir / "exec"),
                 "--pidfile", str(run_dir / "dockerd.pid"), "-H", f"unix://{self.socket}"]
@@ -210,7 +219,7 @@ class Dockerd(_Daemon):
         return self._run([DOCKER, "-H", f"unix://{self.socket}", *args], check, input, timeout, env)
 
     def _state_dirs(self) -> list[Path]:
-        return [self.data_root]
+        return [] if self.keep_data else [self.data_root]
 
 
 class Containerd(_Daemon):
@@ -259,13 +268,40 @@ class Containerd(_Daemon):
         return [self.data_root, self.root / "opt"]
 
 
-def start_dockerd(root: Path) -> Dockerd:
-    """Start a private dockerd under `root` and wait until `docker info` answers."""
+def start_dockerd(root: Path, storage_driver: str = "vfs", keep_data: bool = False) -> Dockerd:
+    """Start a private dockerd under `root` and wait until `docker info` answers.
+    `storage_driver="overlay2"` only where overlay_works(root)."""
     _check_can_start(DOCKERD, DOCKER)
-    return Dockerd(root)
+    return Dockerd(Path(root), storage_driver, keep_data)
 
 
 def start_containerd(root: Path) -> Containerd:
     """Start a private containerd under `root` and wait until `ctr version` answers."""
     _check_can_start(CONTAINERD, CTR)
     return Containerd(root)
+
+
+def _mounts_under(root: Path) -> list[str]:
+    """Mount points inside `root`, deepest first."""
+    prefix = str(Path(root).resolve()) + "/"
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    points = [line.split()[1] for line in lines if len(line.split()) > 1]
+    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
+
+
+def overlay_works(root: Path) -> bool:
+    """overlayfs is in the kernel and `root`'s filesystem can carry it (not overlayfs
+    itself, as inside many CI containers)."""
+    try:
+        if "overlay" not in Path("/proc/filesystems").read_text():
+            return False
+        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return False
+    root = Path(root).resolve()
+    best = max((m for m in mounts if len(m) > 2 and (root == Path(m[1]) or Path(m[1]) in root.parents)),
+               key=lambda m: len(m[1]), default=None)
+    return best is not None and best[2] in ("ext4", "xfs", "btrfs")

@@ -1,5 +1,7 @@
-"""docker/: the image installs MSR with the README's command, and the compose file
-validates with Debian's docker-compose (no container engine runs here to start it)."""
+"""docker/: the image installs MSR with the README's command, its build context and
+volumes are lean, and the compose file validates with Debian's docker-compose (without
+starting it: no Docker Hub for postgres and redis here). tests/test_image.py builds the
+image and runs it."""
 
 import os
 import re
@@ -55,8 +57,47 @@ def test_the_image_installs_msr_with_the_readme_command():
     assert install == "python3 -m venv .venv && .venv/bin/pip install -e ."
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert f"RUN {install}" in dockerfile
-    ignored = (ROOT / ".dockerignore").read_text().split()
-    assert ".venv" in ignored and "var" in ignored  # the host's venv and data never enter the image
+
+
+def test_the_build_context_is_only_what_pip_install_and_the_processes_need():
+    """.dockerignore is a whitelist: the host's .venv and var/, tests, bench and docs never
+    enter the image (tests/test_image.py looks inside a built one)."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert patterns[0] == "*"
+    included = {p[1:] for p in patterns if p.startswith("!")}
+    assert included == {"pyproject.toml", "msr", "accounts", "caches", "mirroring", "templates", "docker/ca"}
+    packages = re.search(r"include = \[(.+?)\]", (ROOT / "pyproject.toml").read_text()).group(1)
+    for package in re.findall(r'"(\w+)\*"', packages):  # every package `pip install .` builds
+        assert package in included, package
+
+
+def test_the_image_has_no_anonymous_volume_and_checks_each_role_where_it_listens():
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    instructions = [line.split()[0] for line in dockerfile.splitlines() if line and not line.startswith((" ", "#"))]
+    assert "VOLUME" not in instructions
+    healthcheck = next(line for line in dockerfile.splitlines() if line.startswith("HEALTHCHECK"))
+    assert healthcheck.endswith('CMD ["msr", "healthcheck"]') and "5000" not in healthcheck
+    for arg in ("BASE_IMAGE=python:3.11-slim-bookworm", "PIP_INDEX_URL", "PIP_TRUSTED_HOST"):
+        assert f"ARG {arg}\n" in dockerfile, arg
+    assert "FROM ${BASE_IMAGE}\n" in dockerfile
+    # the compose file: a named volume (declared) wherever a role keeps data, and the
+    # services' checks are the image's own, at their own binds
+    result = compose("--env-file", str(DOCKER / "env.example"), "config")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    services = config["services"]
+    cache = services["cache"]
+    data_dir = cache["command"][cache["command"].index("--data") + 1]
+    mounts = {(v["source"], v["target"]) if isinstance(v, dict) else tuple(v.split(":")[:2])
+              for v in cache["volumes"]}
+    assert ("cache-data", data_dir) in mounts
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+            assert source in config["volumes"], (name, source)
+    for name in ("web", "worker", "beat", "cache"):
+        assert services[name]["healthcheck"]["test"][:3] == ["CMD", "msr", "healthcheck"], name
 
 
 def test_adduser_if_missing_is_safe_to_run_at_every_start(tmp_path):

@@ -45,5 +45,9 @@ def rotate(ciphertext: str) -> str:
         raise ValueError("cannot decrypt a stored secret with any of MSR_ENCRYPTION_KEY's keys") from None
 
 
-# Every model field holding a secret encrypted with these keys: (app label.model, field).
-ENCRYPTED_FIELDS = [("msr.Webhook", "secret_encrypted"), ("mirroring.Policy", "secret_encrypted")]
+def encrypted_fields() -> list[tuple[str, str]]:
+    """Every model field holding a secret encrypted with these keys: (app label.model,
+    field); the core's own, then those the apps registered (msr/extensions.py)."""
+    from msr import extensions
+
+    return [("msr.Webhook", "secret_encrypted"), *extensions.encrypted_fields]

@@ -8,18 +8,17 @@ prometheus_client's lock: no database, no I/O on the request path.
 
 Mirroring jobs run in Celery workers, other processes and often other hosts; their
 figures come from the Job table at scrape time instead (one grouped query), which is
-right whatever the number of workers and survives their restarts.
+right whatever the number of workers and survives their restarts (mirroring/metrics.py,
+registered by the app: msr/extensions.py).
 """
 
 import ipaddress
 import logging
 import os
 import re
-from datetime import timedelta
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
                                disable_created_metrics, generate_latest)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 log = logging.getLogger(__name__)
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -115,57 +114,6 @@ def _group_end(pattern: str, i: int) -> int:
     return i
 
 
-# -- mirroring jobs, from the Job table ------------------------------------------------------
-
-_JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
-
-
-class JobCollector:
-    """msr_mirroring_jobs_total{action,status}: jobs that ended (done, failed, canceled);
-    msr_mirroring_jobs_active{action,status}: waiting or running now;
-    msr_mirroring_job_duration_seconds{action}: started_at to finished_at of ended jobs
-    (a retried job's last attempt)."""
-
-    def collect(self):
-        from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
-
-        from mirroring.models import Job
-
-        actions = [action for action, _ in Job.ACTIONS]
-        counts = {(a, s): n for a, s, n in Job.objects.order_by().values_list("action", "status")
-                  .annotate(n=Count("pk"))}
-        ended = CounterMetricFamily("msr_mirroring_jobs", "Mirroring and promotion jobs that ended, by outcome",
-                                    labels=["action", "status"])
-        active = GaugeMetricFamily("msr_mirroring_jobs_active", "Mirroring and promotion jobs waiting or running",
-                                   labels=["action", "status"])
-        for action in actions:
-            for status in (Job.DONE, Job.FAILED, Job.CANCELED):
-                ended.add_metric([action, status], counts.get((action, status), 0))
-            for status in Job.ACTIVE:
-                active.add_metric([action, status], counts.get((action, status), 0))
-        yield ended
-        yield active
-
-        duration = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
-        buckets = {f"le{i}": Count("pk", filter=Q(duration__lte=timedelta(seconds=bound)))
-                   for i, bound in enumerate(_JOB_BUCKETS)}
-        rows = {row["action"]: row for row in Job.objects.order_by()
-                .filter(status__in=(Job.DONE, Job.FAILED, Job.CANCELED), started_at__isnull=False,
-                        finished_at__isnull=False)
-                .annotate(duration=duration).values("action")
-                .annotate(count=Count("pk"), total=Sum("duration"), **buckets)}
-        histogram = HistogramMetricFamily("msr_mirroring_job_duration_seconds",
-                                          "Run time of ended jobs (their last attempt), by action",
-                                          labels=["action"])
-        for action in actions:
-            row = rows.get(action, {})
-            cumulative = [(str(float(bound)), row.get(f"le{i}", 0)) for i, bound in enumerate(_JOB_BUCKETS)]
-            total = row.get("total") or timedelta(0)
-            histogram.add_metric([action], cumulative + [("+Inf", row.get("count", 0))],
-                                 sum_value=total.total_seconds())
-        yield histogram
-
-
 def exposition() -> bytes:
     """The text of a scrape: every web process's counters, then the job figures (left
     out while the database is unavailable: the request counters matter most then)."""
@@ -178,14 +126,17 @@ def exposition() -> bytes:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    jobs = CollectorRegistry()
-    jobs.register(JobCollector())
+    from msr import extensions
+
+    tables = CollectorRegistry()
+    for collector in extensions.metric_collectors:  # the apps' figures from their tables
+        tables.register(collector)
     try:
-        job_text = generate_latest(jobs)
+        table_text = generate_latest(tables)
     except DatabaseError as e:
-        log.warning("metrics: job figures left out, the database is unavailable: %s", e)
-        job_text = b""
-    return generate_latest(registry) + job_text
+        log.warning("metrics: figures from the database left out, it is unavailable: %s", e)
+        table_text = b""
+    return generate_latest(registry) + table_text
 
 
 # -- who may scrape ----------------------------------------------------------------------------

@@ -33,8 +33,7 @@ BATCH = 5000
 def _querysets(now) -> dict:
     from accounts import throttle
     from accounts.models import UserSession
-    from caches.models import CacheMetrics
-    from mirroring.models import Job
+    from msr import extensions
     from msr.models import Event, WebhookDelivery
 
     def cutoff(kind):
@@ -44,10 +43,9 @@ def _querysets(now) -> dict:
     kinds = {
         "pull_events": lambda c: Event.objects.filter(type=Event.PULL, created_at__lt=c),
         "audit_events": lambda c: Event.objects.exclude(type=Event.PULL).filter(created_at__lt=c),
-        "jobs": lambda c: Job.objects.exclude(status__in=Job.ACTIVE).filter(finished_at__lt=c),
         "webhook_deliveries": lambda c: WebhookDelivery.objects.exclude(
             status=WebhookDelivery.PENDING).filter(finished_at__lt=c),
-        "cache_metrics": lambda c: CacheMetrics.objects.filter(at__lt=c),
+        **extensions.retention_kinds,  # jobs (mirroring), cache_metrics (caches)
     }
     found = {kind: make(cutoff(kind)) for kind, make in kinds.items() if cutoff(kind) is not None}
     found["expired_sessions"] = UserSession.objects.filter(expire_date__lt=now)

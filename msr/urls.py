@@ -10,9 +10,15 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
+    # Each app owns its API routes and pages. The apps' API routes come before the core's:
+    # mirroring's policies end in a suffix that the core's repository route would take as
+    # part of a repository name, and the core's catch-all answers unknown paths.
+    path("api/v0/", include("mirroring.api_urls")),
+    path("api/v0/", include("caches.api_urls")),
     path("api/v0/", include("msr.api.urls")),
     path("", include("msr.registry.urls")),
     path("", include("mirroring.urls")),
+    path("", include("caches.urls")),
     path("", include("msr.ui.urls")),
 ]
 

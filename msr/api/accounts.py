@@ -1,5 +1,7 @@
 """/api/v0/accounts: users, organizations, members, teams and settings (MSR's names)."""
 
+import functools
+
 from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -169,31 +171,41 @@ class AccountDetail(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class SettingsSerializer(serializers.Serializer):
+class _SettingsSerializerBase(serializers.Serializer):
     defaultRepositoryVisibility = serializers.ChoiceField(choices=["public", "private"], required=False)
-    contentCacheChoice = serializers.ChoiceField(
-        choices=["network", "none", "cache"], required=False,
-        help_text="users only. network: not chosen, the network rules pick a cache (else MSR); "
-                  "none: MSR itself, whatever the network; cache: defaultContentCache")
-    defaultContentCache = serializers.CharField(
-        required=False, allow_null=True, allow_blank=True,
-        help_text="a content cache's name (contentCacheChoice becomes cache); empty or null: MSR "
-                  "itself (contentCacheChoice none)")
+
+
+@functools.cache
+def settings_serializer() -> type[serializers.Serializer]:
+    """The visibility of repositories created by push, and the settings the apps add
+    (msr/extensions.py: the cache choice, say), as one serializer."""
+    from msr import extensions
+
+    fields = {}
+    for setting in extensions.account_settings:
+        fields.update(setting.api_fields())
+    return type("SettingsSerializer", (_SettingsSerializerBase,), fields)
+
+
+class _SerializerOfSettings:
+    def __get__(self, view, owner):
+        return settings_serializer()
 
 
 def _settings(namespace) -> dict:
-    from caches.models import UserCacheChoice
+    from msr import extensions
 
-    kind, cache = UserCacheChoice.of(namespace.user) if namespace.user else (None, None)
-    return {"defaultRepositoryVisibility": namespace.default_visibility,
-            "contentCacheChoice": kind, "defaultContentCache": cache.name if cache else None}
+    found = {"defaultRepositoryVisibility": namespace.default_visibility}
+    for setting in extensions.account_settings:
+        found.update(setting.read(namespace.user))
+    return found
 
 
 class AccountSettings(APIView):
     """A user's or organization's settings: the visibility of repositories created by
     push and, for users, the default content cache (users set their own; admins anyone's)."""
 
-    serializer_class = SettingsSerializer
+    serializer_class = _SerializerOfSettings()
 
     def get(self, request, name):
         namespace = namespace_or_404(name)
@@ -201,34 +213,24 @@ class AccountSettings(APIView):
         return Response(_settings(namespace))
 
     def patch(self, request, name):
-        from caches.models import ContentCache, UserCacheChoice
+        from msr import extensions
 
         namespace = namespace_or_404(name)
         require_namespace_admin(request.user, namespace)
-        form = SettingsSerializer(data=request.data)
+        form = settings_serializer()(data=request.data)
         form.is_valid(raise_exception=True)
         data = form.validated_data
-        if "defaultContentCache" in data or "contentCacheChoice" in data:
-            field = "contentCacheChoice" if "contentCacheChoice" in data else "defaultContentCache"
-            if namespace.user is None:
-                raise serializers.ValidationError({field: ["Only users choose a cache."]})
-            wanted = data.get("defaultContentCache")
-            kind = data.get("contentCacheChoice") or (UserCacheChoice.CACHE if wanted else UserCacheChoice.NONE)
-            cache = None
-            if kind == UserCacheChoice.CACHE:
-                if not wanted:
-                    raise serializers.ValidationError({"defaultContentCache": [
-                        "contentCacheChoice cache needs the cache's name here."]})
-                cache = ContentCache.objects.filter(name=wanted).first()
-                if cache is None:
-                    raise serializers.ValidationError({"defaultContentCache": [f"No cache named {wanted!r}."]})
-            elif wanted:
-                raise serializers.ValidationError({"defaultContentCache": [
-                    f"A cache name goes with contentCacheChoice cache, not {kind}."]})
-            UserCacheChoice.set(namespace.user, kind, cache)
-        if "defaultRepositoryVisibility" in data:
-            namespace.default_visibility = data["defaultRepositoryVisibility"]
-            namespace.save(update_fields=["default_visibility"])
+        with transaction.atomic():
+            for setting in extensions.account_settings:
+                named = [key for key in setting.api_fields() if key in data]
+                if not named:
+                    continue
+                if namespace.user is None and setting.users_only:
+                    raise serializers.ValidationError({named[0]: [setting.users_only]})
+                setting.write(namespace.user, {key: data[key] for key in named})
+            if "defaultRepositoryVisibility" in data:
+                namespace.default_visibility = data["defaultRepositoryVisibility"]
+                namespace.save(update_fields=["default_visibility"])
         return Response(_settings(namespace))
 
 

@@ -1,13 +1,13 @@
-"""Routes of /api/v0/. Repository names may hold slashes, so repository routes are
-matched by their fixed suffix (the most specific first)."""
+"""The core's routes of /api/v0/ (the apps' own come first: msr/urls.py). Repository
+names may hold slashes, so repository routes are matched by their fixed suffix (the most
+specific first); anything unmatched answers a JSON 404 here."""
 
 from django.http import JsonResponse
 from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from mirroring import api as mirroring
-from msr.api import accounts, caches, events, repositories, tokens, webhooks
+from msr.api import accounts, events, repositories, tokens, webhooks
 
 @csrf_exempt
 def not_found(request, *args, **kwargs):
@@ -35,18 +35,6 @@ urlpatterns = [
     re_path(rf"^repositories/{NS}$", repositories.NamespaceRepositories.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}/teamAccess$", repositories.RepositoryTeamAccessList.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}/teamAccess/(?P<team>[^/]+)$", repositories.RepositoryTeamAccess.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/promotionPolicies$", mirroring.PromotionPolicyList.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/promotionPolicies/(?P<policy_id>[0-9]+)$",
-            mirroring.PromotionPolicyDetail.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/pushMirroringPolicies$", mirroring.PushMirroringPolicyList.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/pushMirroringPolicies/(?P<policy_id>[0-9]+)$",
-            mirroring.PushMirroringPolicyDetail.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/pollMirroringPolicies$", mirroring.PollMirroringPolicyList.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/pollMirroringPolicies/(?P<policy_id>[0-9]+)$",
-            mirroring.PollMirroringPolicyDetail.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/incomingPolicies$", mirroring.IncomingPolicyList.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/incomingPolicies/(?P<policy_id>[0-9]+)$",
-            mirroring.IncomingPolicyDetail.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}/tags$", repositories.TagList.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}/tags/(?P<tag>[^/]+)$", repositories.TagDetail.as_view()),
     re_path(rf"^repositories/{NS}/{REPO}$", repositories.RepositoryDetail.as_view()),
@@ -63,17 +51,5 @@ urlpatterns = [
     path("webhooks/<int:webhook_id>/deliveries", webhooks.WebhookDeliveries.as_view()),
     path("webhooks/<int:webhook_id>/test", webhooks.WebhookTest.as_view()),
     path("events", events.EventList.as_view()),
-    path("jobs", mirroring.JobList.as_view()),
-    path("jobs/<int:job_id>", mirroring.JobDetail.as_view()),
-    path("jobs/<int:job_id>/cancel", mirroring.JobCancel.as_view()),
-    path("content_caches", caches.ContentCacheList.as_view()),
-    path("content_caches/<int:pk>", caches.ContentCacheDetail.as_view()),
-    path("content_caches/<int:pk>/metrics", caches.ContentCacheMetrics.as_view()),
-    path("content_caches/<int:pk>/purge", caches.ContentCachePurge.as_view()),
-    path("content_caches/<int:pk>/prewarm", caches.ContentCachePrewarm.as_view()),
-    path("cache_network_rules", caches.NetworkRuleList.as_view()),
-    path("cache_network_rules/<int:pk>", caches.NetworkRuleDetail.as_view()),
-    path("prewarm_policies", caches.PrewarmPolicyList.as_view()),
-    path("prewarm_policies/<int:pk>", caches.PrewarmPolicyDetail.as_view()),
     re_path(r"^", not_found),
 ]

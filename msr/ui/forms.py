@@ -51,24 +51,25 @@ class TokenForm(forms.Form):
 
 
 class SettingsForm(forms.Form):
-    def __init__(self, *args, caches=(), **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["default_content_cache"].choices = list(self.CACHE_CHOICES) + [
-            (c.name, f"{c.name} ({c.region})" if c.region else c.name) for c in caches]
+    """The settings page: the core's fields, then those the apps add (msr/extensions.py),
+    in `app_fields` order between the name and the visibility."""
 
-    # Values no cache name can take (names are DNS-like labels).
-    NETWORK, NONE = "", ":none"
-    CACHE_CHOICES = [(NETWORK, "Not chosen: the cache for my network, if any"), (NONE, "MSR itself (no cache)")]
+    def __init__(self, *args, user=None, **kwargs):
+        from msr import extensions
+
+        super().__init__(*args, **kwargs)
+        self.app_fields = []
+        for setting in extensions.account_settings:
+            for name, field in setting.form_fields(user).items():
+                self.fields[name] = field
+                self.app_fields.append(name)
 
     full_name = forms.CharField(max_length=200, required=False, label="Full name")
-    default_content_cache = forms.ChoiceField(
-        choices=CACHE_CHOICES, required=False, label="Default content cache",
-        help_text="Where your layer pulls are served from: the cache nearest to you. Not chosen, "
-                  "the cache an administrator set for your network serves them (else MSR); "
-                  "“MSR itself” always pulls from MSR. Regional caches appear here once an "
-                  "administrator adds them.")
     default_visibility = forms.ChoiceField(
         choices=[("private", "Private"), ("public", "Public")], label="Visibility of repositories you create by pushing")
+
+    def app_bound_fields(self):
+        return [self[name] for name in self.app_fields]
 
 
 class TeamAccessForm(forms.Form):
@@ -101,13 +102,3 @@ class TeamForm(forms.Form):
 
 class TeamMemberForm(forms.Form):
     username = forms.CharField(max_length=150, label="Username")
-
-
-class PrewarmForm(forms.Form):
-    cache = forms.ChoiceField(label="Cache")
-    repository = forms.CharField(max_length=255, label="Repository", help_text="namespace/repository")
-    tag = forms.CharField(max_length=128, label="Tag")
-
-    def __init__(self, *args, caches=(), **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["cache"].choices = [(c.name, c.name) for c in caches]

@@ -26,5 +26,4 @@ urlpatterns = [
     path("settings/sign-ins/", views.sign_ins, name="sign-ins"),
     path("settings/sign-ins/<str:kind>/<str:item>/end/", views.end_sign_in, name="end-sign-in"),
     path("console/", views.console, name="console"),
-    path("console/caches/", views.console_caches, name="console-caches"),
 ]

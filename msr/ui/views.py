@@ -338,28 +338,22 @@ class ChangePasswordView(PasswordChangeView):
 
 @login_required
 def profile(request):
-    from caches.models import ContentCache, UserCacheChoice
+    from msr import extensions
 
     namespace = request.user.namespace
-    kind, chosen = UserCacheChoice.of(request.user)
-    initial = {"full_name": request.user.full_name, "default_visibility": namespace.default_visibility,
-               "default_content_cache": (chosen.name if chosen else forms.SettingsForm.NONE
-                                         if kind == UserCacheChoice.NONE else forms.SettingsForm.NETWORK)}
-    form = forms.SettingsForm(request.POST or None, initial=initial,
-                              caches=ContentCache.objects.filter(enabled=True).order_by("name"))
+    initial = {"full_name": request.user.full_name, "default_visibility": namespace.default_visibility}
+    for setting in extensions.account_settings:
+        initial.update(setting.initial(request.user))
+    form = forms.SettingsForm(request.POST or None, initial=initial, user=request.user)
     if request.method == "POST" and form.is_valid():
-        wanted = form.cleaned_data["default_content_cache"]
-        if wanted == forms.SettingsForm.NETWORK:
-            UserCacheChoice.set(request.user, UserCacheChoice.NETWORK)
-        elif wanted == forms.SettingsForm.NONE:
-            UserCacheChoice.set(request.user, UserCacheChoice.NONE)
-        else:
-            UserCacheChoice.set(request.user, UserCacheChoice.CACHE, ContentCache.objects.get(name=wanted))
-        request.user.full_name = form.cleaned_data["full_name"]
-        request.user.save(update_fields=["full_name"])
-        namespace.full_name = form.cleaned_data["full_name"]
-        namespace.default_visibility = form.cleaned_data["default_visibility"]
-        namespace.save(update_fields=["full_name", "default_visibility"])
+        with transaction.atomic():
+            for setting in extensions.account_settings:
+                setting.save(request.user, form.cleaned_data)
+            request.user.full_name = form.cleaned_data["full_name"]
+            request.user.save(update_fields=["full_name"])
+            namespace.full_name = form.cleaned_data["full_name"]
+            namespace.default_visibility = form.cleaned_data["default_visibility"]
+            namespace.save(update_fields=["full_name", "default_visibility"])
         messages.success(request, "Settings saved.")
         return redirect("ui:profile")
     return render(request, "ui/profile.html", {"form": form}, status=400 if form.errors else 200)
@@ -386,60 +380,3 @@ def error_404(request, exception=None):
 
 def error_403(request, exception=None):
     return render(request, "403.html", {"reason": str(exception or "")}, status=403)
-
-
-def _chart(samples, width=320, height=60) -> str:
-    """An inline SVG polyline of bytes served per interval (disk + upstream), oldest
-    first: a chart without JavaScript or a charting library."""
-    points = []
-    for previous, current in zip(samples, samples[1:]):
-        served = (current.bytes_from_disk - previous.bytes_from_disk) + \
-                 (current.bytes_from_upstream - previous.bytes_from_upstream)
-        points.append(max(served, 0))
-    if not points:
-        return ""
-    top = max(points) or 1
-    step = width / max(len(points) - 1, 1)
-    coordinates = " ".join(f"{i * step:.1f},{height - value / top * (height - 4) - 2:.1f}"
-                           for i, value in enumerate(points))
-    return (f'<svg role="img" aria-label="bytes served per health check, peak {top} bytes" '
-            f'class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-            f'<polyline fill="none" stroke="#1f5fbf" stroke-width="2" points="{coordinates}"/></svg>')
-
-
-@login_required
-def console_caches(request):
-    from django.utils.safestring import mark_safe
-
-    from caches.models import ContentCache
-    from caches.tasks import prewarm
-    from msr import outbox
-
-    if not request.user.is_superuser:
-        raise PermissionDenied("The console is for system admins.")
-    caches = list(ContentCache.objects.select_related("parent").order_by("name"))
-    form = forms.PrewarmForm(request.POST or None, caches=caches)
-    if request.method == "POST" and form.is_valid():
-        repository_name, tag = form.cleaned_data["repository"], form.cleaned_data["tag"]
-        try:
-            services.resolve_manifest(repository_name, tag)
-        except Exception:
-            form.add_error("tag", "No such image in this repository.")
-        else:
-            cache = next(c for c in caches if c.name == form.cleaned_data["cache"])
-            outbox.send(prewarm, cache.pk, repository_name, tag)
-            messages.success(request, f"Queued: {cache.name} will fetch {repository_name}:{tag}.")
-            return redirect("ui:console-caches")
-    rows = []
-    for cache in caches:
-        samples = list(cache.metrics.order_by("-at")[:48])[::-1]
-        latest = samples[-1] if samples else None
-        served = (latest.hits + latest.misses) if latest else 0
-        rows.append({
-            "cache": cache, "latest": latest,
-            "hit_ratio": f"{latest.hits / served:.0%}" if served else "—",
-            "bytes_served": (latest.bytes_from_disk + latest.bytes_from_upstream) if latest else 0,
-            "chart": mark_safe(_chart(samples)),
-        })
-    return render(request, "ui/console_caches.html", {"rows": rows, "form": form},
-                  status=400 if form.errors else 200)

@@ -7,7 +7,7 @@ from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from msr.crypto import ENCRYPTED_FIELDS, rotate
+from msr.crypto import encrypted_fields, rotate
 
 
 class Command(BaseCommand):
@@ -18,7 +18,7 @@ class Command(BaseCommand):
 
     def handle(self, dry_run, **options):
         done, unreadable = 0, []
-        for label, field in ENCRYPTED_FIELDS:
+        for label, field in encrypted_fields():
             model = apps.get_model(label)
             for pk in model.objects.exclude(**{field: ""}).values_list("pk", flat=True):
                 with transaction.atomic():

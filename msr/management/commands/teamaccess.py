@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 from accounts.models import Namespace, Team
 from accounts.permissions import ACCESS_LEVELS
 from accounts.services import set_team_access
+from msr.services import ensure_repository
 
 
 class Command(BaseCommand):
@@ -15,8 +16,6 @@ class Command(BaseCommand):
         parser.add_argument("level", choices=[*ACCESS_LEVELS, "none"])
 
     def handle(self, team, target, level, **options):
-        from msr.services import ensure_repository
-
         org_name, _, team_name = team.partition("/")
         try:
             found = Team.objects.get(organization__name=org_name, name=team_name)

@@ -1,0 +1,75 @@
+"""The caches console (system admins): every cache's health (a sentence, with the raw
+error in a details element), hit ratio, bytes served, a traffic chart, and pre-warming
+by hand."""
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect, render
+from django.utils.safestring import mark_safe
+
+from caches.models import ContentCache
+from caches.tasks import prewarm
+from msr import outbox, services
+
+
+class PrewarmForm(forms.Form):
+    cache = forms.ChoiceField(label="Cache")
+    repository = forms.CharField(max_length=255, label="Repository", help_text="namespace/repository")
+    tag = forms.CharField(max_length=128, label="Tag")
+
+    def __init__(self, *args, caches=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["cache"].choices = [(c.name, c.name) for c in caches]
+
+
+def _chart(samples, width=320, height=60) -> str:
+    """An inline SVG polyline of bytes served per interval (disk + upstream), oldest
+    first: a chart without JavaScript or a charting library."""
+    points = []
+    for previous, current in zip(samples, samples[1:]):
+        served = (current.bytes_from_disk - previous.bytes_from_disk) + \
+                 (current.bytes_from_upstream - previous.bytes_from_upstream)
+        points.append(max(served, 0))
+    if not points:
+        return ""
+    top = max(points) or 1
+    step = width / max(len(points) - 1, 1)
+    coordinates = " ".join(f"{i * step:.1f},{height - value / top * (height - 4) - 2:.1f}"
+                           for i, value in enumerate(points))
+    return (f'<svg role="img" aria-label="bytes served per health check, peak {top} bytes" '
+            f'class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+            f'<polyline fill="none" stroke="#1f5fbf" stroke-width="2" points="{coordinates}"/></svg>')
+
+
+@login_required
+def console_caches(request):
+    if not request.user.is_superuser:
+        raise PermissionDenied("The console is for system admins.")
+    caches = list(ContentCache.objects.select_related("parent").order_by("name"))
+    form = PrewarmForm(request.POST or None, caches=caches)
+    if request.method == "POST" and form.is_valid():
+        repository_name, tag = form.cleaned_data["repository"], form.cleaned_data["tag"]
+        try:
+            services.resolve_manifest(repository_name, tag)
+        except Exception:
+            form.add_error("tag", "No such image in this repository.")
+        else:
+            cache = next(c for c in caches if c.name == form.cleaned_data["cache"])
+            outbox.send(prewarm, cache.pk, repository_name, tag)
+            messages.success(request, f"Queued: {cache.name} will fetch {repository_name}:{tag}.")
+            return redirect("caches:console")
+    rows = []
+    for cache in caches:
+        samples = list(cache.metrics.order_by("-at")[:48])[::-1]
+        latest = samples[-1] if samples else None
+        served = (latest.hits + latest.misses) if latest else 0
+        rows.append({
+            "cache": cache, "latest": latest,
+            "hit_ratio": f"{latest.hits / served:.0%}" if served else "—",
+            "bytes_served": (latest.bytes_from_disk + latest.bytes_from_upstream) if latest else 0,
+            "chart": mark_safe(_chart(samples)),
+        })
+    return render(request, "caches/console.html", {"rows": rows, "form": form},
+                  status=400 if form.errors else 200)

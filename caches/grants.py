@@ -1,23 +1,22 @@
 """Grants: short-lived tokens, signed with MSR's token key, that let a cache (and the
 caches above it) fetch and serve one blob of one repository for one user. They travel
 in the redirect URL because clients do not send their Authorization header to another
-host."""
+host. Their claims are the protocol's (protocol/grants.py); this is MSR's side: which
+cache a client goes to, and the grant for it."""
 
 import ipaddress
 
 from django.conf import settings
 
 from caches.models import ContentCache, NetworkRule, UserCacheChoice
-from msr.logs import current_request_id
 from msr.tokens import sign
-
-GRANT_TYPE = "blob-grant"
+from protocol import requestids
+from protocol.grants import grant_claims
 
 
 def issue_grant(cache: ContentCache, repository: str, digest: str, username: str) -> str:
     audience = [c.name for c in cache.chain()]
-    return sign({"typ": GRANT_TYPE, "aud": audience, "sub": username, "repo": repository,
-                 "digest": digest}, settings.CACHE_GRANT_TTL_SECONDS)
+    return sign(grant_claims(audience, repository, digest, username), settings.CACHE_GRANT_TTL_SECONDS)
 
 
 def choose_cache(username: str, client_ip: str | None) -> ContentCache | None:
@@ -59,5 +58,5 @@ def redirect_url(cache: ContentCache, repository: str, digest: str, username: st
     logs this id, so one pull reads as one id in MSR's log and the cache's)."""
     grant = issue_grant(cache, repository, digest, username)
     url = f"{cache.url.rstrip('/')}/v2/{repository}/blobs/{digest}?grant={grant}"
-    request_id = current_request_id()
+    request_id = requestids.current()
     return f"{url}&rid={request_id}" if request_id else url

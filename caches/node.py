@@ -24,7 +24,6 @@ MSR_CACHE_MSR_URL, MSR_CACHE_UPSTREAM, MSR_CACHE_DATA_DIR, MSR_CACHE_MAX_SIZE,
 MSR_CACHE_TTL, MSR_LOG_FORMAT, MSR_LOG_LEVEL.
 """
 
-import contextvars
 import errno
 import fcntl
 import hashlib
@@ -37,7 +36,6 @@ import socket
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -45,7 +43,10 @@ import jwt
 import requests
 from gunicorn import glogging
 
-from caches.files import LimitedFile, RangeNotSatisfiable, parse_range
+from protocol import grants, requestids
+from protocol.errors import error_body
+from protocol.logformat import FORMATTERS, JsonFormatter, resolve_format
+from protocol.ranges import LimitedFile, RangeNotSatisfiable, parse_range
 
 log = logging.getLogger("msr.cache")
 access_log = logging.getLogger("msr.cache.access")
@@ -55,11 +56,6 @@ BLOB_ROUTE = "/v2/<name>/blobs/<digest>"
 OTHER_ROUTES = frozenset({"/healthz", "/stats", "/metrics", "/purge"})
 COUNTERS = ("hits", "misses", "bytes_from_disk", "bytes_from_upstream", "upstream_fetches",
             "upstream_failures", "refused")
-# The same shape MSR accepts (msr/logs.py); anything else is replaced by a new id.
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-# The id of the request this thread serves, for every line logged while serving it
-# (streaming a miss included: gthread serves a request on one thread to the end).
-_request_id = contextvars.ContextVar("msr_cache_request_id", default="")
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -79,40 +75,10 @@ def parse_duration(value: str) -> int:
     return int(match.group(1)) * _TIME_UNITS[match.group(2) or "s"]
 
 
-class LogFormatter(logging.Formatter):
-    """MSR's log formats without importing MSR (the node stays small): one JSON object
-    per line, or `<time> <level> <logger> <message> key=value ...`. Fields come from the
-    record's `extra=`; the request id from the request being served."""
-
-    def __init__(self, json_lines=True):
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-        self.json_lines = json_lines
-
-    def format(self, record):
-        fields = {"request_id": _request_id.get(), **getattr(record, "fields", {})}
-        fields = {key: value for key, value in fields.items() if value not in ("", None)}
-        if not self.json_lines:
-            line = super().format(record)
-            first, newline, rest = line.partition("\n")
-            return " ".join([first, *(f"{k}={v}" for k, v in fields.items())]) + newline + rest
-        entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
-                 .replace("+00:00", "Z"),
-                 "level": record.levelname, "logger": record.name, "message": record.getMessage(), **fields}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def _log_formatter() -> LogFormatter:
-    """MSR_LOG_FORMAT=json or text; unset or auto: text when stderr is a terminal (as
-    msr/logs.py resolve_format, not imported: the node stays small)."""
-    value = os.environ.get("MSR_LOG_FORMAT", "").strip().lower()
-    if value in ("", "auto"):
-        try:
-            value = "text" if os.isatty(2) else "json"
-        except OSError:
-            value = "json"
-    return LogFormatter(json_lines=value != "text")
+def _log_formatter() -> logging.Formatter:
+    """MSR's line format (MSR_LOG_FORMAT: json, text, or unset/auto: text when stderr is a
+    terminal); JSON for anything else."""
+    return FORMATTERS.get(resolve_format(os.environ.get("MSR_LOG_FORMAT")), JsonFormatter)()
 
 
 def _configure_logging() -> None:
@@ -230,7 +196,7 @@ class Metrics:
 
 
 def _error(start_response, status: str, code: str, message: str, extra_headers=()):
-    body = json.dumps({"errors": [{"code": code, "message": message}]}).encode()
+    body = error_body(code, message)
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                             *extra_headers])
     return [body]
@@ -260,22 +226,25 @@ class CacheNode:
         blob = BLOB_PATH_RE.match(path)
         route = BLOB_ROUTE if blob else path if path in OTHER_ROUTES else "unmatched"
         query = parse_qs(environ.get("QUERY_STRING", ""))
-        request_id = (query.get("rid") or [""])[0] or environ.get("HTTP_X_REQUEST_ID", "")
-        if not _REQUEST_ID_RE.fullmatch(request_id):
-            request_id = secrets.token_hex(16)
-        _request_id.set(request_id)
+        # The id in every line logged while serving this request (streaming a miss
+        # included: gthread serves a request on one thread to the end).
+        request_id = requestids.from_client((query.get("rid") or [""])[0] or environ.get("HTTP_X_REQUEST_ID"))
+        requestids.begin(request_id)
         environ["msr.request_id"] = request_id
 
         def respond(status, headers, exc_info=None):
-            headers.append(("X-Request-ID", request_id))
+            headers.append((requestids.HEADER, request_id))
             self.metrics.count_request(route, status[:3])
             if blob:
                 x_cache = next((value for name, value in headers if name == "X-Cache"), "")
-                access_log.info("%s %s %s", method, route, status[:3], extra={"fields": {
+                fields = {
                     "method": method, "route": route, "status": int(status[:3]),
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                     "user": environ.get("msr.user", ""), "repository": blob.group("name"),
-                    "digest": blob.group("digest"), "cache": self.config.name, "x_cache": x_cache}})
+                    "digest": blob.group("digest"), "cache": self.config.name, "x_cache": x_cache}
+                # Empty fields (no user, no X-Cache on a refusal) are left out of the line.
+                access_log.info("%s %s %s", method, route, status[:3],
+                                extra={k: v for k, v in fields.items() if v not in ("", None)})
             return start_response(status, headers, exc_info)
 
         return self._route(environ, respond, path, method, blob, query)
@@ -325,31 +294,18 @@ class CacheNode:
 
     # -- grants -------------------------------------------------------------------------
 
-    def _verify(self, token: str, typ: str) -> dict:
-        header = jwt.get_unverified_header(token)
-        key = self.keys.get(header.get("kid"))
-        if key is None:
-            raise jwt.InvalidSignatureError("unknown signing key")
-        claims = jwt.decode(token, key, algorithms=["EdDSA"], audience=self.config.name,
-                            options={"require": ["exp", "aud"]})
-        if claims.get("typ") != typ:
-            raise jwt.InvalidTokenError(f"not a {typ}")
-        return claims
-
     def _check_grant(self, environ, name, digest, query):
         grant = (query.get("grant") or [""])[0]
         if not grant:
             return ("401 Unauthorized", "UNAUTHORIZED", "a grant from MSR is required")
         try:
-            claims = self._verify(grant, "blob-grant")
-        except jwt.InvalidAudienceError:
-            return ("403 Forbidden", "DENIED", "the grant is for another cache")
-        except jwt.PyJWTError as e:
-            return ("401 Unauthorized", "UNAUTHORIZED", f"invalid grant: {e}")
-        if claims.get("repo") != name or claims.get("digest") != digest:
-            return ("403 Forbidden", "DENIED", "the grant is for another blob")
+            claims = grants.verify_grant(grant, self.keys.get, name, digest, audience=self.config.name)
+        except grants.GrantRefused as e:
+            if e.denied:
+                return ("403 Forbidden", "DENIED", e.reason)
+            return ("401 Unauthorized", "UNAUTHORIZED", f"invalid grant: {e.reason}")
         environ["msr.grant"] = grant
-        environ["msr.user"] = claims.get("sub") or ""
+        environ["msr.user"] = claims.get(grants.SUBJECT) or ""
         return None
 
     # -- blobs --------------------------------------------------------------------------
@@ -497,7 +453,7 @@ class CacheNode:
     def _run_fill(self, fill, name, grant, request_id, lock_fd):
         """Fetch a blob from the upstream into the partial file, verify it and publish it;
         remove the partial file if anything is wrong (cut, short, corrupt)."""
-        _request_id.set(request_id)
+        requestids.begin(request_id)
         lock_path, partial_path, length_path = self._files(fill.digest)
         url = f"{self.config.upstream}/v2/{name}/blobs/{fill.digest}"
         upstream = None
@@ -507,7 +463,7 @@ class CacheNode:
                                             headers={"X-Request-ID": request_id}, allow_redirects=True)
             except requests.RequestException as e:
                 self.metrics.add("upstream_failures")
-                fill.refuse("502 Bad Gateway", _error_body("UNAVAILABLE", f"upstream unreachable: {e}"))
+                fill.refuse("502 Bad Gateway", error_body("UNAVAILABLE", f"upstream unreachable: {e}"))
                 return
             if upstream.status_code != 200:
                 self.metrics.add("upstream_failures")
@@ -540,7 +496,7 @@ class CacheNode:
             fill.failed = f"fill failed: {type(e).__name__}"
             partial_path.unlink(missing_ok=True)
             length_path.unlink(missing_ok=True)
-            fill.refuse("502 Bad Gateway", _error_body("UNAVAILABLE", fill.failed))
+            fill.refuse("502 Bad Gateway", error_body("UNAVAILABLE", fill.failed))
         finally:
             if upstream is not None:
                 upstream.close()
@@ -635,14 +591,15 @@ class CacheNode:
     def _purge(self, environ, start_response):
         scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         try:
-            claims = self._verify(token.strip(), "cache-purge") if scheme.lower() == "bearer" else None
+            claims = (grants.decode(token.strip(), self.keys.get, grants.PURGE_TYPE, audience=self.config.name)
+                      if scheme.lower() == "bearer" else None)
         except jwt.PyJWTError as e:
             claims, reason = None, str(e)
         else:
             reason = "a purge token from MSR is required"
         if claims is None:
             return _error(start_response, "401 Unauthorized", "UNAUTHORIZED", reason)
-        digest = claims.get("digest")
+        digest = claims.get(grants.DIGEST)
         removed = 0
         for path in ([self.blob_path(digest)] if digest else list(self.blobs.glob("*/*/*"))):
             try:
@@ -696,10 +653,6 @@ class CacheNode:
                         os.close(lock)
             except Exception:
                 log.exception("cache housekeeping failed")
-
-
-def _error_body(code: str, message: str) -> bytes:
-    return json.dumps({"errors": [{"code": code, "message": message}]}).encode()
 
 
 def _same_file(path: Path, status) -> bool:

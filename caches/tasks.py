@@ -9,6 +9,7 @@ from django.utils import timezone
 from caches.models import CacheMetrics, ContentCache
 from msr import egress
 from msr.jsonsafe import loads
+from protocol.grants import purge_claims
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def purge(cache: ContentCache, digest: str | None = None) -> dict:
 
     from msr.tokens import sign
 
-    token = sign({"typ": "cache-purge", "aud": [cache.name], "digest": digest}, 60)
+    token = sign(purge_claims(cache.name, digest), 60)
     with egress.session() as session:
         response = session.post(f"{cache.url.rstrip('/')}/purge", headers={"Authorization": f"Bearer {token}"},
                                 timeout=30)

@@ -24,7 +24,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.settings")
 from django.conf import settings  # noqa: E402  (settings only: no app is set up here)
 from gunicorn import glogging  # noqa: E402
 
-from msr.logs import FORMATTERS  # noqa: E402
+from protocol.logformat import FORMATTERS  # noqa: E402
 
 _root = (Path(f"/dev/shm/msr-prometheus-{os.getuid()}") if os.path.isdir("/dev/shm")
          else Path(settings.DATA_DIR) / "prometheus")

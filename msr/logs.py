@@ -1,52 +1,37 @@
-"""Structured logs and the request id.
+"""MSR's logging: the dictConfig of its processes, the access line, and the user of the
+request being served (for that line).
 
-Every log line is one JSON object (`MSR_LOG_FORMAT=json`) or one line of text (`text`),
-with the id of the request being served when there is one. Unset (or `auto`), the format
-is text when stderr is a terminal (a person reading) and JSON otherwise (a collector). The id is the
-client's `X-Request-ID` when it is a sane token, else a new one; it is returned in the
-response header and carried by a layer redirect to the cache node (`rid` in the URL: the
-client follows the redirect itself and sends no header of ours), so one id ties MSR's
-lines to the cache's lines for the same pull.
+The line formats and the request id are the protocol's (protocol/logformat.py,
+protocol/requestids.py), shared with the cache node: the id is returned in the response
+header and carried by a layer redirect to the cache node (`rid` in the URL: the client
+follows the redirect itself and sends no header of ours), so one id ties MSR's lines to
+the cache's lines for the same pull.
 
-Nothing here imports Django: gunicorn's master formats its own lines with these
-formatters (msr/gunicorn_config.py).
+Nothing here imports Django: msr/settings.py builds LOGGING with it.
 """
 
 import contextvars
-import json
 import logging
-import os
-import re
-from datetime import datetime, timezone
 
-REQUEST_ID_HEADER = "X-Request-ID"
-# A token of this shape passes through; anything else (too long, spaces, quotes) is
-# replaced, so a client cannot write arbitrary text into the logs.
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+from protocol import requestids
+from protocol.logformat import FORMATTERS
 
-# The request this thread is serving: {"request_id": ..., "user": ...}, or None.
-_current = contextvars.ContextVar("msr_request", default=None)
+# The user of the request this thread is serving: {"user": ...}, or None. A dict, so that
+# set_user reaches the request's context from wherever in the request it is called.
+_current = contextvars.ContextVar("msr_request_user", default=None)
 
 access_log = logging.getLogger("msr.access")
 
 
-def request_id_from(value: str | None) -> str:
-    if value and _VALID_REQUEST_ID.fullmatch(value):
-        return value
-    return os.urandom(16).hex()
+def begin(request_id: str) -> tuple[contextvars.Token, contextvars.Token]:
+    """Start serving a request: its id in every line, its user for the access line."""
+    return requestids.begin(request_id), _current.set({"user": ""})
 
 
-def begin(request_id: str) -> contextvars.Token:
-    return _current.set({"request_id": request_id, "user": ""})
-
-
-def end(token: contextvars.Token) -> None:
-    _current.reset(token)
-
-
-def current_request_id() -> str:
-    context = _current.get()
-    return context["request_id"] if context else ""
+def end(tokens: tuple[contextvars.Token, contextvars.Token]) -> None:
+    request_id_token, user_token = tokens
+    _current.reset(user_token)
+    requestids.end(request_id_token)
 
 
 def set_user(username: str) -> None:
@@ -59,74 +44,6 @@ def set_user(username: str) -> None:
 def current_user() -> str:
     context = _current.get()
     return context["user"] if context else ""
-
-
-# Attributes every LogRecord has; anything else on a record came from `extra=`.
-_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName"}
-_JSON_SCALARS = (str, int, float, bool, type(None))
-
-
-def _extra_fields(record: logging.LogRecord) -> dict:
-    """The record's `extra=` fields that are plain values. Objects are left out: Django
-    puts the request on its records, whose repr holds the query string (a cache's grant)."""
-    return {key: value for key, value in vars(record).items()
-            if key not in _RECORD_ATTRIBUTES and not key.startswith("_") and isinstance(value, _JSON_SCALARS)}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request_id, then the
-    record's extra fields (method, route, status, duration_ms, user, ...)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
-                    .replace("+00:00", "Z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        request_id = current_request_id()
-        if request_id:
-            entry["request_id"] = request_id
-        entry.update(_extra_fields(record))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-class TextFormatter(logging.Formatter):
-    """`<time> <level> <logger> <message> [key=value ...]`, for a person at a terminal."""
-
-    def __init__(self):
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = {"request_id": current_request_id(), **_extra_fields(record)}
-        suffix = " ".join(f"{key}={value}" for key, value in fields.items() if value not in ("", None))
-        if not suffix:
-            return line
-        first, newline, rest = line.partition("\n")  # keep a traceback below the fields
-        return f"{first} {suffix}{newline}{rest}"
-
-
-FORMATTERS = {"json": JsonFormatter, "text": TextFormatter}
-
-
-def resolve_format(value: str | None) -> str:
-    """The log format for MSR_LOG_FORMAT=`value`: `json` and `text` as asked; unset, empty
-    or `auto`: text when stderr (file descriptor 2, whatever sys.stderr became) is a
-    terminal, else JSON. Anything else is returned as is, for the caller to refuse."""
-    value = (value or "").strip().lower()
-    if value in ("", "auto"):
-        try:
-            return "text" if os.isatty(2) else "json"
-        except OSError:
-            return "json"
-    return value
 
 
 # At a terminal these repeat every few seconds (beat's schedule, each periodic task's

@@ -351,12 +351,13 @@ import ipaddress as _ipaddress  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured as _ImproperlyConfigured  # noqa: E402
 
 from msr import logs as _logs  # noqa: E402  (no Django inside)
+from protocol import logformat as _logformat  # noqa: E402
 
 # Logs: one JSON object per line (json) or plain lines (text), on stderr, with the request
 # id; unset (or auto): text when stderr is a terminal, else JSON. MSR_ACCESS_LOG adds one
 # line per request (route, status, duration, user).
-LOG_FORMAT = _logs.resolve_format(env_str("MSR_LOG_FORMAT", ""))
-if LOG_FORMAT not in _logs.FORMATTERS:
+LOG_FORMAT = _logformat.resolve_format(env_str("MSR_LOG_FORMAT", ""))
+if LOG_FORMAT not in _logformat.FORMATTERS:
     raise _ImproperlyConfigured(f"MSR_LOG_FORMAT={LOG_FORMAT!r}: expected json, text or auto")
 ACCESS_LOG = env_bool("MSR_ACCESS_LOG", False)
 LOGGING = _logs.logging_config(LOG_FORMAT, env_str("MSR_LOG_LEVEL", "INFO"))

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 
 from msr.config import create_once
+from protocol import grants
+from protocol.grants import ALGORITHM
 
-ALGORITHM = "EdDSA"
 # Every token MSR signs names its type in `typ`, and every verifier checks it: the same key
 # signs registry access tokens, cache grants and purge tokens, so a grant must never pass
 # for an access token (a cache could be named like the token service) nor the reverse.
@@ -135,14 +136,8 @@ def granted_actions(claims: dict, resource_type: str, name: str) -> set[str]:
     return actions
 
 
-def verify_grant(grant: str) -> dict:
-    """Claims of a valid cache grant signed by this MSR (any audience: MSR is the origin
-    every cache of the chain fetches from)."""
-    try:
-        claims = jwt.decode(grant, _keys()[1], algorithms=[ALGORITHM], issuer=settings.TOKEN_ISSUER,
-                            options={"require": ["exp", "aud"], "verify_aud": False})
-    except jwt.PyJWTError as e:
-        raise InvalidToken(str(e)) from None
-    if claims.get("typ") != "blob-grant":
-        raise InvalidToken("not a blob grant")
-    return claims
+def verify_grant(grant: str, repository: str, digest: str) -> dict:
+    """Claims of a valid cache grant signed by this MSR for this blob (any audience: MSR
+    is the origin every cache of the chain fetches from); grants.GrantRefused otherwise."""
+    public_key = _keys()[1]
+    return grants.verify_grant(grant, lambda kid: public_key, repository, digest, issuer=settings.TOKEN_ISSUER)

@@ -24,6 +24,7 @@ from django.conf import settings  # noqa: E402  (after setup)
 from django.utils.functional import SimpleLazyObject, empty  # noqa: E402
 
 from msr import logs, metrics  # noqa: E402
+from protocol import requestids  # noqa: E402
 
 PROTOCOL_PREFIXES = ("/v2/", "/auth/token", "/auth/jwks.json")
 OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -33,14 +34,14 @@ ACCESS_LOG = settings.ACCESS_LOG
 class ObservedHandler(WSGIHandler):
     def get_response(self, request):
         started = time.perf_counter()
-        request_id = logs.request_id_from(request.META.get("HTTP_X_REQUEST_ID"))
+        request_id = requestids.from_client(request.META.get("HTTP_X_REQUEST_ID"))
         context = logs.begin(request_id)
         try:
             response = super().get_response(request)
             seconds = time.perf_counter() - started
             route = metrics.route_of(request)
             metrics.observe_request(route, request.method, response.status_code, seconds)
-            response[logs.REQUEST_ID_HEADER] = request_id
+            response[requestids.HEADER] = request_id
             if ACCESS_LOG:
                 logs.log_access(request.method, route, response.status_code, seconds, _username(request))
             return response

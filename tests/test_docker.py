@@ -66,7 +66,8 @@ def test_the_build_context_is_only_what_pip_install_and_the_processes_need():
                 if line.strip() and not line.startswith("#")]
     assert patterns[0] == "*"
     included = {p[1:] for p in patterns if p.startswith("!")}
-    assert included == {"pyproject.toml", "msr", "accounts", "caches", "mirroring", "templates", "docker/ca"}
+    assert included == {"pyproject.toml", "msr", "accounts", "caches", "mirroring", "protocol", "templates",
+                        "docker/ca"}
     packages = re.search(r"include = \[(.+?)\]", (ROOT / "pyproject.toml").read_text()).group(1)
     for package in re.findall(r'"(\w+)\*"', packages):  # every package `pip install .` builds
         assert package in included, package

@@ -234,7 +234,7 @@ def test_the_image_holds_only_what_msr_needs(daemon, image):
                             "ls /app/.venv; echo ---; ls /usr/local/share/ca-certificates/msr; echo ---; "
                             "pg_dump --version; echo ---; id -un; msr --help").stdout
     top, docker_dir, assets, venv, cas, pg_dump, rest = listing.split("---\n")
-    assert set(top.split()) == {".venv", "pyproject.toml", "msr", "accounts", "caches", "mirroring",
+    assert set(top.split()) == {".venv", "pyproject.toml", "msr", "accounts", "caches", "mirroring", "protocol",
                                 "templates", "docker", "msr.egg-info"}, top  # no tests, bench, docs, .git, var
     assert docker_dir.split() == ["ca"]  # no docker/.env
     assert len(assets.split()) >= 2  # templates and static files

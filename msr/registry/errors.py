@@ -1,8 +1,8 @@
 """OCI distribution errors: one class per error code, rendered in one place."""
 
-import json
-
 from django.http import HttpResponse
+
+from protocol.errors import error_body
 
 
 class RegistryError(Exception):
@@ -15,12 +15,6 @@ class RegistryError(Exception):
         self.message = message or self.message
         self.detail = detail
         self.headers = headers or {}
-
-    def as_dict(self) -> dict:
-        error = {"code": self.code, "message": self.message}
-        if self.detail is not None:
-            error["detail"] = self.detail
-        return error
 
 
 class BlobUnknown(RegistryError):
@@ -112,7 +106,7 @@ class Unavailable(RegistryError):
 
 
 def error_response(error: RegistryError, challenge: str | None = None) -> HttpResponse:
-    body = json.dumps({"errors": [error.as_dict()]}).encode()
+    body = error_body(error.code, error.message, error.detail)
     response = HttpResponse(body, status=error.status, content_type="application/json")
     response["Content-Length"] = str(len(body))
     for name, value in error.headers.items():

@@ -8,7 +8,6 @@ from django.http import FileResponse, HttpResponse
 
 from accounts.models import User
 from accounts.permissions import readable_repositories
-from caches.files import LimitedFile, RangeNotSatisfiable, parse_range
 from msr import metrics, services, uploads
 from msr.addresses import client_address
 from msr.events import record_pull
@@ -17,8 +16,9 @@ from msr.references import is_valid_digest, is_valid_name
 from msr.registry import errors
 from msr.registry.base import RegistryView, empty_response, request_body
 from msr.storage import CHUNK_SIZE, get_storage
-from msr.tokens import InvalidToken, verify_grant
-
+from msr.tokens import verify_grant
+from protocol.grants import GrantRefused
+from protocol.ranges import LimitedFile, RangeNotSatisfiable, parse_range
 
 
 def _user(view) -> User | None:
@@ -131,11 +131,11 @@ class BlobView(RegistryView):
 
     def _check_grant(self, grant, name, digest):
         try:
-            claims = verify_grant(grant)
-        except InvalidToken as e:
-            raise errors.Unauthorized("invalid or expired grant", detail=str(e))
-        if claims.get("repo") != name or claims.get("digest") != digest:
-            raise errors.Denied("the grant is for another blob")
+            verify_grant(grant, name, digest)
+        except GrantRefused as e:
+            if e.denied:
+                raise errors.Denied(e.reason) from None
+            raise errors.Unauthorized("invalid or expired grant", detail=e.reason) from None
 
     def _cache_location(self, request, name, digest) -> str | None:
         """Where this client should fetch the layer: its cache, or None for MSR itself."""

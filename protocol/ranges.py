@@ -1,5 +1,6 @@
-"""Serving byte ranges of a file, shared by MSR's blob endpoint and the cache node
-(standard library only: the cache node imports nothing of Django)."""
+"""HTTP Range requests (RFC 9110 section 14): parsing a single `bytes=` range, and a file
+that reads only that range. Used by MSR's blob endpoint (msr/registry/views.py) and the
+cache node (caches/node.py)."""
 
 import re
 

@@ -25,7 +25,7 @@ PACKAGES = ("msr", "accounts", "caches", "mirroring", "protocol")
 # URLconf, the `msr` command that starts every process, process configuration).
 PROJECT = {"msr/settings.py", "msr/urls.py", "msr/cli.py", "msr/healthcheck.py", "msr/gunicorn_config.py",
            "msr/celery.py", "msr/wsgi.py", "msr/__init__.py"}
-NODE = {"caches/node.py", "caches/files.py", "caches/httpserver.py"}
+NODE = {"caches/node.py", "caches/httpserver.py"}
 # The one question the core asks of caches.
 CORE_MAY_ASK_CACHES = {("msr/registry/views.py", "caches.grants")}
 
@@ -97,6 +97,7 @@ def test_the_tree_keeps_the_dependency_rules():
     ("msr/services.py", "from mirroring.models import Job", "knows nothing of mirroring"),
     ("msr/retention.py", "from caches.models import CacheMetrics", "asks caches only"),
     ("caches/node.py", "from django.conf import settings", "the cache node imports no Django"),
+    ("protocol/grants.py", "from msr import tokens", "protocol is Django-free"),
     ("caches/api.py", "from mirroring import jobs", "nothing imports mirroring but mirroring"),
 ])
 def test_a_forbidden_import_is_reported_with_its_place(tmp_path, monkeypatch, where, line, rule):
@@ -112,4 +113,4 @@ def test_a_forbidden_import_is_reported_with_its_place(tmp_path, monkeypatch, wh
     target.write_text(target.read_text() + f"\n\ndef _added():\n    {line}\n")
     monkeypatch.setattr(__import__(__name__, fromlist=["ROOT"]), "ROOT", copy)
     found = violations()
-    assert len(found) == 1 and found[0].startswith(f"{where}:") and rule in found[0], found
+    assert found and all(f.startswith(f"{where}:") for f in found) and any(rule in f for f in found), found

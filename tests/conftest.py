@@ -204,7 +204,7 @@ def registry(msr):
 
 
 def pytest_terminal_summary(terminalreporter):
-    from tests.test_ui import SCREENSHOTS
+    from tests.fixtures.ui import SCREENSHOTS
 
     if SCREENSHOTS.exists() and any(SCREENSHOTS.iterdir()):
         terminalreporter.write_line(f"UI screenshots: {SCREENSHOTS}")

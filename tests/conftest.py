@@ -56,11 +56,10 @@ def _end_other_sessions():
 
 @pytest.fixture(scope="session")
 def committed_db(django_db_setup, django_db_blocker):
-    """Every test may use the (committed, shared) database."""
+    """Every test outside tests/unit/ may use the (committed, shared) database
+    (pytest_collection_modifyitems below asks for it)."""
     with django_db_blocker.unblock():
         yield
-
-
 
 
 # -- tiers -------------------------------------------------------------------------------
@@ -77,7 +76,8 @@ PROCESS_FIXTURES = frozenset({
 })
 # Modules whose tests start processes in their bodies (Deployment(...), `msr up`,
 # docker-compose, skopeo, a built image) rather than through a fixture.
-PROCESS_MODULES = frozenset({"test_docker.py", "test_embedded.py", "test_hardening.py", "test_image.py", "test_s3.py"})
+PROCESS_MODULES = frozenset({"test_docker.py", "test_embedded.py", "test_hardening.py", "test_image.py",
+                             "test_s3.py"})
 
 
 def _starts_processes(item) -> bool:

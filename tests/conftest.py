@@ -54,11 +54,66 @@ def _end_other_sessions():
     connection.close()
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def committed_db(django_db_setup, django_db_blocker):
-    """Every test may use the (committed, shared) database."""
+    """Every test outside tests/unit/ may use the (committed, shared) database
+    (pytest_collection_modifyitems below asks for it)."""
     with django_db_blocker.unblock():
         yield
+
+
+# -- tiers -------------------------------------------------------------------------------
+#
+# `integration`: the test starts real processes (MSR, cache nodes, deployments, daemons,
+# registry clients, a browser, the S3 emulator). Everything else is the fast tier,
+# `pytest -m "not integration"`, which runs in-process and never starts a process.
+
+UNIT_TESTS = Path(__file__).parent / "unit"
+# Fixtures that start processes, directly or through the fixtures they use.
+PROCESS_FIXTURES = frozenset({
+    "msr", "db_url", "artifacts_dir", "s3_emulator", "dockerd", "containerd",
+    "registry", "nodes", "browser", "msr_on_redis",
+})
+# Modules whose tests start processes in their bodies (Deployment(...), `msr up`,
+# docker-compose, skopeo, a built image) rather than through a fixture.
+PROCESS_MODULES = frozenset({"test_docker.py", "test_embedded.py", "test_hardening.py", "test_image.py",
+                             "test_s3.py"})
+
+
+def _starts_processes(item) -> bool:
+    path = Path(item.path)
+    if UNIT_TESTS in path.parents:
+        return False
+    if path.name in PROCESS_MODULES or PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("make_store") == "s3"  # the S3 emulator
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        # The committed, shared database, first of all fixtures, for every test but the
+        # fast tier's (tests/unit/): those that need a database ask pytest-django for
+        # one (`db`, rolled back), and those that need none do not wait for its creation.
+        if UNIT_TESTS not in Path(item.path).parents and "committed_db" not in item.fixturenames:
+            item.fixturenames.insert(0, "committed_db")
+        if _starts_processes(item):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_process(request, monkeypatch):
+    """A test outside the integration tier that starts a process fails, so that a test
+    the rules above miss is found and marked rather than slowing the fast tier down."""
+    if request.node.get_closest_marker("integration"):
+        return
+    import subprocess
+
+    def refuse(self, args, *rest, **kwargs):
+        raise AssertionError(f"a fast test started a process ({args!r}): mark it integration "
+                             "(tests/conftest.py PROCESS_FIXTURES or PROCESS_MODULES)")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -149,7 +204,7 @@ def registry(msr):
 
 
 def pytest_terminal_summary(terminalreporter):
-    from tests.test_ui import SCREENSHOTS
+    from tests.fixtures.ui import SCREENSHOTS
 
     if SCREENSHOTS.exists() and any(SCREENSHOTS.iterdir()):
         terminalreporter.write_line(f"UI screenshots: {SCREENSHOTS}")

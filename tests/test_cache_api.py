@@ -6,8 +6,8 @@ import time
 import requests
 
 from tests.client import Registry, sha256
-from tests.test_caches import _grant, layer, nodes, stats  # noqa: F401  (fixtures)
-from tests.test_webhooks import msr_on_redis  # noqa: F401  (fixture)
+from tests.fixtures.caches import blob_grant, layer, nodes, stats  # noqa: F401  (fixtures)
+from tests.fixtures.webhooks import msr_on_redis  # noqa: F401  (fixture)
 
 
 def _admin(personas):
@@ -141,7 +141,8 @@ def test_purge_one_blob_from_msr(msr, personas, nodes, layer):
 
     data, digest = layer
     asia = nodes["asia"]
-    assert requests.get(f"{asia}/v2/acme/private-app/blobs/{digest}", params={"grant": _grant(digest=digest)}).content == data
+    assert requests.get(f"{asia}/v2/acme/private-app/blobs/{digest}",
+                        params={"grant": blob_grant(digest=digest)}).content == data
     before = stats(asia)
     cache_id = ContentCache.objects.get(name="asia").pk
     purged = _admin(personas).post(f"{msr}/api/v0/content_caches/{cache_id}/purge", json={"digest": digest})
@@ -192,7 +193,7 @@ def test_cache_metrics_are_reported_back_to_msr(msr, personas, nodes, layer):
     from caches.tasks import check_caches
 
     data, digest = layer
-    requests.get(f"{nodes['asia']}/v2/acme/private-app/blobs/{digest}", params={"grant": _grant(digest=digest)})
+    requests.get(f"{nodes['asia']}/v2/acme/private-app/blobs/{digest}", params={"grant": blob_grant(digest=digest)})
     assert check_caches()["asia"] is True
     cache_id = ContentCache.objects.get(name="asia").pk
     admin = _admin(personas)

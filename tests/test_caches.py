@@ -11,50 +11,9 @@ import pytest
 import requests
 
 from tests.client import Registry, sha256
+from tests.fixtures.caches import blob_grant, get_blob, layer, nodes, stats, users  # noqa: F401  (fixtures)
 from tests.images import make_image_layout
 from tests.processes import need, run, start_cache
-
-
-def stats(url) -> dict:
-    """The node's counters, once all its processes have written them (they settle
-    within a second)."""
-    previous = None
-    for _ in range(20):
-        current = requests.get(f"{url}/stats", timeout=5).json()
-        if current == previous:
-            return current
-        previous = current
-        time.sleep(0.3)
-    return current
-
-
-@pytest.fixture(scope="module")
-def nodes(msr, artifacts_dir, tmp_path_factory):
-    from caches.models import ContentCache
-
-    asia_process, asia = start_cache("asia", msr, tmp_path_factory.mktemp("asia"), artifacts_dir / "logs")
-    china_process, china = start_cache("china", msr, tmp_path_factory.mktemp("china"), artifacts_dir / "logs",
-                                       upstream=asia)
-    asia_cache, _ = ContentCache.objects.update_or_create(name="asia", defaults={"url": asia, "healthy": True})
-    ContentCache.objects.update_or_create(name="china", defaults={"url": china, "parent": asia_cache,
-                                                                  "healthy": True})
-    yield {"asia": asia, "china": china}
-    china_process.stop()
-    asia_process.stop()
-
-
-@pytest.fixture(scope="module")
-def users(nodes):
-    from accounts.models import User
-    from accounts.services import create_user
-    from caches.models import ContentCache, UserCacheChoice
-
-    made = {}
-    for name, cache in (("asiaone", "asia"), ("asiatwo", "asia"), ("chinaone", "china")):
-        user = User.objects.filter(username=name).first() or create_user(name, f"{name}-password")
-        UserCacheChoice.objects.update_or_create(user=user, defaults={"cache": ContentCache.objects.get(name=cache)})
-        made[name] = f"{name}:{name}-password"
-    return made
 
 
 def _public_image(msr, personas, unique, tmp_path, layers=(300_000, 500_000, 700_000)):
@@ -107,31 +66,12 @@ def test_pulls_go_through_the_users_cache_and_chained_caches_fill_once(msr, pers
 # -- security ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def layer(msr, personas):
-    """A private layer of acme/private-app and a grant for it to asia."""
-    alice = Registry(msr, "alice", personas["alice"].token)
-    data = b"private cached layer " * 1000
-    assert alice.push_blob("acme/private-app", data).status_code in (201,)
-    return data, sha256(data)
-
-
-def _grant(cache="asia", repo="acme/private-app", digest=None, ttl=60, typ="blob-grant", aud=None):
-    from msr.tokens import sign
-
-    return sign({"typ": typ, "aud": aud or [cache], "sub": "alice", "repo": repo, "digest": digest}, ttl)
-
-
-def _get(node, repo, digest, grant=None, **kwargs):
-    params = {"grant": grant} if grant is not None else {}
-    return requests.get(f"{node}/v2/{repo}/blobs/{digest}", params=params, timeout=30, **kwargs)
-
-
 def test_the_cache_serves_a_valid_grant(nodes, layer):
     data, digest = layer
-    response = _get(nodes["asia"], "acme/private-app", digest, _grant(digest=digest))
+    response = get_blob(nodes["asia"], "acme/private-app", digest, blob_grant(digest=digest))
     assert response.status_code == 200 and response.content == data
-    ranged = _get(nodes["asia"], "acme/private-app", digest, _grant(digest=digest), headers={"Range": "bytes=10-19"})
+    ranged = get_blob(nodes["asia"], "acme/private-app", digest, blob_grant(digest=digest),
+                      headers={"Range": "bytes=10-19"})
     assert ranged.status_code == 206 and ranged.content == data[10:20]
 
 
@@ -149,22 +89,22 @@ def test_the_cache_refuses_bad_grants(nodes, layer, case, status):
     grant = {
         "none": "",
         "tampered": None,
-        "expired": _grant(digest=digest, ttl=-30),
-        "other-digest": _grant(digest=sha256(b"other")),
-        "other-repository": _grant(digest=digest, repo="acme/public-app"),
-        "other-cache": _grant(digest=digest, aud=["china"]),
+        "expired": blob_grant(digest=digest, ttl=-30),
+        "other-digest": blob_grant(digest=sha256(b"other")),
+        "other-repository": blob_grant(digest=digest, repo="acme/public-app"),
+        "other-cache": blob_grant(digest=digest, aud=["china"]),
         "foreign-key": pyjwt.encode({"typ": "blob-grant", "aud": ["asia"], "repo": "acme/private-app",
                                      "digest": digest, "exp": int(time.time()) + 60},
                                     Ed25519PrivateKey.generate(), algorithm="EdDSA"),
-        "access-token": _grant(digest=digest, typ="access"),
+        "access-token": blob_grant(digest=digest, typ="access"),
     }[case]
     if case == "tampered":
-        header, payload, signature = _grant(digest=sha256(b"cheap")).split(".")
+        header, payload, signature = blob_grant(digest=sha256(b"cheap")).split(".")
         claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
         claims["digest"] = digest
         forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
         grant = f"{header}.{forged}.{signature}"
-    response = _get(nodes["asia"], "acme/private-app", digest, grant)
+    response = get_blob(nodes["asia"], "acme/private-app", digest, grant)
     assert response.status_code == status, response.text
     assert response.json()["errors"][0]["code"] in ("UNAUTHORIZED", "DENIED")
     assert data not in response.content
@@ -325,9 +265,9 @@ def test_a_cut_or_corrupt_upstream_is_never_published_and_the_next_pull_succeeds
     name = f"edge{mode}{unique}"
     process, node = start_cache(name, msr, tmp_path / "edge", artifacts_dir / "logs", upstream=proxy.url)
     try:
-        grant = _grant(cache=name, digest=digest)
+        grant = blob_grant(cache=name, digest=digest)
         try:
-            response = _get(node, "acme/private-app", digest, grant, stream=True)
+            response = get_blob(node, "acme/private-app", digest, grant, stream=True)
             body = b"".join(response.iter_content(65536))
             # An early failure is a 502; a late one ends the body short.
             failed = response.status_code == 502 or len(body) < len(data)
@@ -337,7 +277,7 @@ def test_a_cut_or_corrupt_upstream_is_never_published_and_the_next_pull_succeeds
         published = tmp_path / "edge" / "blobs" / "sha256" / digest[7:9] / digest[7:]
         assert not published.exists()
         assert list((tmp_path / "edge" / "tmp").iterdir()) == []
-        again = _get(node, "acme/private-app", digest, grant)
+        again = get_blob(node, "acme/private-app", digest, grant)
         assert again.status_code == 200 and again.content == data
         assert published.read_bytes() == data
         assert stats(node)["upstream_failures"] == 1
@@ -353,11 +293,11 @@ def test_fifty_concurrent_cold_requests_make_one_upstream_fetch(msr, personas, u
     name = f"cold{unique}"
     process, node = start_cache(name, msr, tmp_path / "cold", artifacts_dir / "logs", workers=2)
     try:
-        grant = _grant(cache=name, digest=digest)
+        grant = blob_grant(cache=name, digest=digest)
         results = [None] * 50
 
         def fetch(i):
-            results[i] = hashlib.sha256(_get(node, "acme/private-app", digest, grant).content).hexdigest()
+            results[i] = hashlib.sha256(get_blob(node, "acme/private-app", digest, grant).content).hexdigest()
 
         threads = [threading.Thread(target=fetch, args=(i,)) for i in range(50)]
         for thread in threads:

@@ -23,8 +23,8 @@ import pytest
 import requests
 
 from tests.client import Registry
-from tests.test_caches import nodes, stats, users  # noqa: F401  (fixtures shared with the cache tests)
-from tests.test_observability import BLOB, scrape, value
+from tests.fixtures.caches import nodes, stats, users  # noqa: F401  (fixtures shared with the cache tests)
+from tests.fixtures.metrics import BLOB, scrape, value
 
 ORG = "edge"  # alice's organization; team `pullers` (asiaone, asiatwo) may read all of it
 

@@ -15,7 +15,7 @@ import requests
 
 from tests.images import make_image_layout
 from tests.processes import MSR, free_port, need, run, start_msr
-from tests.test_webhooks import Receiver
+from tests.fixtures.webhooks import Receiver
 
 
 def json_lines(text: str) -> list[dict]:

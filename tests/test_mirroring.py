@@ -416,7 +416,7 @@ def test_promotions_chain_and_a_loop_of_policies_ends(deployments, tmp_path):
 
 
 def test_promotion_and_mirroring_send_webhook_events(deployments, tmp_path):
-    from tests.test_webhooks import Receiver
+    from tests.fixtures.webhooks import Receiver
 
     dev, qa = deployments["dev"], deployments["qa"]
     assert dev.api("POST", "repositories/team", json={"name": "hooked"}).status_code == 201

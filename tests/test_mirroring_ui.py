@@ -9,7 +9,7 @@ finished job. Screenshots go to the folder tests/test_ui.py uses."""
 import pytest
 
 from tests.processes import free_port
-from tests.test_ui import browser, check_accessibility_basics, shot, sign_in  # noqa: F401  (fixtures)
+from tests.fixtures.ui import browser, check_accessibility_basics, shot, sign_in  # noqa: F401  (fixtures)
 
 @pytest.fixture
 def repository(personas, unique):

@@ -11,27 +11,15 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from django.conf import settings
-from prometheus_client.parser import text_string_to_metric_families
 
 from msr.metrics import route_template
 from tests.client import Registry, sha256
+from tests.fixtures.metrics import BLOB, scrape, value
 from tests.processes import free_port, start_cache, start_msr
 
 MANIFEST = "/v2/<name>/manifests/<reference>"
-BLOB = "/v2/<name>/blobs/<digest>"
 UPLOAD = "/v2/<name>/blobs/uploads/"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def scrape(url, **kwargs) -> dict:
-    response = requests.get(f"{url}/metrics", timeout=30, **kwargs)
-    assert response.status_code == 200, response.text
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(response.text) for sample in family.samples}
-
-
-def value(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def json_lines(text: str) -> list[dict]:

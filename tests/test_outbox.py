@@ -15,7 +15,7 @@ import pytest
 from tests.client import Registry
 from tests.deployments import Deployment, wait_for
 from tests.processes import Process, free_port, need
-from tests.test_webhooks import Receiver
+from tests.fixtures.webhooks import Receiver
 
 
 class RedisServer:

@@ -3,70 +3,11 @@
 Screenshots of each main page are written to the folder printed at the end of the run
 (MSR_SCREENSHOT_DIR, or a temporary folder), for a person to look at."""
 
-import os
-from pathlib import Path
-
-import pytest
 import requests
 
+from tests.fixtures.ui import browser, check_accessibility_basics, shot, sign_in  # noqa: F401  (fixtures)
 from tests.images import make_image_layout
 from tests.processes import need, run
-
-CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = Path(os.environ.get("MSR_SCREENSHOT_DIR") or "/tmp/msr-screenshots")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    need("chromium", CHROMIUM)
-    from playwright.sync_api import sync_playwright
-
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def sign_in(browser, msr, personas):
-    contexts = []
-
-    def open_as(persona: str | None):
-        context = browser.new_context(base_url=msr, viewport={"width": 1280, "height": 900})
-        contexts.append(context)
-        page = context.new_page()
-        if persona:
-            page.goto("/login/")
-            page.get_by_label("Username").fill(persona)
-            page.get_by_label("Password").fill(f"{persona}-password")
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url("**/repositories/")
-        return page
-
-    yield open_as
-    for context in contexts:
-        context.close()
-
-
-def shot(page, name):
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
-def check_accessibility_basics(page):
-    """Every visible form control has a label; headings start at h1 and never skip a level."""
-    unlabeled = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea')]
-        .filter(e => e.type !== 'hidden' && e.offsetParent !== null)
-        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
-        .map(e => e.outerHTML)""")
-    assert unlabeled == [], unlabeled
-    levels = page.evaluate("() => [...document.querySelectorAll('h1,h2,h3,h4,h5,h6')].map(h => +h.tagName[1])")
-    assert levels and levels[0] == 1 and levels.count(1) == 1, levels
-    for before, after in zip(levels, levels[1:]):
-        assert after <= before + 1, levels
-
 
 def _push(msr, personas, name, tmp_path):
     need("skopeo")

@@ -105,7 +105,7 @@ def pytest_collection_modifyitems(items):
 def _fast_tier_starts_no_process(request, monkeypatch):
     """A test outside the integration tier that starts a process fails, so that a test
     the rules above miss is found and marked rather than slowing the fast tier down."""
-    if request.node.get_closest_marker("integration"):
+    if request.node.get_closest_marker("integration") or request.node.get_closest_marker("fresh_interpreter"):
         return
     import subprocess
 

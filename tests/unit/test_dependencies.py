@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+
+pytestmark = pytest.mark.fresh_interpreter
+
+ROOT = Path(__file__).resolve().parents[2]
 # What the gunicorn of `msr cache` loads of ours: the application and the worker class.
 NODE_MODULES = ("caches", "caches.node", "caches.httpserver")
 

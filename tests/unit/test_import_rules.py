@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("msr", "accounts", "caches", "mirroring", "protocol")
 
 # The Django project's own modules inside msr/: they wire the apps together (settings,

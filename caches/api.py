@@ -138,7 +138,7 @@ class ContentCachePrewarm(APIView):
     def post(self, request, pk):
         from caches.tasks import prewarm
         from msr import outbox
-        from msr.registry.errors import RegistryError
+        from msr.exceptions import NotFound
         from msr.services import resolve_manifest
 
         cache = generics.get_object_or_404(ContentCache, pk=pk)
@@ -146,7 +146,7 @@ class ContentCachePrewarm(APIView):
         form.is_valid(raise_exception=True)
         try:
             resolve_manifest(form.validated_data["repository"], form.validated_data["tag"])
-        except RegistryError:
+        except NotFound:
             raise serializers.ValidationError({"tag": ["No such image."]}) from None
         outbox.send(prewarm, cache.pk, form.validated_data["repository"], form.validated_data["tag"])
         return Response({"queued": True, "cache": cache.name}, status=status.HTTP_202_ACCEPTED)

@@ -12,6 +12,8 @@ from django.utils.safestring import mark_safe
 from caches.models import ContentCache
 from caches.tasks import prewarm
 from msr import outbox, services
+from msr.exceptions import DomainError, NotFound
+from msr.ui.views import readable
 
 
 class PrewarmForm(forms.Form):
@@ -53,8 +55,10 @@ def console_caches(request):
         repository_name, tag = form.cleaned_data["repository"], form.cleaned_data["tag"]
         try:
             services.resolve_manifest(repository_name, tag)
-        except Exception:
+        except NotFound:
             form.add_error("tag", "No such image in this repository.")
+        except DomainError as e:  # an invalid digest
+            form.add_error("tag", readable(e))
         else:
             cache = next(c for c in caches if c.name == form.cleaned_data["cache"])
             outbox.send(prewarm, cache.pk, repository_name, tag)

@@ -20,9 +20,9 @@ from django.db import connection
 
 from mirroring.client import PIECE, BlobBody, Permanent, Remote, Transient
 from msr import jsonsafe, services, uploads
+from msr.exceptions import DomainError
 from msr.models import Manifest, Repository, RepositoryBlob
 from msr.references import is_valid_digest
-from msr.registry.errors import RegistryError as CoreError
 from msr.storage import get_storage
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class LocalEnd:
     def manifest_digest(self, reference: str) -> str | None:
         try:
             return services.resolve_manifest(self.name, reference)[0]
-        except CoreError:
+        except DomainError:  # none there, or a reference that cannot name one here
             return None
 
     def referrers(self, digest: str) -> list[dict]:
@@ -78,7 +78,7 @@ class LocalEnd:
         upload = uploads.start_upload(self.repository, None)
         try:
             uploads.complete_upload(upload, digest, iter(BlobBody(reader, size, on_bytes)))
-        except CoreError as e:
+        except DomainError as e:
             uploads.cancel_upload(upload)
             raise Permanent(f"blob {digest}: {e.message} {e.detail or ''}".strip()) from None
         except BaseException:
@@ -88,8 +88,8 @@ class LocalEnd:
     def put_manifest(self, reference: str, body: bytes, media_type: str, doc=None) -> str:
         try:
             return services.put_manifest(self.repository, reference, body, media_type, user=None).digest
-        except CoreError as e:
-            raise Permanent(f"{self.name}: manifest {reference}: {e.code}: {e.message} {e.detail or ''}")
+        except DomainError as e:
+            raise Permanent(f"{self.name}: manifest {reference}: {e.message} {e.detail or ''}".strip()) from None
 
 
 class ResponseReader:

@@ -18,7 +18,7 @@ from mirroring.engine import Canceled, LocalEnd, Progress, RemoteEnd, copy_image
 from mirroring.models import Job, Policy
 from msr import services
 from msr.crypto import decrypt
-from msr.registry.errors import RegistryError as CoreError
+from msr.exceptions import DomainError, RepositoryNotFound
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def perform(job: Job, run: Run) -> list[dict]:
         source = LocalEnd(policy.repository, owner)
         try:
             target = services.ensure_repository(policy.target_repository)
-        except CoreError:
+        except RepositoryNotFound:
             raise Permanent(f"the target repository {policy.target_repository} cannot be created "
                             "(its namespace does not exist)") from None
         for tag, reference in _tags_to_do(job, source, policy.rules):
@@ -205,8 +205,8 @@ def perform(job: Job, run: Run) -> list[dict]:
             try:
                 _, changed = services.link_manifest(policy.repository, digest, target, target_tag,
                                                     policy.created_by, depth=job.depth + 1)
-            except CoreError as e:
-                raise Permanent(f"{policy.repository}:{tag}: {e.code}: {e.message}") from None
+            except DomainError as e:
+                raise Permanent(f"{policy.repository}:{tag}: {e.message}") from None
             run.log(f"{policy.repository}:{tag} → {target}:{target_tag} = {digest}"
                     f"{'' if changed else ' (already there)'}")
             results.append({"tag": tag, "targetTag": target_tag, "digest": digest,

@@ -1,7 +1,7 @@
 """The registry's service layer: repositories, manifests and tags.
 
-Views call these functions; they raise `msr.registry.errors` exceptions for anything a
-client did wrong and never return half a result.
+Views call these functions; they raise `msr.exceptions` errors for anything a client
+did wrong or that is not there, and never return half a result.
 """
 
 
@@ -11,10 +11,13 @@ from django.utils import timezone
 from accounts.models import Namespace, User
 from accounts.permissions import repository_actions
 from msr import jsonsafe, signals
+from msr.exceptions import (
+    BlobNotFound, DigestMismatch, InvalidDigest, InvalidManifest, InvalidTag, ManifestNotFound,
+    ManifestReferencesUnknown, RepositoryNotFound, UploadLost,
+)
 from msr.models import Blob, Manifest, Repository, RepositoryBlob, Tag
 from msr.prepared import prepared
 from msr.references import digest_of, is_valid_digest, is_valid_tag, split_name
-from msr.registry import errors
 from msr.storage import get_storage
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -49,7 +52,7 @@ def find_repository(name: str) -> Repository | None:
 def get_repository(name: str) -> Repository:
     repository = find_repository(name)
     if repository is None:
-        raise errors.NameUnknown(detail={"name": name})
+        raise RepositoryNotFound(name)
     return repository
 
 
@@ -62,7 +65,7 @@ def ensure_repository(name: str) -> Repository:
     namespace_name, rest = split_name(name)
     namespace = Namespace.objects.filter(name=namespace_name).first()
     if namespace is None or not rest:
-        raise errors.NameUnknown(detail={"name": name})
+        raise RepositoryNotFound(name)
     try:
         with transaction.atomic():
             return Repository.objects.create(namespace=namespace, name=rest,
@@ -88,14 +91,14 @@ def actions_for(user: User | None, name: str) -> frozenset[str]:
 
 def _descriptor(value, where: str) -> dict:
     if not isinstance(value, dict):
-        raise errors.ManifestInvalid(detail=f"{where}: a descriptor must be an object")
+        raise InvalidManifest(f"{where}: a descriptor must be an object")
     if not isinstance(value.get("mediaType"), str) or not value["mediaType"]:
-        raise errors.ManifestInvalid(detail=f"{where}: mediaType is required")
+        raise InvalidManifest(f"{where}: mediaType is required")
     if not isinstance(value.get("digest"), str) or not is_valid_digest(value["digest"]):
-        raise errors.ManifestInvalid(detail=f"{where}: invalid digest {value.get('digest')!r}")
+        raise InvalidManifest(f"{where}: invalid digest {value.get('digest')!r}")
     size = value.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise errors.ManifestInvalid(detail=f"{where}: size must be a non-negative integer")
+        raise InvalidManifest(f"{where}: size must be a non-negative integer")
     return value
 
 
@@ -106,32 +109,30 @@ class ParsedManifest:
         try:
             document = jsonsafe.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
-            raise errors.ManifestInvalid(detail=f"not valid JSON: {e}") from None
+            raise InvalidManifest(f"not valid JSON: {e}") from None
         if not isinstance(document, dict):
-            raise errors.ManifestInvalid(detail="a manifest is a JSON object")
+            raise InvalidManifest("a manifest is a JSON object")
         declared = document.get("mediaType")
         media_type = content_type or declared
         if not media_type:
-            raise errors.ManifestInvalid(detail="no Content-Type and no mediaType in the manifest")
+            raise InvalidManifest("no Content-Type and no mediaType in the manifest")
         if media_type not in MANIFEST_TYPES:
-            raise errors.ManifestInvalid(detail=f"unsupported manifest media type {media_type!r}")
+            raise InvalidManifest(f"unsupported manifest media type {media_type!r}")
         if declared is not None and declared != media_type:
-            raise errors.ManifestInvalid(
-                detail=f"mediaType {declared!r} does not match Content-Type {media_type!r}"
-            )
+            raise InvalidManifest(f"mediaType {declared!r} does not match Content-Type {media_type!r}")
         if document.get("schemaVersion") != 2:
-            raise errors.ManifestInvalid(detail="schemaVersion must be 2")
+            raise InvalidManifest("schemaVersion must be 2")
         self.media_type = media_type
         self.blob_digests: list[str] = []
         self.child_digests: list[str] = []
         self.artifact_type = document.get("artifactType") or ""
         if not isinstance(self.artifact_type, str):
-            raise errors.ManifestInvalid(detail="artifactType must be a string")
+            raise InvalidManifest("artifactType must be a string")
         if media_type in IMAGE_MANIFEST_TYPES:
             config = _descriptor(document.get("config"), "config")
             layers = document.get("layers", [])
             if not isinstance(layers, list):
-                raise errors.ManifestInvalid(detail="layers must be an array")
+                raise InvalidManifest("layers must be an array")
             self.blob_digests.append(config["digest"])
             for i, layer in enumerate(layers):
                 layer = _descriptor(layer, f"layers[{i}]")
@@ -142,14 +143,14 @@ class ParsedManifest:
         else:
             children = document.get("manifests")
             if not isinstance(children, list):
-                raise errors.ManifestInvalid(detail="manifests must be an array")
+                raise InvalidManifest("manifests must be an array")
             for i, child in enumerate(children):
                 self.child_digests.append(_descriptor(child, f"manifests[{i}]")["digest"])
         subject = document.get("subject")
         self.subject_digest = _descriptor(subject, "subject")["digest"] if subject is not None else ""
         annotations = document.get("annotations") or {}
         if not isinstance(annotations, dict):
-            raise errors.ManifestInvalid(detail="annotations must be an object")
+            raise InvalidManifest("annotations must be an object")
         self.annotations = annotations
 
 
@@ -179,18 +180,18 @@ def resolve_manifest(name: str, reference: str) -> tuple[str, str, bytes]:
     namespace, rest = split_name(name)
     if ":" in reference:
         if not is_valid_digest(reference):
-            raise errors.DigestInvalid("invalid digest", detail={"digest": reference})
+            raise InvalidDigest(reference)
         row = _manifest_by_digest(namespace, rest, reference)
     else:
         if not is_valid_tag(reference):
             # Reading, a reference that cannot be a tag names no manifest: 404, as the
             # distribution spec's conformance suite expects (a PUT still answers TAG_INVALID).
             get_repository(name)
-            raise errors.ManifestUnknown(detail={"name": name, "reference": reference})
+            raise ManifestNotFound(name, reference)
         row = _manifest_by_tag(namespace, rest, reference)
     if row is None:
         get_repository(name)  # NAME_UNKNOWN before MANIFEST_UNKNOWN
-        raise errors.ManifestUnknown(detail={"name": name, "reference": reference})
+        raise ManifestNotFound(name, reference)
     digest, media_type, content = row
     return digest, media_type, bytes(content)
 
@@ -203,13 +204,13 @@ def put_manifest(repository: Repository, reference: str, body: bytes, content_ty
     tag never shows an image whose parts are missing."""
     by_digest = ":" in reference
     if by_digest and not is_valid_digest(reference):
-        raise errors.DigestInvalid("invalid digest", detail={"digest": reference})
+        raise InvalidDigest(reference)
     if not by_digest and not is_valid_tag(reference):
-        raise errors.TagInvalid("invalid tag", detail={"tag": reference})
+        raise InvalidTag(reference)
     parsed = ParsedManifest(body, content_type)
     digest = digest_of(body, reference.partition(":")[0] if by_digest else "sha256")
     if by_digest and digest != reference:
-        raise errors.DigestInvalid(detail={"expected": reference, "computed": digest})
+        raise DigestMismatch(reference, digest)
 
     with transaction.atomic():
         # Lock what the manifest will reference (the garbage collector's mark, msr/gc.py):
@@ -229,11 +230,11 @@ def put_manifest(repository: Repository, reference: str, body: bytes, content_ty
         )
         missing = [d for d in parsed.blob_digests if d not in linked]
         if missing:
-            raise errors.ManifestBlobUnknown(detail={"missing": missing})
+            raise ManifestReferencesUnknown(missing)
         found = {child.digest for child in children}
         missing = [d for d in parsed.child_digests if d not in found]
         if missing:
-            raise errors.ManifestBlobUnknown(detail={"missing": missing})
+            raise ManifestReferencesUnknown(missing)
         created = manifest is None
         if created:
             manifest, created = Manifest.objects.get_or_create(
@@ -268,16 +269,16 @@ def delete_manifest(name: str, reference: str, user: User | None) -> None:
     with transaction.atomic():
         if ":" in reference:
             if not is_valid_digest(reference):
-                raise errors.DigestInvalid("invalid digest", detail={"digest": reference})
+                raise InvalidDigest(reference)
             deleted, _ = Manifest.objects.filter(repository=repository, digest=reference).delete()
             tag = None
         else:
             if not is_valid_tag(reference):
-                raise errors.TagInvalid("invalid tag", detail={"tag": reference})
+                raise InvalidTag(reference)
             deleted, _ = Tag.objects.filter(repository=repository, name=reference).delete()
             tag = reference
         if not deleted:
-            raise errors.ManifestUnknown(detail={"name": name, "reference": reference})
+            raise ManifestNotFound(name, reference)
         signals.manifest_deleted.send(
             sender=Manifest, repository=repository, digest=reference if tag is None else None,
             tag=tag, user=user)
@@ -289,10 +290,10 @@ def delete_manifest(name: str, reference: str, user: User | None) -> None:
 def linked_blob_size(name: str, digest: str) -> int:
     """Size of a blob that repository `name` may serve; BLOB_UNKNOWN otherwise."""
     if not is_valid_digest(digest):
-        raise errors.DigestInvalid("invalid digest", detail={"digest": digest})
+        raise InvalidDigest(digest)
     row = _linked_blob_size(*split_name(name), digest)
     if row is None:
-        raise errors.BlobUnknown(detail={"digest": digest})
+        raise BlobNotFound(digest)
     return row[0]
 
 
@@ -334,8 +335,7 @@ def link_blob(repository: Repository, digest: str, size: int, republish=None) ->
     with transaction.atomic():
         blob = _hold_blob(digest, size)
         if not _stored(blob) and (republish is None or not republish()):
-            raise errors.BlobUploadInvalid("the blob was removed while it was uploaded; upload it again",
-                                           detail={"digest": digest})
+            raise UploadLost(digest)
         _link_held(repository, blob)
 
 
@@ -374,11 +374,11 @@ def mount_blob(source_name: str, repository: Repository, digest: str) -> bool:
 
 def unlink_blob(name: str, digest: str) -> None:
     if not is_valid_digest(digest):
-        raise errors.DigestInvalid("invalid digest", detail={"digest": digest})
+        raise InvalidDigest(digest)
     repository = get_repository(name)
     deleted, _ = RepositoryBlob.objects.filter(repository=repository, blob_id=digest).delete()
     if not deleted:
-        raise errors.BlobUnknown(detail={"digest": digest})
+        raise BlobNotFound(digest)
 
 
 # -- linking content between repositories (promotion) ----------------------------------
@@ -394,7 +394,7 @@ def _manifest_tree(repository: Repository, digest: str) -> list[Manifest]:
     # so holding the root keeps the whole tree (and its blobs) while it is copied.
     root = Manifest.objects.select_for_update().filter(repository=repository, digest=digest).first()
     if root is None:
-        raise errors.ManifestUnknown(detail={"name": repository.full_name, "reference": digest})
+        raise ManifestNotFound(repository.full_name, digest)
     ordered: list[Manifest] = []
     seen: set[str] = set()
 
@@ -424,7 +424,7 @@ def link_manifest(source: Repository, digest: str, target: Repository, tag: str 
     chain of promotions can be bounded) only when the tag moved or a manifest was added.
     """
     if tag is not None and not is_valid_tag(tag):
-        raise errors.TagInvalid("invalid tag", detail={"tag": tag})
+        raise InvalidTag(tag)
     with transaction.atomic():
         tree = _manifest_tree(source, digest)
         # The target's copies, then the blobs, locked in put_manifest's order: the

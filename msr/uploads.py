@@ -11,10 +11,10 @@ import uuid
 from django.db import transaction
 
 from msr import services
+from msr.exceptions import DigestMismatch, InvalidDigest, InvalidRange, LengthMismatch, UploadLost, UploadNotFound
 from msr.models import Repository, Upload
 from msr.references import is_valid_digest, split_name
-from msr.registry import errors
-from msr.storage import DigestMismatch, UploadBusy, get_storage
+from msr.storage import get_storage
 
 # The spec writes "<start>-<end>"; some clients prefix the unit as in HTTP.
 CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
@@ -35,29 +35,29 @@ def find_upload(name: str, upload_id: str) -> Upload:
     try:
         upload_id = str(uuid.UUID(upload_id))
     except ValueError:
-        raise errors.BlobUploadUnknown(detail={"uuid": upload_id}) from None
+        raise UploadNotFound(upload_id) from None
     upload = Upload.objects.select_related("repository__namespace").filter(
         pk=upload_id, repository__namespace__name=namespace, repository__name=rest
     ).first()
     if upload is None or get_storage().upload_size(str(upload.id)) is None:
-        raise errors.BlobUploadUnknown(detail={"uuid": upload_id})
+        raise UploadNotFound(upload_id)
     return upload
 
 
 def upload_offset(upload: Upload) -> int:
     size = get_storage().upload_size(str(upload.id))
     if size is None:
-        raise errors.BlobUploadUnknown(detail={"uuid": str(upload.id)})
+        raise UploadNotFound(str(upload.id))
     return size
 
 
 def parse_content_range(value: str) -> tuple[int, int]:
     match = CONTENT_RANGE_RE.match(value.strip())
     if not match:
-        raise errors.RangeInvalid(detail={"Content-Range": value})
+        raise InvalidRange(detail={"Content-Range": value})
     start, end = int(match.group(1)), int(match.group(2))
     if end < start:
-        raise errors.RangeInvalid(detail={"Content-Range": value})
+        raise InvalidRange(detail={"Content-Range": value})
     return start, end
 
 
@@ -65,22 +65,19 @@ def append_chunk(upload: Upload, chunks, content_range: str | None, content_leng
     """Append a chunk; with Content-Range it must start where the upload ends (416)."""
     storage = get_storage()
     upload_id = str(upload.id)
-    try:
-        with storage.locked(upload_id) as fd:
-            offset = upload_offset(upload)
-            if content_range:
-                start, end = parse_content_range(content_range)
-                if start != offset:
-                    raise errors.RangeInvalid(
-                        "chunk out of order", detail={"expected_start": offset, "start": start}
-                    )
-                if content_length is not None and end - start + 1 != content_length:
-                    raise errors.SizeInvalid(
-                        detail={"Content-Range": content_range, "Content-Length": content_length}
-                    )
-            return storage.append(fd, upload_id, chunks)
-    except UploadBusy:
-        raise errors.Busy(detail={"uuid": upload_id}) from None
+    with storage.locked(upload_id) as fd:  # UploadBusy when another request writes
+        offset = upload_offset(upload)
+        if content_range:
+            start, end = parse_content_range(content_range)
+            if start != offset:
+                raise InvalidRange(
+                    message="chunk out of order", detail={"expected_start": offset, "start": start}
+                )
+            if content_length is not None and end - start + 1 != content_length:
+                raise LengthMismatch(
+                    detail={"Content-Range": content_range, "Content-Length": content_length}
+                )
+        return storage.append(fd, upload_id, chunks)
 
 
 def complete_upload(upload: Upload, digest: str, chunks) -> int:
@@ -89,14 +86,11 @@ def complete_upload(upload: Upload, digest: str, chunks) -> int:
     upload_id = str(upload.id)
     if not is_valid_digest(digest):
         cancel_upload(upload)
-        raise errors.DigestInvalid("invalid or unsupported digest", detail={"digest": digest})
+        raise InvalidDigest(digest, message="invalid or unsupported digest")
     try:
         with storage.locked(upload_id) as fd:
             storage.append(fd, upload_id, chunks)
-            try:
-                size = storage.commit_upload(fd, upload_id, digest)
-            except DigestMismatch as e:
-                raise errors.DigestInvalid(detail={"expected": e.expected, "computed": e.actual})
+            size = storage.commit_upload(fd, upload_id, digest)
 
             def republish() -> bool:
                 # The blob was already stored, so these bytes stayed in the upload area,
@@ -111,9 +105,7 @@ def complete_upload(upload: Upload, digest: str, chunks) -> int:
             with transaction.atomic():
                 services.link_blob(upload.repository, digest, size, republish)
                 Upload.objects.filter(pk=upload.pk).delete()
-    except UploadBusy:
-        raise errors.Busy(detail={"uuid": upload_id}) from None
-    except (errors.DigestInvalid, errors.BlobUploadInvalid):
+    except (DigestMismatch, UploadLost):
         cancel_upload(upload)
         raise
     storage.discard_upload(upload_id)

@@ -1,6 +1,7 @@
 """Protocol chrome shared by every /v2/ endpoint: authentication from the bearer token,
 authorization against the token's `access` claim, the API version header and OCI error
-rendering. Endpoints raise `RegistryError`s and never build error responses themselves."""
+rendering. Endpoints raise `RegistryError`s, the core they call raises `msr.exceptions`
+errors (mapped by `DOMAIN_ERRORS`); neither builds error responses itself."""
 
 import logging
 
@@ -9,6 +10,7 @@ from django.db import DatabaseError
 from django.http import HttpResponse
 from django.views import View
 
+from msr import exceptions as domain
 from msr.references import is_valid_name
 from msr.registry import errors
 from msr.tokens import InvalidToken, granted_actions, verify_access_token
@@ -35,6 +37,33 @@ def challenge(request, scope=None, error=None, description=None) -> str:
     return header
 
 
+# Each error of the registry core and the OCI error it answers (code and status); the
+# message and detail are the core's. tests/test_errors.py checks that none is missing.
+DOMAIN_ERRORS: dict[type[domain.DomainError], type[errors.RegistryError]] = {
+    domain.RepositoryNotFound: errors.NameUnknown,
+    domain.ManifestNotFound: errors.ManifestUnknown,
+    domain.BlobNotFound: errors.BlobUnknown,
+    domain.UploadNotFound: errors.BlobUploadUnknown,
+    domain.InvalidTag: errors.TagInvalid,
+    domain.InvalidDigest: errors.DigestInvalid,
+    domain.DigestMismatch: errors.DigestInvalid,
+    domain.InvalidManifest: errors.ManifestInvalid,
+    domain.ManifestReferencesUnknown: errors.ManifestBlobUnknown,
+    domain.InvalidRange: errors.RangeInvalid,
+    domain.LengthMismatch: errors.SizeInvalid,
+    domain.UploadBusy: errors.Busy,
+    domain.UploadLost: errors.BlobUploadInvalid,
+}
+
+
+def registry_error(error: domain.DomainError) -> errors.RegistryError:
+    """The OCI error for an error of the registry core, with its message and detail."""
+    for cls in type(error).__mro__:
+        if cls in DOMAIN_ERRORS:
+            return DOMAIN_ERRORS[cls](error.message, error.detail)
+    raise TypeError(f"no OCI error for {type(error).__name__}") from error
+
+
 class RegistryView(View):
     http_method_names = ["get", "head", "post", "put", "patch", "delete"]
 
@@ -50,6 +79,8 @@ class RegistryView(View):
             response = errors.error_response(e, challenge(request, e.scope, e.error, e.message))
         except errors.RegistryError as e:
             response = errors.error_response(e)
+        except domain.DomainError as e:
+            response = errors.error_response(registry_error(e))
         except DatabaseError:
             log.exception("database error on %s %s", request.method, request.path)
             response = errors.error_response(errors.Unavailable("the registry's database is unavailable, try again"))

@@ -11,10 +11,11 @@ from accounts.permissions import readable_repositories
 from msr import metrics, services, uploads
 from msr.addresses import client_address
 from msr.events import record_pull
+from msr.exceptions import InvalidRange
 from msr.models import Manifest, Repository, Tag
 from msr.references import is_valid_digest, is_valid_name
 from msr.registry import errors
-from msr.registry.base import RegistryView, empty_response, request_body
+from msr.registry.base import RegistryView, empty_response, registry_error, request_body
 from msr.storage import CHUNK_SIZE, get_storage
 from msr.tokens import verify_grant
 from protocol.grants import GrantRefused
@@ -262,9 +263,11 @@ class UploadView(RegistryView):
                 upload, request_body(request), request.META.get("HTTP_CONTENT_RANGE"),
                 _content_length(request),
             )
-        except errors.RangeInvalid as e:
-            e.headers.update(_upload_headers(name, upload.id, uploads.upload_offset(upload)))
-            raise
+        except InvalidRange as e:
+            # The spec: a 416 tells the client where the upload ends.
+            error = registry_error(e)
+            error.headers.update(_upload_headers(name, upload.id, uploads.upload_offset(upload)))
+            raise error from None
         return empty_response(202, _upload_headers(name, upload.id, offset))
 
     def put(self, request, name, upload_id):

@@ -36,6 +36,10 @@ import hashlib
 import threading
 from collections import OrderedDict
 
+# The store reports these two as the registry core does (msr/exceptions.py); they are
+# exported from here too, for the stores and their callers.
+from msr.exceptions import DigestMismatch, UploadBusy
+
 CHUNK_SIZE = 1024 * 1024
 
 
@@ -54,15 +58,7 @@ def _storage_errors() -> tuple:
 # unreachable or refusing bucket): the registry answers 503 UNAVAILABLE, not 500.
 STORAGE_ERRORS = _storage_errors()
 
-
-class UploadBusy(Exception):
-    """Another request is writing to this upload right now."""
-
-
-class DigestMismatch(Exception):
-    def __init__(self, expected, actual):
-        super().__init__(f"expected {expected}, computed {actual}")
-        self.expected, self.actual = expected, actual
+__all__ = ["CHUNK_SIZE", "STORAGE_ERRORS", "DigestMismatch", "HasherCache", "UploadBusy"]
 
 
 class HasherCache:

@@ -27,6 +27,7 @@ from msr.access import (
 )
 from msr.api.repositories import describe_tag
 from msr.events import client_ip, record
+from msr.exceptions import DomainError, NotFound
 from msr.models import Blob, Event, Repository
 from msr.ui import forms
 
@@ -34,6 +35,11 @@ from msr.ui import forms
 def public_host(request) -> str:
     url = settings.PUBLIC_URL or f"{request.scheme}://{request.get_host()}"
     return url.split("://", 1)[1]
+
+
+def readable(error: DomainError) -> str:
+    """An error of the registry core as a sentence for a page ("Invalid digest.")."""
+    return error.message[:1].upper() + error.message[1:].rstrip(".") + "."
 
 
 def home(request):
@@ -103,8 +109,14 @@ def delete_tag(request, namespace, repository, tag):
     if not found.tags.filter(name=tag).exists():
         raise Http404("no such tag")
     if request.method == "POST":
-        services.delete_manifest(found.full_name, tag, request.user)
-        messages.success(request, f"Deleted tag {tag}.")
+        try:
+            services.delete_manifest(found.full_name, tag, request.user)
+        except NotFound:  # deleted by another request since the page was shown
+            messages.info(request, f"Tag {tag} was already deleted.")
+        except DomainError as e:
+            messages.error(request, readable(e))
+        else:
+            messages.success(request, f"Deleted tag {tag}.")
         return redirect("ui:repository", namespace=namespace, repository=repository)
     return render(request, "ui/confirm_delete_tag.html", {"repository": found, "tag": tag})
 

@@ -57,17 +57,23 @@ class ContentCacheSerializer(serializers.ModelSerializer):
         return data
 
 
-class ContentCacheList(generics.ListCreateAPIView):
+class _AdminList(generics.ListCreateAPIView):
     permission_classes = [IsAdminUser]
+
+
+class _AdminDetail(generics.RetrieveUpdateDestroyAPIView):
+    permission_classes = [IsAdminUser]
+    http_method_names = ["get", "patch", "delete"]
+
+
+class ContentCacheList(_AdminList):
     serializer_class = ContentCacheSerializer
     queryset = ContentCache.objects.select_related("parent").order_by("name")
 
 
-class ContentCacheDetail(generics.RetrieveUpdateDestroyAPIView):
-    permission_classes = [IsAdminUser]
+class ContentCacheDetail(_AdminDetail):
     serializer_class = ContentCacheSerializer
     queryset = ContentCache.objects.select_related("parent")
-    http_method_names = ["get", "patch", "delete"]
 
     def destroy(self, request, *args, **kwargs):
         try:
@@ -166,8 +172,7 @@ class NetworkRuleSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError("Not a network, e.g. 10.20.0.0/16.") from None
 
 
-class NetworkRuleList(generics.ListCreateAPIView):
-    permission_classes = [IsAdminUser]
+class NetworkRuleList(_AdminList):
     serializer_class = NetworkRuleSerializer
     queryset = NetworkRule.objects.select_related("cache").order_by("cidr")
 
@@ -196,14 +201,11 @@ class PrewarmPolicySerializer(serializers.ModelSerializer):
         return value
 
 
-class PrewarmPolicyList(generics.ListCreateAPIView):
-    permission_classes = [IsAdminUser]
+class PrewarmPolicyList(_AdminList):
     serializer_class = PrewarmPolicySerializer
     queryset = PrewarmPolicy.objects.prefetch_related("caches").order_by("id")
 
 
-class PrewarmPolicyDetail(generics.RetrieveUpdateDestroyAPIView):
-    permission_classes = [IsAdminUser]
+class PrewarmPolicyDetail(_AdminDetail):
     serializer_class = PrewarmPolicySerializer
     queryset = PrewarmPolicy.objects.prefetch_related("caches")
-    http_method_names = ["get", "patch", "delete"]

@@ -8,19 +8,19 @@ from mirroring import api
 NS = r"(?P<namespace>[^/]+)"
 REPO = r"(?P<repository>.+?)"
 
+# (the suffix of the collection, its list view, its detail view)
+POLICIES = [
+    ("promotionPolicies", api.PromotionPolicyList, api.PromotionPolicyDetail),
+    ("pushMirroringPolicies", api.PushMirroringPolicyList, api.PushMirroringPolicyDetail),
+    ("pollMirroringPolicies", api.PollMirroringPolicyList, api.PollMirroringPolicyDetail),
+    ("incomingPolicies", api.IncomingPolicyList, api.IncomingPolicyDetail),
+]
+
 urlpatterns = [
-    re_path(rf"^repositories/{NS}/{REPO}/promotionPolicies$", api.PromotionPolicyList.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/promotionPolicies/(?P<policy_id>[0-9]+)$",
-            api.PromotionPolicyDetail.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/pushMirroringPolicies$", api.PushMirroringPolicyList.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/pushMirroringPolicies/(?P<policy_id>[0-9]+)$",
-            api.PushMirroringPolicyDetail.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/pollMirroringPolicies$", api.PollMirroringPolicyList.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/pollMirroringPolicies/(?P<policy_id>[0-9]+)$",
-            api.PollMirroringPolicyDetail.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/incomingPolicies$", api.IncomingPolicyList.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/incomingPolicies/(?P<policy_id>[0-9]+)$",
-            api.IncomingPolicyDetail.as_view()),
+    *(route for suffix, listing, detail in POLICIES for route in (
+        re_path(rf"^repositories/{NS}/{REPO}/{suffix}$", listing.as_view()),
+        re_path(rf"^repositories/{NS}/{REPO}/{suffix}/(?P<policy_id>[0-9]+)$", detail.as_view()),
+    )),
     path("jobs", api.JobList.as_view()),
     path("jobs/<int:job_id>", api.JobDetail.as_view()),
     path("jobs/<int:job_id>/cancel", api.JobCancel.as_view()),

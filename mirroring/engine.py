@@ -187,15 +187,22 @@ def plan(source, reference: str, log_line) -> tuple[Doc, list[Doc]]:
     before: list[Doc] = []
     seen = {digest}
 
+    def visit(digest: str) -> Doc | None:
+        """The document of `digest`, its children fetched (into `before`) first; None
+        when it was already visited."""
+        if digest in seen:
+            return None
+        seen.add(digest)
+        body, media_type, _ = source.manifest(digest)
+        doc = Doc(digest, media_type, body)
+        children_of(doc)
+        return doc
+
     def children_of(doc: Doc):
         for child in doc.children:
-            if child in seen:
-                continue
-            seen.add(child)
-            child_body, child_type, _ = source.manifest(child)
-            child_doc = Doc(child, child_type, child_body)
-            children_of(child_doc)
-            before.append(child_doc)
+            child_doc = visit(child)
+            if child_doc is not None:
+                before.append(child_doc)
 
     children_of(top)
     images = [top] + list(before)
@@ -206,15 +213,10 @@ def plan(source, reference: str, log_line) -> tuple[Doc, list[Doc]]:
         if depth >= MAX_REFERRER_DEPTH:
             continue
         for descriptor in source.referrers(doc.digest):
-            ref_digest = descriptor.get("digest")
-            if not ref_digest or ref_digest in seen:
-                continue
-            seen.add(ref_digest)
-            ref_body, ref_type, _ = source.manifest(ref_digest)
-            ref_doc = Doc(ref_digest, ref_type, ref_body)
-            children_of(ref_doc)
-            referrers.append(ref_doc)
-            queue.append((ref_doc, depth + 1))
+            ref_doc = visit(descriptor["digest"]) if descriptor.get("digest") else None
+            if ref_doc is not None:
+                referrers.append(ref_doc)
+                queue.append((ref_doc, depth + 1))
     if referrers:
         log_line(f"{len(referrers)} referrer(s) travel with the image")
     return top, before + referrers

@@ -65,15 +65,20 @@ def _owner(request):
     return user
 
 
+def _tokens_of_owner(view, kind):
+    """The tokens of one kind of the caller (or of `?user=`); none while the schema is made."""
+    if getattr(view, "swagger_fake_view", False):
+        return AccessToken.objects.none()
+    return AccessToken.objects.filter(user=_owner(view.request), kind=kind)
+
+
 class TokenList(generics.ListCreateAPIView):
     """The caller's personal access tokens (system admins: `?user=` for another's)."""
 
     serializer_class = TokenSerializer
 
     def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):  # schema generation
-            return AccessToken.objects.none()
-        return AccessToken.objects.filter(user=_owner(self.request), kind=AccessToken.PERSONAL).order_by("-created_at")
+        return _tokens_of_owner(self, AccessToken.PERSONAL).order_by("-created_at")
 
     @extend_schema(request=TokenCreateSerializer, responses={201: NewTokenSerializer})
     def post(self, request):
@@ -168,10 +173,7 @@ class RefreshTokenList(generics.ListAPIView):
     serializer_class = RefreshTokenSerializer
 
     def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return AccessToken.objects.none()
-        return (AccessToken.objects.filter(user=_owner(self.request), kind=AccessToken.REFRESH)
-                .select_related("user", "parent").order_by("-created_at"))
+        return _tokens_of_owner(self, AccessToken.REFRESH).select_related("user", "parent").order_by("-created_at")
 
 
 class RefreshTokenDetail(_OwnTokenDetail):

@@ -79,19 +79,15 @@ def check_caches() -> dict:
 def image_blobs(repository_name: str, reference: str) -> list[str]:
     """Digests of every blob of an image or index (config and layers of each child)."""
 
-    from msr.models import Manifest
-    from msr.services import INDEX_TYPES, resolve_manifest
+    from msr.manifests import ParsedManifest
+    from msr.services import resolve_manifest
 
-    digest, media_type, content = resolve_manifest(repository_name, reference)
-    document = loads(content)
-    if media_type in INDEX_TYPES:
-        namespace, _, name = repository_name.partition("/")
-        blobs = []
-        for child in Manifest.objects.filter(repository__namespace__name=namespace, repository__name=name,
-                                             digest__in=[m["digest"] for m in document.get("manifests", [])]):
-            blobs += image_blobs(repository_name, child.digest)
-        return list(dict.fromkeys(blobs))
-    return [document["config"]["digest"], *[layer["digest"] for layer in document.get("layers", [])]]
+    _, media_type, content = resolve_manifest(repository_name, reference)
+    parsed = ParsedManifest(content, media_type)
+    blobs = list(parsed.blob_digests)
+    for child in parsed.child_digests:
+        blobs += image_blobs(repository_name, child)
+    return list(dict.fromkeys(blobs))
 
 
 @shared_task(autoretry_for=(requests.ConnectionError, requests.Timeout), retry_backoff=5, max_retries=5)

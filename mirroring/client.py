@@ -23,13 +23,8 @@ import requests
 
 from msr import egress
 from msr.jsonsafe import loads as json_loads
+from msr.manifests import ACCEPT
 
-MANIFEST_ACCEPT = ", ".join([
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-])
 USER_AGENT = "MSR-Mirroring/1"
 PIECE = 1024 * 1024
 MAX_TAG_PAGES = 1000  # a remote whose Link pages never end is cut here
@@ -283,7 +278,7 @@ class Remote:
         """Fetch a token for pull (and push) up front, so an upload body is rarely the
         request that meets the 401: one request, whose challenge names the scope."""
         response = self.request("HEAD", f"/v2/{self.repository}/manifests/latest", push=push,
-                                expect=(200, 404), headers={"Accept": MANIFEST_ACCEPT})
+                                expect=(200, 404), headers={"Accept": ACCEPT})
         response.close()
         if not self._basic and not self._tokens:
             self._no_auth = True
@@ -295,7 +290,7 @@ class Remote:
         from django.conf import settings
 
         response = self.request("GET", f"/v2/{self.repository}/manifests/{reference}",
-                                headers={"Accept": MANIFEST_ACCEPT}, stream=True)
+                                headers={"Accept": ACCEPT}, stream=True)
         try:
             body = response.raw.read(settings.MAX_MANIFEST_BYTES + 1, decode_content=True)
         except Exception as e:  # urllib3's ProtocolError, ReadTimeoutError, OSError
@@ -315,7 +310,7 @@ class Remote:
     def manifest_digest(self, reference: str) -> str | None:
         """The digest a tag points at, or None if the tag does not exist."""
         response = self.request("HEAD", f"/v2/{self.repository}/manifests/{reference}", expect=(200, 404),
-                                headers={"Accept": MANIFEST_ACCEPT})
+                                headers={"Accept": ACCEPT})
         if response.status_code == 404:
             return None
         digest = response.headers.get("Docker-Content-Digest")

@@ -21,14 +21,12 @@ from django.db import connection
 from mirroring.client import PIECE, BlobBody, Permanent, Remote, Transient
 from msr import jsonsafe, services, uploads
 from msr.exceptions import DomainError
+from msr.manifests import INDEX_TYPES, MAX_REFERRER_DEPTH
 from msr.models import Manifest, Repository, RepositoryBlob
 from msr.references import is_valid_digest
 from msr.storage import get_storage
 
 log = logging.getLogger(__name__)
-MAX_REFERRER_DEPTH = 3
-INDEX_TYPES = {"application/vnd.oci.image.index.v1+json",
-               "application/vnd.docker.distribution.manifest.list.v2+json"}
 
 
 class Canceled(Exception):

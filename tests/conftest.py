@@ -16,6 +16,12 @@ Each persona has a personal access token (`personas[name].token`) and the passwo
 `<name>-password`.
 """
 
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +31,50 @@ from django.conf import settings
 
 from tests.client import Registry
 from tests.processes import database_url, start_msr
+
+# The brokers of the suite's workers (webhooks 11, security 10, mirroring and backup 12-15,
+# the image test 9) are databases of a redis-server of this run's own, on a free port:
+# two runs on one machine (two checkouts, a CI run beside a developer's) would otherwise
+# share 127.0.0.1:6379's databases, and one run's workers take the other's jobs.
+# MSR_TEST_REDIS_URL / MSR_SECURITY_REDIS_URL / MSR_IMAGE_TEST_REDIS_URL still win.
+REDIS_URL_VARIABLES = {"MSR_TEST_REDIS_URL": 11, "MSR_SECURITY_REDIS_URL": 10, "MSR_IMAGE_TEST_REDIS_URL": 9}
+_redis_server = None
+
+
+def pytest_configure(config):
+    global _redis_server
+    if all(name in os.environ for name in REDIS_URL_VARIABLES) or not shutil.which("redis-server"):
+        return  # told where, or no redis-server: the machine's Redis on 6379 as before
+    from tests.processes import free_port
+
+    port = free_port()
+    folder = tempfile.mkdtemp(prefix="msr-test-redis-")
+    _redis_server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", folder, "--databases", "16"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    import redis
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or _redis_server.poll() is not None:
+                raise RuntimeError("the suite's redis-server did not start") from None
+            time.sleep(0.05)
+    for name, db in REDIS_URL_VARIABLES.items():
+        os.environ.setdefault(name, f"redis://127.0.0.1:{port}/{db}")
+
+
+def pytest_unconfigure(config):
+    if _redis_server is not None and _redis_server.poll() is None:
+        _redis_server.send_signal(signal.SIGTERM)
+        try:
+            _redis_server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _redis_server.kill()
 
 
 @pytest.fixture(scope="session")

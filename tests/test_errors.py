@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 
 from msr import exceptions, services
 from msr.api.errors import exception_handler
+from msr.manifests import OCI_INDEX
 from msr.registry.base import DOMAIN_ERRORS, RegistryView, registry_error
 from protocol.errors import error_body
 
@@ -113,8 +114,8 @@ def tagged(personas, unique):
     from msr.models import Repository
 
     repository = Repository.objects.create(namespace=Namespace.objects.get(name="acme"), name=f"errors-{unique}")
-    body = json.dumps({"schemaVersion": 2, "mediaType": services.OCI_INDEX, "manifests": []}).encode()
-    services.put_manifest(repository, "v1", body, services.OCI_INDEX, personas["alice"].user)
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
+    services.put_manifest(repository, "v1", body, OCI_INDEX, personas["alice"].user)
     yield repository
     repository.delete()
 

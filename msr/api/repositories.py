@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from accounts.models import Namespace
 from accounts.permissions import ACCESS_LEVELS, DELETE, readable_repositories
 from accounts.services import set_team_access
-from msr import jsonsafe, services
+from msr import jsonsafe, manifests, services
 from msr.access import (
     is_org_member, is_org_owner, may_create_in, namespace_or_404, organization_or_404,
     repository_for, require_repository_admin, team_access_levels, team_or_404,
@@ -266,7 +266,7 @@ def describe_tag(tag: Tag) -> dict:
     if not isinstance(document, dict):
         document = {}
     size, platforms = manifest.size, []
-    if manifest.media_type in services.INDEX_TYPES:
+    if manifest.media_type in manifests.INDEX_TYPES:
         children = document.get("manifests")
         for child in children if isinstance(children, list) else []:
             size += _size(child)

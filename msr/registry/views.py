@@ -12,6 +12,7 @@ from msr import metrics, services, uploads
 from msr.addresses import client_address
 from msr.events import record_pull
 from msr.exceptions import InvalidRange
+from msr.manifests import OCI_INDEX
 from msr.models import Manifest, Repository, Tag
 from msr.references import is_valid_digest, is_valid_name
 from msr.registry import errors
@@ -352,8 +353,8 @@ class ReferrersView(RegistryView):
             if m.annotations:
                 descriptor["annotations"] = m.annotations
             manifests.append(descriptor)
-        body = json.dumps({"schemaVersion": 2, "mediaType": services.OCI_INDEX, "manifests": manifests})
-        response = HttpResponse(body, content_type=services.OCI_INDEX)
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+        response = HttpResponse(body, content_type=OCI_INDEX)
         if artifact_type:
             response["OCI-Filters-Applied"] = "artifactType"
         return response

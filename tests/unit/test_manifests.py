@@ -1,11 +1,11 @@
-"""Manifest parsing and validation (msr.services.ParsedManifest), in-process: what a
+"""Manifest parsing and validation (msr.manifests.ParsedManifest), in-process: what a
 manifest PUT accepts, what it refuses, and the blobs and children it references."""
 
 import json
 
 import pytest
 
-from msr.services import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, ParsedManifest
+from msr.manifests import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, ParsedManifest
 
 CONFIG = "sha256:" + "c" * 64
 LAYERS = ["sha256:" + "1" * 64, "sha256:" + "2" * 64]

@@ -121,7 +121,7 @@ def enqueue_deliveries(repository, event_type: str, contents: dict) -> list[int]
         from msr.tasks import deliver_webhook
 
         for delivery_id in ids:
-            outbox.send(deliver_webhook, delivery_id)
+            outbox.send(deliver_webhook, delivery_id, 1)
     return ids
 
 

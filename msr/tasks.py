@@ -58,11 +58,15 @@ def owner_refusal(webhook, delivery) -> str:
 
 
 @shared_task(acks_late=True)
-def deliver_webhook(delivery_id: int) -> str:
-    """Deliver one webhook event.
+def deliver_webhook(delivery_id: int, attempt: int | None = None) -> str:
+    """Deliver one webhook event; `attempt` is the attempt the message is for (None:
+    whichever is next).
 
-    1. Reload the delivery; stop if it is no longer pending (a duplicate message, or a
-       retry after success), or if another worker holds it (claimed_until).
+    1. Reload the delivery; stop if it is no longer pending or the message is for an
+       attempt already made (a duplicate message, or a retry after success). While
+       another worker holds it (claimed_until), look again when the hold ends: that
+       worker may have died mid-attempt (its message comes back at once, with
+       task_reject_on_worker_lost), and dropping this message would lose the delivery.
     2. POST the payload with `X-MSR-Signature: sha256=<HMAC of the body>`.
     3. Record the attempt; a 2xx ends the delivery.
     4. Otherwise retry after WEBHOOK_RETRY_BASE_SECONDS * 2**(attempt-1), until
@@ -72,6 +76,10 @@ def deliver_webhook(delivery_id: int) -> str:
         "webhook__created_by", "webhook__namespace", "webhook__repository__namespace").filter(pk=delivery_id).first()
     if delivery is None or delivery.status != WebhookDelivery.PENDING:
         return "skipped"
+    if attempt is not None and attempt != delivery.attempts + 1:
+        return "skipped"  # a stale duplicate: that attempt was made
+    from msr import outbox
+
     now = timezone.now()
     hold = now + timedelta(seconds=2 * settings.WEBHOOK_TIMEOUT_SECONDS + 30)
     claimed = WebhookDelivery.objects.filter(
@@ -79,7 +87,14 @@ def deliver_webhook(delivery_id: int) -> str:
         pk=delivery.pk, status=WebhookDelivery.PENDING, attempts=delivery.attempts,
     ).update(claimed_until=hold)
     if not claimed:
-        return "skipped"
+        held_until = WebhookDelivery.objects.filter(
+            pk=delivery.pk, status=WebhookDelivery.PENDING, attempts=delivery.attempts,
+        ).values_list("claimed_until", flat=True).first()
+        if held_until is None:
+            return "skipped"  # the attempt was made meanwhile
+        outbox.send(deliver_webhook, delivery.pk, delivery.attempts + 1,
+                    countdown=max((held_until - now).total_seconds(), 0) + 1)
+        return "held"
     webhook = delivery.webhook
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
     headers = {
@@ -127,9 +142,7 @@ def deliver_webhook(delivery_id: int) -> str:
         )
         if not final:
             # The retry goes through the outbox too: a broker away now delays it, never loses it.
-            from msr import outbox
-
-            outbox.send(deliver_webhook, delivery.pk,
+            outbox.send(deliver_webhook, delivery.pk, number + 1,
                         countdown=settings.WEBHOOK_RETRY_BASE_SECONDS * 2 ** (number - 1))
     if succeeded:
         return "delivered"

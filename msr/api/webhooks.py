@@ -180,5 +180,5 @@ class WebhookTest(APIView):
             from msr import outbox
             from msr.tasks import deliver_webhook
 
-            outbox.send(deliver_webhook, delivery.pk)
+            outbox.send(deliver_webhook, delivery.pk, 1)
         return Response(DeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)

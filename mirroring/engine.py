@@ -21,7 +21,7 @@ from django.db import connection
 from mirroring.client import PIECE, BlobBody, Permanent, Remote, Transient
 from msr import jsonsafe, services, uploads
 from msr.exceptions import DomainError
-from msr.manifests import INDEX_TYPES, MAX_REFERRER_DEPTH
+from msr.manifests import MAX_REFERRER_DEPTH
 from msr.models import Manifest, Repository, RepositoryBlob
 from msr.references import is_valid_digest
 from msr.storage import get_storage

@@ -18,10 +18,7 @@ Each persona has a personal access token (`personas[name].token`) and the passwo
 
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,36 +42,18 @@ def pytest_configure(config):
     global _redis_server
     if all(name in os.environ for name in REDIS_URL_VARIABLES) or not shutil.which("redis-server"):
         return  # told where, or no redis-server: the machine's Redis on 6379 as before
-    from tests.processes import free_port
+    from tests.fixtures.redis import RedisServer
 
-    port = free_port()
-    folder = tempfile.mkdtemp(prefix="msr-test-redis-")
-    _redis_server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", folder, "--databases", "16"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    import redis
-
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis(port=port).ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or _redis_server.poll() is not None:
-                raise RuntimeError("the suite's redis-server did not start") from None
-            time.sleep(0.05)
+    _redis_server = RedisServer(Path(tempfile.mkdtemp(prefix="msr-test-redis-")))
+    _redis_server.start()
     for name, db in REDIS_URL_VARIABLES.items():
-        os.environ.setdefault(name, f"redis://127.0.0.1:{port}/{db}")
+        os.environ.setdefault(name, f"redis://127.0.0.1:{_redis_server.port}/{db}")
 
 
 def pytest_unconfigure(config):
-    if _redis_server is not None and _redis_server.poll() is None:
-        _redis_server.send_signal(signal.SIGTERM)
-        try:
-            _redis_server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            _redis_server.kill()
+    if _redis_server is not None:
+        _redis_server.stop()
+        shutil.rmtree(_redis_server.log_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,40 +6,14 @@ The deployment has its own database (tests/deployments.py), so its beat sweeps a
 only what this test made."""
 
 import json
-import os
-import signal
 import time
 
 import pytest
 
 from tests.client import Registry
 from tests.deployments import Deployment, wait_for
-from tests.processes import Process, free_port, need
+from tests.fixtures.redis import RedisServer
 from tests.fixtures.webhooks import Receiver
-
-
-class RedisServer:
-    """A redis-server of the test's own on a fixed port (keeps nothing on disk), so it can
-    be killed and started again at the same address."""
-
-    def __init__(self, log_dir):
-        need("redis-server")
-        self.port, self.log_dir, self.process = free_port(), log_dir, None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self):
-        self.process = Process(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                "--save", "", "--appendonly", "no"], dict(os.environ),
-                               self.log_dir / f"redis-{self.port}-{time.monotonic_ns()}.log")
-        deadline = time.monotonic() + 20
-        while "Ready to accept connections" not in self.process.log():
-            assert time.monotonic() < deadline and self.process.popen.poll() is None, self.process.log()
-            time.sleep(0.1)
-
-    def kill(self):
-        self.process.popen.send_signal(signal.SIGKILL)
-        self.process.popen.wait()
-        self.process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +29,7 @@ def outbox(db_url, tmp_path_factory):
     deployment.start_worker(beat=True)
     yield deployment, broker, token
     deployment.stop()
-    broker.process.stop()
+    broker.stop()
 
 
 def _outbox_rows(deployment) -> set[tuple]:

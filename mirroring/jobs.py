@@ -260,7 +260,7 @@ def finish(job: Job, token: str, status: str, results=None, error: str = "", ret
     with transaction.atomic():
         if not Job.objects.filter(pk=job.pk, claim=token).update(**fields):
             return
-        # Metrics of jobs come from these rows (msr/metrics.py); this line is the log's.
+        # Metrics of jobs come from these rows (msr/project/metrics.py); this line is the log's.
         log.info("job %s %s: %s", job.pk, job.action, status, extra={
             "job": job.pk, "action": job.action, "status": status, "attempts": job.attempts,
             "duration_ms": round((now - job.started_at).total_seconds() * 1000) if job.started_at else None,

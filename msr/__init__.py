@@ -1,3 +1,3 @@
-from msr.celery import app as celery_app
+from msr.project.celery import app as celery_app
 
 __all__ = ["celery_app"]

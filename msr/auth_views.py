@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.models import AccessToken
-from msr import logs, metrics
+from msr import instruments
 from msr.events import client_ip
 from msr.references import is_valid_name
 from msr.services import actions_for
@@ -40,7 +40,7 @@ def _login(request, username: str, password: str) -> Credential | None:
     if credential is None:
         log.info("token refused: bad credentials for %r", username)
     else:
-        logs.set_user(credential.user.username)
+        instruments.set_user(credential.user.username)
     return credential
 
 
@@ -137,8 +137,8 @@ def _token_response(request, credential: Credential | None, scopes, offline: boo
     access = grant_access(user, scopes, allowed)
     subject = user.username if user else ""
     access_token, ttl = issue_access_token(subject, access)
-    metrics.TOKENS_ISSUED.inc()
-    logs.set_user(subject)
+    instruments.TOKENS_ISSUED.inc()
+    instruments.set_user(subject)
     body = {
         "token": access_token,
         "access_token": access_token,
@@ -212,7 +212,7 @@ def _answer(request, scopes, oauth: bool) -> HttpResponse:
         credential = bearer(request, secret, AccessToken.REFRESH, TOKEN)
         if credential is None:
             return _unauthorized("invalid, expired or revoked refresh token", oauth=True)
-        logs.set_user(credential.user.username)
+        instruments.set_user(credential.user.username)
         return _token_response(request, credential, scopes, False, secret, oauth=True)
     return JsonResponse(
         {"error": "unsupported_grant_type", "error_description": "use password or refresh_token"},

@@ -10,7 +10,7 @@ from functools import cache
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 
-from msr.config import create_once
+from msr.keys import create_once
 
 
 @cache

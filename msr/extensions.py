@@ -4,7 +4,7 @@ needs of it, and the core reads these lists when it acts.
 
 | registry            | an entry                                              | read by                      |
 |---------------------|-------------------------------------------------------|------------------------------|
-| metric_collectors   | a prometheus_client collector (reads the database)    | `/metrics` (msr/metrics.py)  |
+| metric_collectors   | a prometheus_client collector (reads the database)    | `/metrics` (msr/project/metrics.py)  |
 | retention_kinds     | `kind -> (setting days default, queryset(cutoff))`    | msr/retention.py             |
 | encrypted_fields    | `("app.Model", "field")` holding msr.crypto tokens    | `msr manage reencrypt`       |
 | account_settings    | an AccountSetting (a user's setting an app owns)      | settings API and page        |

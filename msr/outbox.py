@@ -36,7 +36,7 @@ def send(task, *args, countdown: float = 0) -> None:
 def publish(row: OutboxMessage, force: bool = False) -> bool:
     """Hand one message to the broker; True when it took it (and the row is gone)."""
     global _broker_away_until
-    from msr.celery import app
+    from celery import current_app as app
 
     if not force and time.monotonic() < _broker_away_until:
         log.info("broker unavailable a moment ago, %s kept in the outbox for the sweep", row)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 
-from msr.config import create_once
+from msr.keys import create_once
 from protocol import grants
 from protocol.grants import ALGORITHM
 

@@ -1,8 +1,8 @@
 """Log line formats: one JSON object per line (`MSR_LOG_FORMAT=json`) or one line of text
 (`text`), with the current request id (protocol/requestids.py) and the record's `extra=`
 fields. Unset (or `auto`), text when stderr is a terminal (a person reading) and JSON
-otherwise (a collector). Used by MSR's processes (msr/logs.py, msr/settings.py,
-msr/gunicorn_config.py) and by the cache node (caches/node.py), so their lines read alike.
+otherwise (a collector). Used by MSR's processes (msr/project/logs.py, msr/project/settings.py,
+msr/project/gunicorn_config.py) and by the cache node (caches/node.py), so their lines read alike.
 """
 
 import json

@@ -2,7 +2,7 @@
 serving it. It is the client's `X-Request-ID` when that is a sane token, else a new one.
 MSR returns it in the response and carries it in a layer redirect (`rid`); the cache node
 takes it from there (or from a child cache's header) and passes it upstream, so one id
-ties MSR's lines to every cache's lines for one pull. Used by msr/wsgi.py, msr/logs.py,
+ties MSR's lines to every cache's lines for one pull. Used by msr/project/wsgi.py, msr/project/logs.py,
 caches/grants.py, caches/node.py and the log formatters (protocol/logformat.py)."""
 
 import contextvars

@@ -1,5 +1,5 @@
 """Settings for the test process. MSR server processes started by the tests use the
-production settings (msr.settings) with the same data dir and database."""
+production settings (msr.project.settings) with the same data dir and database."""
 
 import os
 import tempfile
@@ -19,8 +19,8 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 from django.contrib.auth.hashers import PBKDF2PasswordHasher  # noqa: E402
 
-from msr.settings import *  # noqa: E402,F401,F403
-from msr.settings import DATA_DIR, DATABASES  # noqa: E402
+from msr.project.settings import *  # noqa: E402,F401,F403
+from msr.project.settings import DATA_DIR, DATABASES  # noqa: E402
 
 
 class FastPBKDF2PasswordHasher(PBKDF2PasswordHasher):

@@ -324,7 +324,7 @@ def test_serve_in_the_image_on_its_own_port_push_and_pull_with_skopeo(daemon, im
 
     # the scheduler, as compose runs it: healthy while it writes its schedule file
     beat = containers.run("beat", "-v", f"{data}:/data", *health, "--entrypoint", "celery", image,
-                          "-A", "msr.celery", "beat", "--schedule", "/data/celerybeat-schedule",
+                          "-A", "msr", "beat", "--schedule", "/data/celerybeat-schedule",
                           "--loglevel", "INFO", env_file=env_file)
     state = containers.wait_healthy(beat)
     assert "beat: /data/celerybeat-schedule written" in state["Log"][-1]["Output"]

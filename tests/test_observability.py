@@ -12,7 +12,7 @@ import pytest
 import requests
 from django.conf import settings
 
-from msr.metrics import route_template
+from msr.project.metrics import route_template
 from tests.client import Registry, sha256
 from tests.fixtures.metrics import BLOB, scrape, value
 from tests.processes import free_port, start_cache, start_msr

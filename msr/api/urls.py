@@ -1,4 +1,4 @@
-"""The core's routes of /api/v0/ (the apps' own come first: msr/urls.py). Repository
+"""The core's routes of /api/v0/ (the apps' own come first: msr/project/urls.py). Repository
 names may hold slashes, so repository routes are matched by their fixed suffix (the most
 specific first); anything unmatched answers a JSON 404 here."""
 

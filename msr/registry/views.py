@@ -8,7 +8,7 @@ from django.http import FileResponse, HttpResponse
 
 from accounts.models import User
 from accounts.permissions import readable_repositories
-from msr import metrics, services, uploads
+from msr import instruments, services, uploads
 from msr.addresses import client_address
 from msr.events import record_pull
 from msr.exceptions import InvalidRange
@@ -65,7 +65,7 @@ class ManifestView(RegistryView):
     def get(self, request, name, reference):
         response = self._fetch(request, name, reference)
         record_pull(self.username, name, reference, response["Docker-Content-Digest"], request)
-        metrics.PULLS.inc()
+        instruments.PULLS.inc()
         return response
 
     def head(self, request, name, reference):
@@ -79,7 +79,7 @@ class ManifestView(RegistryView):
         repository = services.ensure_repository(name)
         content_type = request.META.get("CONTENT_TYPE", "").split(";")[0].strip()
         manifest = services.put_manifest(repository, reference, body, content_type, _user(self))
-        metrics.PUSHES.inc()
+        instruments.PUSHES.inc()
         headers = {
             "Location": f"/v2/{name}/manifests/{manifest.digest}",
             "Docker-Content-Digest": manifest.digest,
@@ -127,7 +127,7 @@ class BlobView(RegistryView):
         # Object storage: the client (or the cache filling itself) fetches from the bucket.
         location = get_storage().blob_url(digest)
         if location:
-            metrics.STORAGE_REDIRECTS.inc()
+            instruments.STORAGE_REDIRECTS.inc()
             return empty_response(307, {"Location": location, "Docker-Content-Digest": digest})
         return self._serve(request, digest, size)
 
@@ -146,7 +146,7 @@ class BlobView(RegistryView):
         cache = choose_cache(self.username, client_address(request.META))
         if cache is None:
             return None
-        metrics.CACHE_REDIRECTS.labels(cache.name).inc()
+        instruments.CACHE_REDIRECTS.labels(cache.name).inc()
         return redirect_url(cache, name, digest, self.username)
 
     def _serve(self, request, digest, size):

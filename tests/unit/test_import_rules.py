@@ -6,8 +6,9 @@ inside functions): an import that breaks a rule fails here with the file and lin
 - `protocol` is Django-free and imports nothing of ours: the cache node runs on it.
 - The cache node (caches/node.py and what it runs on) imports no Django, no model and
   nothing of `msr`, `accounts` or `mirroring`.
-- The registry core (`msr`, but the project's own modules: settings, URLconf, CLI,
-  process configuration) knows nothing of `mirroring`, and asks `caches` one question
+- Nothing imports the Django project (`msr/project/`: settings, URLconf, WSGI, Celery,
+  CLI, metrics, logs, probes, operators' commands) but the project itself.
+- The registry core (`msr`, but `msr/project/`) knows nothing of `mirroring`, and asks `caches` one question
   only: where a client should fetch a layer (msr/registry/views.py, caches.grants).
   Apps add what the core needs through msr/extensions.py.
 - Nothing imports `mirroring` but `mirroring`.
@@ -21,10 +22,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("msr", "accounts", "caches", "mirroring", "protocol")
 
-# The Django project's own modules inside msr/: they wire the apps together (settings,
-# URLconf, the `msr` command that starts every process, process configuration).
-PROJECT = {"msr/settings.py", "msr/urls.py", "msr/cli.py", "msr/healthcheck.py", "msr/gunicorn_config.py",
-           "msr/celery.py", "msr/wsgi.py", "msr/__init__.py"}
+# msr/project/ is the Django project: it wires the core and the apps into processes and
+# may import anything; nothing imports it but itself and msr/__init__.py, which loads the
+# Celery application with Django (the usual Django + Celery layout).
+PROJECT_PREFIX = "msr/project/"
+MAY_IMPORT_PROJECT = {("msr/__init__.py", "msr.project.celery")}
 NODE = {"caches/node.py", "caches/httpserver.py"}
 # The one question the core asks of caches.
 CORE_MAY_ASK_CACHES = {("msr/registry/views.py", "caches.grants")}
@@ -77,13 +79,16 @@ def violations() -> list[str]:
                                  or (top == "caches" and module.rsplit(".", 1)[0] not in node_modules
                                      and module not in node_modules)):
                 refuse("the cache node imports no Django, no model, nothing of msr, accounts or mirroring")
-            if package == "msr" and name not in PROJECT:
+            in_project = name.startswith(PROJECT_PREFIX)
+            if (module + ".").startswith("msr.project.") and not in_project and (name, module) not in MAY_IMPORT_PROJECT:
+                refuse("nothing imports the project (msr/project/) but the project")
+            if package == "msr" and not in_project:
                 if top == "mirroring":
                     refuse("the registry core knows nothing of mirroring (it emits signals and outbox rows)")
                 if top == "caches" and not any(name == where and (module + ".").startswith(allowed + ".")
                                                for where, allowed in CORE_MAY_ASK_CACHES):
                     refuse("the core asks caches only where a layer should come from (msr/registry/views.py)")
-            if top == "mirroring" and package != "mirroring" and name not in PROJECT:
+            if top == "mirroring" and package != "mirroring" and not in_project:
                 refuse("nothing imports mirroring but mirroring")
     return broken
 
@@ -99,6 +104,8 @@ def test_the_tree_keeps_the_dependency_rules():
     ("caches/node.py", "from django.conf import settings", "the cache node imports no Django"),
     ("protocol/grants.py", "from msr import tokens", "protocol is Django-free"),
     ("caches/api.py", "from mirroring import jobs", "nothing imports mirroring but mirroring"),
+    ("msr/services.py", "from msr.project import metrics", "nothing imports the project"),
+    ("mirroring/jobs.py", "from msr.project.settings import DATA_DIR", "nothing imports the project"),
 ])
 def test_a_forbidden_import_is_reported_with_its_place(tmp_path, monkeypatch, where, line, rule):
     """The check itself: the same tree with one forbidden import added fails it."""

@@ -7,9 +7,10 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from msr.config import create_once, env_bool, env_int, env_list, env_str
+from msr.keys import create_once
+from msr.project.config import env_bool, env_int, env_list, env_str
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 
 DATA_DIR = Path(env_str("MSR_DATA_DIR", "./var")).resolve()
 
@@ -42,7 +43,7 @@ SECURE_HSTS_SECONDS = env_int("MSR_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("MSR_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
-# The Content-Security-Policy of every page (msr.security): scripts and styles from MSR
+# The Content-Security-Policy of every page (msr.project.security): scripts and styles from MSR
 # only (no CDN: assets ship with MSR), no framing. Empty: no header.
 CONTENT_SECURITY_POLICY = env_str(
     "MSR_CSP", "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -116,6 +117,7 @@ INSTALLED_APPS = [
     "msr",
     "caches",
     "mirroring",
+    "msr.project",  # the operators' commands: manage.py gc, prune, backup, restore, reencrypt, teamaccess
 ]
 
 MIDDLEWARE = [
@@ -127,12 +129,12 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "msr.security.ContentSecurityPolicyMiddleware",
-    "msr.security.ClientGoneMiddleware",
+    "msr.project.security.ContentSecurityPolicyMiddleware",
+    "msr.project.security.ClientGoneMiddleware",
 ]
 
-ROOT_URLCONF = "msr.urls"
-WSGI_APPLICATION = "msr.wsgi.application"
+ROOT_URLCONF = "msr.project.urls"
+WSGI_APPLICATION = "msr.project.wsgi.application"
 
 TEMPLATES = [
     {
@@ -241,7 +243,7 @@ else:
     # connect timeout.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3}
 # JSON only (Celery's default, stated): a worker never unpickles what the broker holds, and
-# Celery does not refuse to run as root (it warns; `msr up` silences that, msr/celery.py).
+# Celery does not refuse to run as root (it warns; `msr up` silences that, msr/project/celery.py).
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_TASK_IGNORE_RESULT = True
@@ -351,7 +353,7 @@ import ipaddress as _ipaddress  # noqa: E402
 
 from django.core.exceptions import ImproperlyConfigured as _ImproperlyConfigured  # noqa: E402
 
-from msr import logs as _logs  # noqa: E402  (no Django inside)
+from msr.project import logs as _logs  # noqa: E402  (no Django inside)
 from protocol import logformat as _logformat  # noqa: E402
 
 # Logs: one JSON object per line (json) or plain lines (text), on stderr, with the request

@@ -6,8 +6,8 @@ requests, so the browser middleware would be pure overhead there. So do the prob
 the scrape (`/healthz`, `/readyz`, `/metrics`). Everything else (UI, REST API, admin)
 goes through the full middleware stack of settings.MIDDLEWARE.
 
-Both handlers give every request an id (msr.logs) and count it by route, method and
-status (msr.metrics): a few microseconds, no database.
+Both handlers give every request an id (msr.project.logs) and count it by route, method and
+status (msr.project.metrics): a few microseconds, no database.
 """
 
 import os
@@ -17,13 +17,14 @@ import django
 from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIHandler
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.project.settings")
 django.setup(set_prefix=False)
 
 from django.conf import settings  # noqa: E402  (after setup)
 from django.utils.functional import SimpleLazyObject, empty  # noqa: E402
 
-from msr import logs, metrics  # noqa: E402
+from msr import instruments  # noqa: E402
+from msr.project import logs, metrics  # noqa: E402
 from protocol import requestids  # noqa: E402
 
 PROTOCOL_PREFIXES = ("/v2/", "/auth/token", "/auth/jwks.json")
@@ -35,7 +36,7 @@ class ObservedHandler(WSGIHandler):
     def get_response(self, request):
         started = time.perf_counter()
         request_id = requestids.from_client(request.META.get("HTTP_X_REQUEST_ID"))
-        context = logs.begin(request_id)
+        context = instruments.begin(request_id)
         try:
             response = super().get_response(request)
             seconds = time.perf_counter() - started
@@ -46,12 +47,12 @@ class ObservedHandler(WSGIHandler):
                 logs.log_access(request.method, route, response.status_code, seconds, _username(request))
             return response
         finally:
-            logs.end(context)
+            instruments.end(context)
 
 
 def _username(request) -> str:
     """Who made the request, if the request already found out (no query made here)."""
-    name = logs.current_user()  # the token service names whom it issued a token to
+    name = instruments.current_user()  # the token service names whom it issued a token to
     if name:
         return name
     user = request.__dict__.get("user")  # set by the session middleware or by DRF

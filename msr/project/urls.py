@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from msr import auth_views, health, metrics
+from msr import auth_views
+from msr.project import health, metrics
 
 urlpatterns = [
     path("auth/token", auth_views.token, name="token"),

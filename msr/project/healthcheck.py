@@ -52,7 +52,7 @@ def _names(argv: list[str]) -> list[str]:
 
 def role_of(argv: list[str]) -> str | None:
     """web, cache, worker or beat for the command line of an MSR process, else None."""
-    if "msr.wsgi:application" in argv:
+    if "msr.project.wsgi:application" in argv:
         return "web"
     if "caches.node:application" in argv:
         return "cache"
@@ -147,7 +147,7 @@ def check(ready: bool = False, timeout: float = 4.0) -> tuple[bool, str]:
     if role == "worker":
         name = (_option(argv, "--hostname") or _option(argv, "-n") or f"msr-{pid}@%h")
         name = name.replace("%h", socket.gethostname()).replace("%n", socket.gethostname().split(".")[0])
-        celery = [sys.executable, "-m", "celery", "-A", _option(argv, "-A") or "msr.celery",
+        celery = [sys.executable, "-m", "celery", "-A", _option(argv, "-A") or "msr",
                   "inspect", "ping", "-d", name, "--timeout", str(int(timeout))]
         try:
             result = subprocess.run(celery, capture_output=True, text=True, timeout=timeout + 5)

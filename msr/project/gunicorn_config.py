@@ -1,4 +1,4 @@
-"""Gunicorn settings and hooks of MSR's web process (`--config python:msr.gunicorn_config`,
+"""Gunicorn settings and hooks of MSR's web process (`--config python:msr.project.gunicorn_config`,
 read by the master before it preloads the application).
 
 - Prometheus multiprocess mode: every worker process writes its counters to mmap files
@@ -11,7 +11,7 @@ read by the master before it preloads the application).
 - gunicorn's own lines in MSR's log format (MSR_LOG_FORMAT), by a logger class: a
   `logconfig_dict` would also switch on gunicorn's access log, which then builds its
   fields for every request (a tenth of a millisecond) and holds the query string, where
-  a cache's grant travels. MSR writes its own access line (MSR_ACCESS_LOG, msr/wsgi.py).
+  a cache's grant travels. MSR writes its own access line (MSR_ACCESS_LOG, msr/project/wsgi.py).
 """
 
 import os
@@ -19,7 +19,7 @@ import shutil
 import socket
 from pathlib import Path
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.project.settings")
 
 from django.conf import settings  # noqa: E402  (settings only: no app is set up here)
 from gunicorn import glogging  # noqa: E402

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 
-from msr.metrics import address_allowed
+from msr.project.metrics import address_allowed
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def check_broker() -> None:
     if urlsplit(url).scheme == "filesystem":
         _writable(Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]))
         return
-    from msr.celery import app
+    from msr.project.celery import app
 
     with app.connection_for_write() as broker:
         broker.ensure_connection(max_retries=1, timeout=TIMEOUT_SECONDS)

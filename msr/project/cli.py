@@ -8,7 +8,7 @@
     msr worker   a Celery worker (webhooks; later mirroring, promotion, cache checks)
     msr manage   Django management commands (migrate, adduser, addorg, ...)
     msr healthcheck  the container image's HEALTHCHECK: checks the role running in the
-                 container where it listens (msr/healthcheck.py)
+                 container where it listens (msr/project/healthcheck.py)
 """
 
 import argparse
@@ -26,7 +26,7 @@ log = logging.getLogger("msr.up")
 
 
 def _setup_django():
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.project.settings")
     import django
 
     django.setup()
@@ -112,7 +112,7 @@ def _gunicorn_argv(args) -> list[str]:
     from django.conf import settings
 
     argv = [
-        sys.executable, "-m", "gunicorn", "msr.wsgi:application",
+        sys.executable, "-m", "gunicorn", "msr.project.wsgi:application",
         "--bind", args.bind,
         "--workers", str(args.workers),
         "--worker-class", _worker_class(),
@@ -126,7 +126,7 @@ def _gunicorn_argv(args) -> list[str]:
         "--no-control-socket",
         "--forwarded-allow-ips", os.environ.get("MSR_FORWARDED_ALLOW_IPS", "127.0.0.1"),
         # Prometheus multiprocess directory and hooks; gunicorn's lines in MSR's log format.
-        "--config", "python:msr.gunicorn_config",
+        "--config", "python:msr.project.gunicorn_config",
     ]
     if os.path.isdir("/dev/shm"):
         argv += ["--worker-tmp-dir", "/dev/shm"]
@@ -515,7 +515,7 @@ def cmd_cache(args) -> None:
 
 
 def cmd_manage(args) -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.project.settings")
     import django
 
     django.setup()
@@ -526,7 +526,7 @@ def cmd_manage(args) -> None:
 
 
 def cmd_healthcheck(args) -> None:
-    from msr.healthcheck import main as healthcheck
+    from msr.project.healthcheck import main as healthcheck
 
     sys.exit(healthcheck(ready=args.ready))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from celery import Celery, signals
 from celery.exceptions import SecurityWarning
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "msr.project.settings")
 
 app = Celery("msr")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -7,43 +7,15 @@ header and carried by a layer redirect to the cache node (`rid` in the URL: the 
 follows the redirect itself and sends no header of ours), so one id ties MSR's lines to
 the cache's lines for the same pull.
 
-Nothing here imports Django: msr/settings.py builds LOGGING with it.
+Nothing here imports Django: msr/project/settings.py builds LOGGING with it.
 """
 
-import contextvars
 import logging
 
-from protocol import requestids
 from protocol.logformat import FORMATTERS
-
-# The user of the request this thread is serving: {"user": ...}, or None. A dict, so that
-# set_user reaches the request's context from wherever in the request it is called.
-_current = contextvars.ContextVar("msr_request_user", default=None)
 
 access_log = logging.getLogger("msr.access")
 
-
-def begin(request_id: str) -> tuple[contextvars.Token, contextvars.Token]:
-    """Start serving a request: its id in every line, its user for the access line."""
-    return requestids.begin(request_id), _current.set({"user": ""})
-
-
-def end(tokens: tuple[contextvars.Token, contextvars.Token]) -> None:
-    request_id_token, user_token = tokens
-    _current.reset(user_token)
-    requestids.end(request_id_token)
-
-
-def set_user(username: str) -> None:
-    """Name the user of the current request, for its access log line."""
-    context = _current.get()
-    if context is not None:
-        context["user"] = username
-
-
-def current_user() -> str:
-    context = _current.get()
-    return context["user"] if context else ""
 
 
 # At a terminal these repeat every few seconds (beat's schedule, each periodic task's

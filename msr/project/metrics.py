@@ -2,7 +2,7 @@
 
 Counters live in each web process. Under `msr serve` / `msr up` gunicorn runs several
 worker processes, so prometheus_client's multiprocess mode is on (PROMETHEUS_MULTIPROC_DIR,
-set by msr/gunicorn_config.py): each process writes its values to mmap files and a
+set by msr/project/gunicorn_config.py): each process writes its values to mmap files and a
 scrape adds up every process's files. Counting is an in-memory write under
 prometheus_client's lock: no database, no I/O on the request path.
 
@@ -32,11 +32,6 @@ REQUESTS = Counter("msr_http_requests", "HTTP requests answered, by route (URL p
 REQUEST_DURATION = Histogram("msr_http_request_duration_seconds",
                              "Time from request to response headers, by route and method",
                              ["route", "method"], buckets=_LATENCY_BUCKETS)
-PULLS = Counter("msr_pulls", "Pulls: manifest GETs answered 200")
-PUSHES = Counter("msr_pushes", "Pushes: manifests stored by PUT")
-CACHE_REDIRECTS = Counter("msr_cache_redirects", "Layer GETs redirected (307) to a content cache", ["cache"])
-STORAGE_REDIRECTS = Counter("msr_storage_redirects", "Layer GETs redirected (307) to object storage (presigned URL)")
-TOKENS_ISSUED = Counter("msr_tokens_issued", "Access tokens issued by the token service")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # (route, method, status) -> (counter child, histogram child): labels() takes a lock and

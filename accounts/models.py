@@ -30,6 +30,17 @@ class User(AbstractUser):
     full_name = models.CharField(max_length=200, blank=True)
 
 
+# What a team may do in a repository, granted on one repository or on every repository of
+# an organization (django-guardian object permissions, the same codenames on both; read
+# by accounts.permissions): (codename, its name on a repository, on an organization).
+REPOSITORY_PERMISSIONS = (
+    ("pull_repository", "Pull", "Pull from the organization's repositories"),
+    ("push_repository", "Push", "Push to the organization's repositories"),
+    ("delete_repository", "Delete content", "Delete content in the organization's repositories"),
+    ("admin_repository", "Administer", "Administer the organization's repositories"),
+)
+
+
 class Namespace(models.Model):
     """The owner of repositories: one per user, and one per organization."""
 
@@ -49,12 +60,7 @@ class Namespace(models.Model):
         default_permissions = ()
         # Access a team holds on every repository of an organization (MSR's
         # "namespace team access"); the same codenames as on a repository.
-        permissions = [
-            ("pull_repository", "Pull from the organization's repositories"),
-            ("push_repository", "Push to the organization's repositories"),
-            ("delete_repository", "Delete content in the organization's repositories"),
-            ("admin_repository", "Administer the organization's repositories"),
-        ]
+        permissions = [(codename, on_organization) for codename, _, on_organization in REPOSITORY_PERMISSIONS]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(is_org=True, user__isnull=True)
@@ -78,9 +84,7 @@ class OrganizationMembership(models.Model):
     is_owner = models.BooleanField(default=False)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["organization", "user"], name="unique_org_member")
-        ]
+        constraints = [models.UniqueConstraint(fields=["organization", "user"], name="unique_org_member")]
 
     def __str__(self):
         return f"{self.user} in {self.organization}{' (owner)' if self.is_owner else ''}"
@@ -99,9 +103,7 @@ class Team(models.Model):
     group = models.OneToOneField(Group, on_delete=models.PROTECT, related_name="team")
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["organization", "name"], name="unique_team_per_org")
-        ]
+        constraints = [models.UniqueConstraint(fields=["organization", "name"], name="unique_team_per_org")]
 
     def __str__(self):
         return f"{self.organization}/{self.name}"

@@ -4,7 +4,7 @@ pre-warm actions, network rules and pre-warming policies."""
 import ipaddress
 
 from django.db.models.deletion import ProtectedError
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, serializers, status
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
@@ -62,8 +62,17 @@ class _AdminList(generics.ListCreateAPIView):
 
 
 class _AdminDetail(generics.RetrieveUpdateDestroyAPIView):
+    """One object of the list view `of`, with its serializer."""
+
     permission_classes = [IsAdminUser]
     http_method_names = ["get", "patch", "delete"]
+    of: type[_AdminList]
+
+    def get_serializer_class(self):
+        return self.of.serializer_class
+
+    def get_queryset(self):
+        return self.of.queryset.all()
 
 
 class ContentCacheList(_AdminList):
@@ -72,8 +81,7 @@ class ContentCacheList(_AdminList):
 
 
 class ContentCacheDetail(_AdminDetail):
-    serializer_class = ContentCacheSerializer
-    queryset = ContentCache.objects.select_related("parent")
+    of = ContentCacheList
 
     def destroy(self, request, *args, **kwargs):
         try:
@@ -109,20 +117,36 @@ class PurgeSerializer(serializers.Serializer):
                                     help_text="one blob; omit to empty the cache")
 
 
-class ContentCachePurge(APIView):
-    permission_classes = [IsAdminUser]
+class _CacheAction(APIView):
+    """POST to one cache (system admins): the body is checked by `form`, then `act`."""
 
-    @extend_schema(request=PurgeSerializer, responses={200: dict})
+    permission_classes = [IsAdminUser]
+    form: type[serializers.Serializer]
+
     def post(self, request, pk):
+        cache = generics.get_object_or_404(ContentCache, pk=pk)
+        form = self.form(data=request.data)
+        form.is_valid(raise_exception=True)
+        return self.act(cache, form.validated_data)
+
+    def act(self, cache: ContentCache, data: dict) -> Response:
+        raise NotImplementedError
+
+
+@extend_schema_view(post=extend_schema(request=PurgeSerializer, responses={200: dict}))
+class ContentCachePurge(_CacheAction):
+    """Remove one blob (`digest`) or every blob from the cache's disk; it fetches them
+    again from upstream on the next pull."""
+
+    form = PurgeSerializer
+
+    def act(self, cache, data):
         import requests
 
         from caches.tasks import purge
 
-        cache = generics.get_object_or_404(ContentCache, pk=pk)
-        form = PurgeSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
         try:
-            return Response(purge(cache, form.validated_data.get("digest")))
+            return Response(purge(cache, data.get("digest")))
         except (requests.RequestException, egress.EgressRefused) as e:
             return Response({"detail": f"the cache did not answer: {egress.describe(e)}"}, status=502)
 
@@ -137,24 +161,24 @@ class PrewarmSerializer(serializers.Serializer):
         return value
 
 
-class ContentCachePrewarm(APIView):
-    permission_classes = [IsAdminUser]
+@extend_schema_view(post=extend_schema(request=PrewarmSerializer, responses={202: dict}))
+class ContentCachePrewarm(_CacheAction):
+    """Queue a pre-warm: the cache fetches the image's layers (every platform of an
+    index) before anyone pulls them."""
 
-    @extend_schema(request=PrewarmSerializer, responses={202: dict})
-    def post(self, request, pk):
+    form = PrewarmSerializer
+
+    def act(self, cache, data):
         from caches.tasks import prewarm
         from msr import outbox
         from msr.exceptions import NotFound
         from msr.services import resolve_manifest
 
-        cache = generics.get_object_or_404(ContentCache, pk=pk)
-        form = PrewarmSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
         try:
-            resolve_manifest(form.validated_data["repository"], form.validated_data["tag"])
+            resolve_manifest(data["repository"], data["tag"])
         except NotFound:
             raise serializers.ValidationError({"tag": ["No such image."]}) from None
-        outbox.send(prewarm, cache.pk, form.validated_data["repository"], form.validated_data["tag"])
+        outbox.send(prewarm, cache.pk, data["repository"], data["tag"])
         return Response({"queued": True, "cache": cache.name}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -207,5 +231,4 @@ class PrewarmPolicyList(_AdminList):
 
 
 class PrewarmPolicyDetail(_AdminDetail):
-    serializer_class = PrewarmPolicySerializer
-    queryset = PrewarmPolicy.objects.prefetch_related("caches")
+    of = PrewarmPolicyList

@@ -28,6 +28,7 @@ from msr.references import is_valid_name
 from msr.services import actions_for
 from msr.signin import TOKEN, Credential, Throttled, bearer, sign_in
 from msr.tokens import issue_access_token, jwks
+from protocol import errors
 
 log = logging.getLogger(__name__)
 
@@ -100,33 +101,34 @@ def grant_access(user, scopes, allowed=TOKEN_ACTIONS) -> list[dict]:
     ]
 
 
+def _error(status: int, code: str, message: str, oauth_error: str | None = None) -> JsonResponse:
+    """An error of the token service in the registry's error body (protocol/errors.py) and,
+    to an OAuth2 request (`oauth_error`), RFC 6749's `error` and `error_description` too:
+    Docker reads only the registry's format from a token service's 400 and would
+    otherwise print "error parsing HTTP 400 response body"."""
+    body = errors.error_document(code, message)
+    if oauth_error:
+        body = {"error": oauth_error, "error_description": message, **body}
+    return JsonResponse(body, status=status)
+
+
 def _unauthorized(message: str, oauth: bool) -> HttpResponse:
     if oauth:
-        # The registry's error format too: Docker reads only that one from a token
-        # service's 400 and would otherwise print "error parsing HTTP 400 response body".
-        body = {"error": "invalid_grant", "error_description": message,
-                "errors": [{"code": "UNAUTHORIZED", "message": message}]}
-        return JsonResponse(body, status=400)
-    body = {"errors": [{"code": "UNAUTHORIZED", "message": message}]}
-    response = JsonResponse(body, status=401)
+        return _error(400, "UNAUTHORIZED", message, "invalid_grant")
+    response = _error(401, "UNAUTHORIZED", message)
     response["WWW-Authenticate"] = f'Basic realm="{settings.TOKEN_SERVICE}"'
     return response
 
 
 def _throttled(error: Throttled, oauth: bool) -> HttpResponse:
-    if oauth:
-        body = {"error": "slow_down", "error_description": str(error)}
-    else:
-        body = {"errors": [{"code": "TOOMANYREQUESTS", "message": str(error)}]}
-    response = JsonResponse(body, status=429)
+    response = _error(429, "TOOMANYREQUESTS", str(error), "slow_down" if oauth else None)
     response["Retry-After"] = str(error.retry_after)
     return response
 
 
 def _too_many_scopes() -> HttpResponse:
-    message = f"a token request may name at most {settings.MAX_TOKEN_SCOPES} scopes"
-    return JsonResponse({"error": "invalid_scope", "error_description": message,
-                         "errors": [{"code": "DENIED", "message": message}]}, status=400)
+    return _error(400, "DENIED", f"a token request may name at most {settings.MAX_TOKEN_SCOPES} scopes",
+                  "invalid_scope")
 
 
 def _token_response(request, credential: Credential | None, scopes, offline: bool, refresh_token: str | None,

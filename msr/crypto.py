@@ -27,22 +27,23 @@ def encrypt(plaintext: str) -> str:
 
 
 def decrypt(ciphertext: str) -> str:
-    if not ciphertext:
-        return ""
-    try:
-        return _fernet().decrypt(ciphertext.encode()).decode()
-    except InvalidToken:
-        raise ValueError("cannot decrypt a stored secret: was MSR_ENCRYPTION_KEY changed?") from None
+    return _with_keys("decrypt", ciphertext, "cannot decrypt a stored secret: was MSR_ENCRYPTION_KEY changed?")
 
 
 def rotate(ciphertext: str) -> str:
     """The secret encrypted with the first (newest) key; ValueError if no key reads it."""
+    return _with_keys("rotate", ciphertext, "cannot decrypt a stored secret with any of MSR_ENCRYPTION_KEY's keys")
+
+
+def _with_keys(operation: str, ciphertext: str, failure: str) -> str:
+    """MultiFernet's `decrypt` or `rotate` of a stored secret ("" stays ""); ValueError
+    with `failure` where no key reads it."""
     if not ciphertext:
         return ""
     try:
-        return _fernet().rotate(ciphertext.encode()).decode()
+        return getattr(_fernet(), operation)(ciphertext.encode()).decode()
     except InvalidToken:
-        raise ValueError("cannot decrypt a stored secret with any of MSR_ENCRYPTION_KEY's keys") from None
+        raise ValueError(failure) from None
 
 
 def encrypted_fields() -> list[tuple[str, str]]:

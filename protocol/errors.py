@@ -5,9 +5,14 @@
 import json
 
 
-def error_body(code: str, message: str, detail=None) -> bytes:
-    """The JSON body of one error; `detail` only when there is one."""
+def error_document(code: str, message: str, detail=None) -> dict:
+    """The document of one error; `detail` only when there is one."""
     error = {"code": code, "message": message}
     if detail is not None:
         error["detail"] = detail
-    return json.dumps({"errors": [error]}).encode()
+    return {"errors": [error]}
+
+
+def error_body(code: str, message: str, detail=None) -> bytes:
+    """The JSON body of one error."""
+    return json.dumps(error_document(code, message, detail)).encode()

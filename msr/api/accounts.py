@@ -234,23 +234,41 @@ class AccountSettings(APIView):
         return Response(_settings(namespace))
 
 
+def _organization(name: str, user, allowed, refusal: str):
+    """The organization `name` (404 if there is none), if `allowed(user, organization)`
+    (is_org_member, is_org_owner); else 403 with `refusal`."""
+    organization = organization_or_404(name)
+    if not allowed(user, organization):
+        raise PermissionDenied(refusal)
+    return organization
+
+
+class _MembersSee:
+    """A list view of something of an organization's that its members see: `listed(org)`
+    (nothing while the API schema is made, which has no organization)."""
+
+    model: type
+    refusal: str
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.model.objects.none()
+        return self.listed(_organization(self.kwargs["org"], self.request.user, is_org_member, self.refusal))
+
+
 class MemberSerializer(serializers.Serializer):
     name = serializers.CharField(source="user.username", read_only=True)
     fullName = serializers.CharField(source="user.full_name", read_only=True)
     isAdmin = serializers.BooleanField(source="is_owner", default=False)
 
 
-class OrganizationMembers(generics.ListAPIView):
+class OrganizationMembers(_MembersSee, generics.ListAPIView):
     """Members of an organization; `isAdmin` marks its owners."""
 
     serializer_class = MemberSerializer
+    model, refusal = OrganizationMembership, "Only members see an organization's members."
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):  # schema generation
-            return OrganizationMembership.objects.none()
-        org = organization_or_404(self.kwargs["org"])
-        if not is_org_member(self.request.user, org):
-            raise PermissionDenied("Only members see an organization's members.")
+    def listed(self, org):
         return org.memberships.select_related("user").order_by("user__username")
 
 
@@ -263,9 +281,8 @@ class OrganizationMember(APIView):
 
     @extend_schema(request=MembershipSerializer, responses=MemberSerializer)
     def put(self, request, org, member):
-        organization = organization_or_404(org)
-        if not is_org_owner(request.user, organization):
-            raise PermissionDenied("Only organization owners manage members.")
+        organization = _organization(org, request.user, is_org_owner,
+                                     "Only organization owners manage members.")
         form = MembershipSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         membership = services.add_member(organization, user_or_404(member),
@@ -276,9 +293,8 @@ class OrganizationMember(APIView):
         return Response(MemberSerializer(membership).data)
 
     def delete(self, request, org, member):
-        organization = organization_or_404(org)
-        if not is_org_owner(request.user, organization):
-            raise PermissionDenied("Only organization owners manage members.")
+        organization = _organization(org, request.user, is_org_owner,
+                                     "Only organization owners manage members.")
         user = user_or_404(member)
         if not OrganizationMembership.objects.filter(organization=organization, user=user).exists():
             return Response({"detail": f"{member!r} is not a member of {org!r}."}, status=404)
@@ -298,21 +314,16 @@ class TeamSerializer(serializers.Serializer):
         return team.group.user_set.count()
 
 
-class TeamList(generics.ListCreateAPIView):
+class TeamList(_MembersSee, generics.ListCreateAPIView):
     serializer_class = TeamSerializer
+    model, refusal = Team, "Only members see an organization's teams."
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):  # schema generation
-            return Team.objects.none()
-        org = organization_or_404(self.kwargs["org"])
-        if not is_org_member(self.request.user, org):
-            raise PermissionDenied("Only members see an organization's teams.")
+    def listed(self, org):
         return org.teams.select_related("group").order_by("name")
 
     def create(self, request, org):
-        organization = organization_or_404(org)
-        if not is_org_owner(request.user, organization):
-            raise PermissionDenied("Only organization owners create teams.")
+        organization = _organization(org, request.user, is_org_owner,
+                                     "Only organization owners create teams.")
         form = TeamSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         if organization.teams.filter(name=form.validated_data["name"]).exists():
@@ -330,11 +341,10 @@ class TeamDetail(APIView):
     serializer_class = TeamSerializer
 
     def _team(self, request, org, team, manage=False):
-        organization = organization_or_404(org)
-        allowed = is_org_owner if manage else is_org_member
-        if not allowed(request.user, organization):
-            raise PermissionDenied("Only organization owners manage teams." if manage
-                                   else "Only members see an organization's teams.")
+        if manage:
+            organization = _organization(org, request.user, is_org_owner, "Only organization owners manage teams.")
+        else:
+            organization = _organization(org, request.user, is_org_member, "Only members see an organization's teams.")
         return team_or_404(organization, team)
 
     def get(self, request, org, team):
@@ -361,15 +371,11 @@ class TeamMemberSerializer(serializers.Serializer):
     fullName = serializers.CharField(source="full_name")
 
 
-class TeamMembers(generics.ListAPIView):
+class TeamMembers(_MembersSee, generics.ListAPIView):
     serializer_class = TeamMemberSerializer
+    model, refusal = User, "Only members see an organization's teams."
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):  # schema generation
-            return User.objects.none()
-        org = organization_or_404(self.kwargs["org"])
-        if not is_org_member(self.request.user, org):
-            raise PermissionDenied("Only members see an organization's teams.")
+    def listed(self, org):
         return team_or_404(org, self.kwargs["team"]).group.user_set.order_by("username")
 
 
@@ -377,9 +383,8 @@ class TeamMember(APIView):
     serializer_class = TeamMemberSerializer
 
     def _target(self, request, org, team, member):
-        organization = organization_or_404(org)
-        if not is_org_owner(request.user, organization):
-            raise PermissionDenied("Only organization owners manage team members.")
+        organization = _organization(org, request.user, is_org_owner,
+                                     "Only organization owners manage team members.")
         return team_or_404(organization, team), user_or_404(member)
 
     @extend_schema(request=None, responses=TeamMemberSerializer)

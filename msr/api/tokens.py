@@ -23,13 +23,18 @@ from msr.events import record
 from msr.models import Event
 
 
-class TokenSerializer(serializers.ModelSerializer):
-    user = serializers.CharField(source="user.username", read_only=True)
-    scopes = serializers.SerializerMethodField()
+class _TokenTimes(serializers.ModelSerializer):
+    """When a token (personal or refresh) was made, last used, ends and was revoked."""
+
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
     lastUsedAt = serializers.DateTimeField(allow_null=True, source="last_used_at", read_only=True)
     expiresAt = serializers.DateTimeField(allow_null=True, source="expires_at", read_only=True)
     revokedAt = serializers.DateTimeField(allow_null=True, source="revoked_at", read_only=True)
+
+
+class TokenSerializer(_TokenTimes):
+    user = serializers.CharField(source="user.username", read_only=True)
+    scopes = serializers.SerializerMethodField()
 
     class Meta:
         model = AccessToken
@@ -142,15 +147,11 @@ class TokenDetail(_OwnTokenDetail):
     kind, revoking = AccessToken.PERSONAL, "Revoking a token"
 
 
-class RefreshTokenSerializer(serializers.ModelSerializer):
+class RefreshTokenSerializer(_TokenTimes):
     boundTo = serializers.SerializerMethodField(help_text="what ends it: the password, or a token")
     active = serializers.SerializerMethodField()
     clientIp = serializers.IPAddressField(source="client_ip", allow_null=True, read_only=True)
     userAgent = serializers.CharField(source="user_agent", read_only=True)
-    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
-    lastUsedAt = serializers.DateTimeField(allow_null=True, source="last_used_at", read_only=True)
-    expiresAt = serializers.DateTimeField(allow_null=True, source="expires_at", read_only=True)
-    revokedAt = serializers.DateTimeField(allow_null=True, source="revoked_at", read_only=True)
 
     class Meta:
         model = AccessToken

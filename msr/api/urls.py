@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from msr.api import accounts, events, repositories, tokens, webhooks
 
+
 @csrf_exempt
 def not_found(request, *args, **kwargs):
     """Unknown API paths answer JSON, like every other API error."""
@@ -17,6 +18,14 @@ def not_found(request, *args, **kwargs):
 
 NS = r"(?P<namespace>[^/]+)"
 REPO = r"(?P<repository>.+?)"
+# What follows /repositories/<namespace>/<repository>, most specific first.
+AFTER_REPOSITORY = {
+    "/teamAccess": repositories.RepositoryTeamAccessList,
+    "/teamAccess/(?P<team>[^/]+)": repositories.RepositoryTeamAccess,
+    "/tags": repositories.TagList,
+    "/tags/(?P<tag>[^/]+)": repositories.TagDetail,
+    "": repositories.RepositoryDetail,
+}
 
 urlpatterns = [
     path("schema", SpectacularAPIView.as_view(), name="api-schema"),
@@ -33,11 +42,7 @@ urlpatterns = [
     path("accounts/<str:org>/teams/<str:team>/members/<str:member>", accounts.TeamMember.as_view()),
     path("repositories", repositories.RepositoryList.as_view()),
     re_path(rf"^repositories/{NS}$", repositories.NamespaceRepositories.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/teamAccess$", repositories.RepositoryTeamAccessList.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/teamAccess/(?P<team>[^/]+)$", repositories.RepositoryTeamAccess.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/tags$", repositories.TagList.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}/tags/(?P<tag>[^/]+)$", repositories.TagDetail.as_view()),
-    re_path(rf"^repositories/{NS}/{REPO}$", repositories.RepositoryDetail.as_view()),
+    *(re_path(rf"^repositories/{NS}/{REPO}{suffix}$", view.as_view()) for suffix, view in AFTER_REPOSITORY.items()),
     re_path(rf"^repositoryNamespaces/{NS}/teamAccess$", repositories.NamespaceTeamAccessList.as_view()),
     re_path(rf"^repositoryNamespaces/{NS}/teamAccess/(?P<team>[^/]+)$", repositories.NamespaceTeamAccess.as_view()),
     path("tokens", tokens.TokenList.as_view()),

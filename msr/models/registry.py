@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from accounts.models import Namespace
+from accounts.models import REPOSITORY_PERMISSIONS, Namespace
 
 
 class Repository(models.Model):
@@ -35,15 +35,8 @@ class Repository(models.Model):
         verbose_name_plural = "repositories"
         default_permissions = ()
         # Object permissions granted to teams (django-guardian); see accounts.permissions.
-        permissions = [
-            ("pull_repository", "Pull"),
-            ("push_repository", "Push"),
-            ("delete_repository", "Delete content"),
-            ("admin_repository", "Administer"),
-        ]
-        constraints = [
-            models.UniqueConstraint(fields=["namespace", "name"], name="unique_repository_name")
-        ]
+        permissions = [(codename, on_repository) for codename, on_repository, _ in REPOSITORY_PERMISSIONS]
+        constraints = [models.UniqueConstraint(fields=["namespace", "name"], name="unique_repository_name")]
 
     def __str__(self):
         return self.full_name
@@ -72,14 +65,35 @@ class RepositoryBlob(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["repository", "blob"], name="unique_repository_blob")
-        ]
+        constraints = [models.UniqueConstraint(fields=["repository", "blob"], name="unique_repository_blob")]
 
 
-class Manifest(models.Model):
+class _Pushed(models.Model):
+    """What a push leaves in a repository (a manifest, a tag) and by whom, unique in the
+    repository by its `key` (a digest, a tag name)."""
+
+    key: str
+    separator: str  # between repository and key: `repo@sha256:…`, `repo:latest`
+    repository: models.ForeignKey
+    pushed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def unique_in_repository(cls, key: str, name: str) -> list:
+        return [models.UniqueConstraint(fields=["repository", key], name=name)]
+
+    def __str__(self):
+        return f"{self.repository}{self.separator}{getattr(self, self.key)}"
+
+
+class Manifest(_Pushed):
     """An image manifest or index (OCI or Docker schema 2) in one repository."""
 
+    key, separator = "digest", "@"
     repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="manifests")
     digest = models.CharField(max_length=150)
     media_type = models.CharField(max_length=255)
@@ -93,36 +107,21 @@ class Manifest(models.Model):
     # Blobs (config and layers) and child manifests (of an index) it references.
     blobs = models.ManyToManyField(Blob, related_name="manifests", blank=True)
     children = models.ManyToManyField("self", symmetrical=False, related_name="parents", blank=True)
-    pushed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["repository", "digest"], name="unique_manifest_digest")
-        ]
-
-    def __str__(self):
-        return f"{self.repository}@{self.digest}"
+        constraints = _Pushed.unique_in_repository("digest", "unique_manifest_digest")
 
 
-class Tag(models.Model):
+class Tag(_Pushed):
+    key, separator = "name", ":"
     repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="tags")
     name = models.CharField(max_length=128)
     manifest = models.ForeignKey(Manifest, on_delete=models.CASCADE, related_name="tags")
-    pushed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["repository", "name"], name="unique_tag_name")
-        ]
-
-    def __str__(self):
-        return f"{self.repository}:{self.name}"
+        constraints = _Pushed.unique_in_repository("name", "unique_tag_name")
 
 
 class Upload(models.Model):

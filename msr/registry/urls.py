@@ -7,18 +7,21 @@ from django.urls import re_path
 from msr.registry import views
 
 NAME = r"(?P<name>.+?)"
-REFERENCE = r"(?P<reference>[^/]+)"
-DIGEST = r"(?P<digest>[^/]+)"
-UPLOAD_ID = r"(?P<upload_id>[^/]+)"
+ID = r"[^/]+"
+
+# What follows /v2/<name>/, most specific first.
+AFTER_NAME = {
+    rf"manifests/(?P<reference>{ID})": views.ManifestView,
+    r"blobs/uploads/?": views.UploadStartView,
+    rf"blobs/uploads/(?P<upload_id>{ID})": views.UploadView,
+    rf"blobs/(?P<digest>{ID})": views.BlobView,
+    r"tags/list": views.TagsListView,
+    rf"referrers/(?P<digest>{ID})": views.ReferrersView,
+}
 
 urlpatterns = [
     re_path(r"^v2/?$", views.BaseView.as_view()),
     re_path(r"^v2/_catalog$", views.CatalogView.as_view()),
-    re_path(rf"^v2/{NAME}/manifests/{REFERENCE}$", views.ManifestView.as_view()),
-    re_path(rf"^v2/{NAME}/blobs/uploads/?$", views.UploadStartView.as_view()),
-    re_path(rf"^v2/{NAME}/blobs/uploads/{UPLOAD_ID}$", views.UploadView.as_view()),
-    re_path(rf"^v2/{NAME}/blobs/{DIGEST}$", views.BlobView.as_view()),
-    re_path(rf"^v2/{NAME}/tags/list$", views.TagsListView.as_view()),
-    re_path(rf"^v2/{NAME}/referrers/{DIGEST}$", views.ReferrersView.as_view()),
+    *(re_path(rf"^v2/{NAME}/{suffix}$", view.as_view()) for suffix, view in AFTER_NAME.items()),
     re_path(r"^v2/", views.NotFoundView.as_view()),
 ]

@@ -82,6 +82,7 @@ class TeamAccessForm(forms.Form):
 
 
 class RepositoryTeamAccessForm(TeamAccessForm):
+    field_order = ["team", "repository", "access_level"]
     repository = forms.ChoiceField(label="Repository")
 
     def __init__(self, *args, repositories=(), **kwargs):

@@ -43,6 +43,7 @@ import jwt
 import requests
 from gunicorn import glogging
 
+from caches.endpoint import MANIFEST_PATH_RE, MANIFEST_ROUTE, RegionalEndpoint
 from protocol import grants, requestids
 from protocol.errors import error_body
 from protocol.logformat import FORMATTERS, JsonFormatter, resolve_format
@@ -112,6 +113,11 @@ class Config:
         self.max_size = parse_size(env.get("MSR_CACHE_MAX_SIZE", "50G"))
         self.ttl = parse_duration(env.get("MSR_CACHE_TTL", "24h"))
         self.evict_interval = int(env.get("MSR_CACHE_EVICT_INTERVAL", "30"))
+        # The regional endpoint (caches/endpoint.py).
+        self.token_relay = env.get("MSR_CACHE_TOKEN_RELAY", "1").lower() in ("1", "true", "yes", "on")
+        self.token_service = env.get("MSR_CACHE_TOKEN_SERVICE") or None  # else read from MSR's challenge
+        self.public_url = (env.get("MSR_CACHE_PUBLIC_URL") or "").rstrip("/")
+        self.membership_ttl = parse_duration(env.get("MSR_CACHE_MEMBERSHIP_TTL", "10m"))
 
 
 class UpstreamError(Exception):
@@ -121,16 +127,33 @@ class UpstreamError(Exception):
 class Keys:
     """MSR's public keys (JWKS), fetched on first use and again for an unknown key id."""
 
-    def __init__(self, msr_url: str):
+    def __init__(self, msr_url: str, saved: Path | None = None):
         self.url = f"{msr_url}/auth/jwks.json"
         self._keys: dict[str, object] = {}
         self._fetched_at = 0.0
         self._lock = threading.Lock()
+        # The last keys fetched, kept on disk: a node restarted while MSR is away still
+        # verifies the tokens MSR signed before.
+        self._saved = saved
+        self._load()
+
+    def _load(self) -> None:
+        if self._saved is not None:
+            try:
+                self._keys = {**self._keys, **self._parse(json.loads(self._saved.read_text()))}
+            except (OSError, ValueError, KeyError, TypeError, jwt.PyJWTError):
+                pass
+
+    @staticmethod
+    def _parse(document: dict) -> dict:
+        return {k["kid"]: jwt.PyJWK(k).key for k in document["keys"]}
 
     def get(self, kid: str | None):
         key = self._keys.get(kid)
         if key is None:
             with self._lock:
+                if kid not in self._keys:
+                    self._load()  # another process of the node may have fetched it
                 if kid not in self._keys and time.monotonic() - self._fetched_at > 5:
                     self._fetch()
             key = self._keys.get(kid)
@@ -141,9 +164,15 @@ class Keys:
         try:
             response = requests.get(self.url, timeout=5)
             response.raise_for_status()
-            self._keys = {k["kid"]: jwt.PyJWK(k).key for k in response.json()["keys"]}
-        except (requests.RequestException, ValueError, KeyError, jwt.PyJWTError) as e:
+            document = response.json()
+            self._keys = self._parse(document)
+        except (requests.RequestException, ValueError, KeyError, TypeError, jwt.PyJWTError) as e:
             log.warning("cannot fetch MSR's keys from %s: %s", self.url, e)
+            return
+        if self._saved is not None:
+            tmp = self._saved.with_name(f".{self._saved.name}.{secrets.token_hex(4)}")
+            tmp.write_text(json.dumps(document))
+            os.replace(tmp, self._saved)
 
 
 class Metrics:
@@ -211,11 +240,12 @@ class CacheNode:
         for directory in (self.blobs, self.tmp, self.locks):
             directory.mkdir(parents=True, exist_ok=True)
         _configure_logging()
-        self.keys = Keys(config.msr_url)
+        self.keys = Keys(config.msr_url, config.data_dir / "jwks.json")
         self.metrics = Metrics(config.data_dir / "metrics")
         self.session = requests.Session()
         self._fills: dict[str, _Fill] = {}
         self._fills_lock = threading.Lock()
+        self.endpoint = RegionalEndpoint(self)
         threading.Thread(target=self._housekeeping, name="cache-housekeeping", daemon=True).start()
 
     # -- WSGI ---------------------------------------------------------------------------
@@ -224,7 +254,16 @@ class CacheNode:
         started = time.perf_counter()
         path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
         blob = BLOB_PATH_RE.match(path)
-        route = BLOB_ROUTE if blob else path if path in OTHER_ROUTES else "unmatched"
+        manifest = None if blob else MANIFEST_PATH_RE.match(path)
+        if blob:
+            route = BLOB_ROUTE
+        elif manifest:
+            route = MANIFEST_ROUTE
+        elif path in OTHER_ROUTES or path in ("/v2/", "/auth/token"):
+            route = path
+        else:
+            route = "/v2/* (to MSR)" if path.startswith("/v2/") else "unmatched"
+        found = blob or manifest
         query = parse_qs(environ.get("QUERY_STRING", ""))
         # The id in every line logged while serving this request (streaming a miss
         # included: gthread serves a request on one thread to the end).
@@ -235,21 +274,22 @@ class CacheNode:
         def respond(status, headers, exc_info=None):
             headers.append((requestids.HEADER, request_id))
             self.metrics.count_request(route, status[:3])
-            if blob:
+            if route.startswith("/v2/") or route == "/auth/token":
                 x_cache = next((value for name, value in headers if name == "X-Cache"), "")
                 fields = {
                     "method": method, "route": route, "status": int(status[:3]),
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "user": environ.get("msr.user", ""), "repository": blob.group("name"),
-                    "digest": blob.group("digest"), "cache": self.config.name, "x_cache": x_cache}
+                    "user": environ.get("msr.user", ""), "repository": found.group("name") if found else "",
+                    "digest": blob.group("digest") if blob else manifest.group("reference") if manifest else "",
+                    "cache": self.config.name, "x_cache": x_cache}
                 # Empty fields (no user, no X-Cache on a refusal) are left out of the line.
                 access_log.info("%s %s %s", method, route, status[:3],
                                 extra={k: v for k, v in fields.items() if v not in ("", None)})
             return start_response(status, headers, exc_info)
 
-        return self._route(environ, respond, path, method, blob, query)
+        return self._route(environ, respond, path, method, blob, manifest, query)
 
-    def _route(self, environ, start_response, path, method, match, query):
+    def _route(self, environ, start_response, path, method, match, manifest, query):
         if path == "/healthz":
             return self._json(start_response, {"status": "ok", "name": self.config.name})
         if path == "/stats":
@@ -260,14 +300,24 @@ class CacheNode:
             return self._prometheus(start_response)
         if path == "/purge" and method == "POST":
             return self._purge(environ, start_response)
-        if match is None or method not in ("GET", "HEAD"):
-            return _error(start_response, "404 Not Found", "UNSUPPORTED", "no such endpoint on a cache")
-        name, digest = match.group("name"), match.group("digest")
-        refusal = self._check_grant(environ, name, digest, query)
-        if refusal:
-            self.metrics.add("refused")
-            return _error(start_response, *refusal)
-        return self._blob(environ, start_response, name, digest)
+        if path == "/auth/token" and self.config.token_relay:
+            return self.endpoint.relay_token(environ, start_response)
+        if path == "/v2/":
+            return self.endpoint.base(environ, start_response)
+        if manifest is not None:
+            return self.endpoint.manifest(environ, start_response, manifest.group("name"), manifest.group("reference"))
+        if match is not None and method in ("GET", "HEAD"):
+            name, digest = match.group("name"), match.group("digest")
+            if "grant" not in query:  # a client of the region, with its access token
+                return self.endpoint.blob(environ, start_response, name, digest)
+            refusal = self._check_grant(environ, name, digest, query)
+            if refusal:
+                self.metrics.add("refused")
+                return _error(start_response, *refusal)
+            return self._blob(environ, start_response, name, digest)
+        if path.startswith("/v2/"):
+            return self.endpoint.passthrough(environ, start_response)
+        return _error(start_response, "404 Not Found", "UNSUPPORTED", "no such endpoint on a cache")
 
     def _json(self, start_response, value):
         body = json.dumps(value).encode()
@@ -304,7 +354,7 @@ class CacheNode:
             if e.denied:
                 return ("403 Forbidden", "DENIED", e.reason)
             return ("401 Unauthorized", "UNAUTHORIZED", f"invalid grant: {e.reason}")
-        environ["msr.grant"] = grant
+        environ["msr.fill"] = ({"grant": grant}, {})  # the upstream is asked with the same grant
         environ["msr.user"] = claims.get(grants.SUBJECT) or ""
         return None
 
@@ -342,7 +392,7 @@ class CacheNode:
         target = self.blob_path(digest)
         whole = bool(environ.get("HTTP_RANGE")) or environ["REQUEST_METHOD"] == "HEAD"
         for _ in range(3):
-            if target.exists():
+            if target.exists() and not self._expired(target):
                 return self._serve(environ, start_response, target, digest)
             lock_fd = self._try_lock(digest)
             if lock_fd is not None:
@@ -360,6 +410,17 @@ class CacheNode:
             self.metrics.add("hits")
             return self._stream_partial(environ, start_response, digest, *partial, "HIT")
         return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", "the upstream fetch failed")
+
+    def _expired(self, path: Path) -> bool:
+        """Past the TTL since its last use: removed, and then a miss like any other (the
+        TTL holds at every request, not only at the next sweep)."""
+        try:
+            expired = time.time() - path.stat().st_mtime > self.config.ttl
+        except FileNotFoundError:
+            return False
+        if expired:
+            path.unlink(missing_ok=True)
+        return expired
 
     def _follow(self, digest: str):
         """Another request is filling `digest`: (its partial file, opened, and the length)
@@ -434,7 +495,7 @@ class CacheNode:
         with self._fills_lock:
             self._fills[digest] = fill
         thread = threading.Thread(target=self._run_fill, name=f"fill-{digest[7:19]}",
-                                  args=(fill, name, environ["msr.grant"], environ["msr.request_id"], lock_fd))
+                                  args=(fill, name, environ["msr.fill"], environ["msr.request_id"], lock_fd))
         thread.start()
         fill.answered.wait()
         if fill.refusal is not None:
@@ -450,7 +511,7 @@ class CacheNode:
             return self._serve(environ, start_response, self.blob_path(digest), digest)
         return self._stream_partial(environ, start_response, digest, fill.reader, fill.length, "MISS")
 
-    def _run_fill(self, fill, name, grant, request_id, lock_fd):
+    def _run_fill(self, fill, name, credentials, request_id, lock_fd):
         """Fetch a blob from the upstream into the partial file, verify it and publish it;
         remove the partial file if anything is wrong (cut, short, corrupt)."""
         requestids.begin(request_id)
@@ -459,8 +520,9 @@ class CacheNode:
         upstream = None
         try:
             try:
-                upstream = self.session.get(url, params={"grant": grant}, stream=True, timeout=(5, 60),
-                                            headers={"X-Request-ID": request_id}, allow_redirects=True)
+                params, headers = credentials  # the client's grant, or its access token
+                upstream = self.session.get(url, params=params, stream=True, timeout=(5, 60),
+                                            headers={"X-Request-ID": request_id, **headers}, allow_redirects=True)
             except requests.RequestException as e:
                 self.metrics.add("upstream_failures")
                 fill.refuse("502 Bad Gateway", error_body("UNAVAILABLE", f"upstream unreachable: {e}"))
@@ -473,6 +535,7 @@ class CacheNode:
                 return
             self.metrics.add("upstream_fetches")
             fill.length = int(upstream.headers.get("Content-Length", "-1"))
+            self.make_room(max(fill.length, 0))
             partial_path.unlink(missing_ok=True)  # a dead filler's; its readers see it gone
             length_path.write_text(str(fill.length))
             out_fd = os.open(partial_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -612,9 +675,10 @@ class CacheNode:
     def disk_used(self) -> int:
         return sum(p.stat().st_size for p in self.blobs.glob("*/*/*") if p.is_file())
 
-    def evict(self) -> int:
+    def evict(self, incoming: int = 0) -> int:
         """Remove blobs older than the TTL (by last access), then the least recently used
-        until the store fits the size budget. Returns the bytes freed."""
+        until the store, the fills in progress and `incoming` bytes fit the size budget.
+        Returns the bytes freed. The caller holds the eviction lock."""
         now, freed, entries = time.time(), 0, []
         for path in self.blobs.glob("*/*/*"):
             try:
@@ -626,7 +690,7 @@ class CacheNode:
                 freed += stat.st_size
             else:
                 entries.append((stat.st_mtime, stat.st_size, path))
-        total = sum(size for _, size, _ in entries)
+        total = sum(size for _, size, _ in entries) + incoming + self._filling()
         for _, size, path in sorted(entries):
             if total <= self.config.max_size:
                 break
@@ -634,6 +698,26 @@ class CacheNode:
             total -= size
             freed += size
         return freed
+
+    def _filling(self) -> int:
+        """Bytes of the fills in progress (their partial files, as far as written)."""
+        total = 0
+        for path in self.tmp.glob("*.partial"):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def make_room(self, incoming: int) -> None:
+        """Evict before a fill of `incoming` bytes would take the store past its budget:
+        the budget holds at every moment, not only at the next sweep."""
+        lock = os.open(self.locks / "evict.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.evict(incoming)
+        finally:
+            os.close(lock)
 
     def _housekeeping(self) -> None:
         last_eviction = time.monotonic()

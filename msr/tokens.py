@@ -10,9 +10,7 @@ import base64
 import hashlib
 import json
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from functools import cache
 
 import jwt
@@ -21,17 +19,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 
 from msr.keys import create_once
-from protocol import grants
+from protocol import access, grants
 from protocol.grants import ALGORITHM
 
-# Every token MSR signs names its type in `typ`, and every verifier checks it: the same key
-# signs registry access tokens, cache grants and purge tokens, so a grant must never pass
-# for an access token (a cache could be named like the token service) nor the reverse.
-ACCESS_TOKEN_TYPE = "access"
-
-
-class InvalidToken(Exception):
-    pass
+ACCESS_TOKEN_TYPE = access.ACCESS_TYPE
+InvalidToken = access.InvalidToken
+granted_actions = access.granted_actions
 
 
 def _generate_pem() -> bytes:
@@ -75,65 +68,19 @@ def sign(claims: dict, ttl: int) -> str:
     return jwt.encode(payload, private_key, algorithm=ALGORITHM, headers={"kid": kid})
 
 
-def issue_access_token(subject: str, access: list[dict], ttl: int | None = None) -> tuple[str, int]:
+def issue_access_token(subject: str, scopes: list[dict], ttl: int | None = None) -> tuple[str, int]:
     ttl = ttl or settings.TOKEN_TTL_SECONDS
-    token = sign({"typ": ACCESS_TOKEN_TYPE, "sub": subject, "aud": settings.TOKEN_SERVICE, "access": access}, ttl)
+    token = sign(access.access_claims(subject, settings.TOKEN_SERVICE, scopes), ttl)
     return token, ttl
 
 
-class _VerifiedCache:
-    """Tokens already verified by this process: a client sends the same token with every
-    request of a pull, and verifying an Ed25519 signature each time is wasted work."""
-
-    def __init__(self, capacity=4096):
-        self._entries: OrderedDict[str, dict] = OrderedDict()
-        self._lock = threading.Lock()
-        self._capacity = capacity
-
-    def get(self, token: str):
-        with self._lock:
-            claims = self._entries.get(token)
-            if claims is not None:
-                self._entries.move_to_end(token)
-        return claims
-
-    def put(self, token: str, claims: dict) -> None:
-        with self._lock:
-            self._entries[token] = claims
-            while len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
-
-
-_verified = _VerifiedCache()
+_verified = access.VerifiedTokens()
 
 
 def verify_access_token(token: str) -> dict:
     """Claims of a valid access token for this service; raises InvalidToken otherwise."""
-    claims = _verified.get(token)
-    if claims is None:
-        try:
-            claims = jwt.decode(
-                token, _keys()[1], algorithms=[ALGORITHM], audience=settings.TOKEN_SERVICE,
-                issuer=settings.TOKEN_ISSUER, options={"require": ["exp", "aud", "iss"]},
-            )
-        except jwt.PyJWTError as e:
-            raise InvalidToken(str(e)) from None
-        if claims.get("typ") != ACCESS_TOKEN_TYPE:
-            raise InvalidToken("not an access token")
-        if not isinstance(claims.get("access", []), list):
-            raise InvalidToken("malformed access claim")
-        _verified.put(token, claims)
-    elif claims["exp"] <= time.time():
-        raise InvalidToken("token expired")
-    return claims
-
-
-def granted_actions(claims: dict, resource_type: str, name: str) -> set[str]:
-    actions = set()
-    for entry in claims.get("access") or ():
-        if isinstance(entry, dict) and entry.get("type") == resource_type and entry.get("name") == name:
-            actions.update(entry.get("actions") or ())
-    return actions
+    public_key = _keys()[1]
+    return _verified.verify(token, lambda kid: public_key, settings.TOKEN_SERVICE, issuer=settings.TOKEN_ISSUER)
 
 
 def verify_grant(grant: str, repository: str, digest: str) -> dict:

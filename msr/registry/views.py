@@ -121,7 +121,10 @@ class BlobView(RegistryView):
         else:
             self.authorize(name, "pull")
             size = services.linked_blob_size(name, digest)
-            location = self._cache_location(request, name, digest)
+            # A cache node filling itself for a client of its region (caches/endpoint.py)
+            # names itself: sending it to a cache would send it to itself.
+            from_cache = bool(request.META.get("HTTP_X_MSR_CACHE"))
+            location = None if from_cache else self._cache_location(request, name, digest)
             if location:
                 return empty_response(307, {"Location": location, "Docker-Content-Digest": digest})
         # Object storage: the client (or the cache filling itself) fetches from the bucket.

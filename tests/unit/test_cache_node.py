@@ -7,6 +7,7 @@ tests/test_caches.py checks the same behaviour with real processes."""
 import base64
 import hashlib
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -97,7 +98,7 @@ def upstream():
 @pytest.fixture
 def node(upstream, tmp_path):
     return CacheNode(Config({"MSR_CACHE_NAME": "asia", "MSR_CACHE_MSR_URL": upstream.url,
-                             "MSR_CACHE_DATA_DIR": str(tmp_path / "asia")}))
+                             "MSR_CACHE_DATA_DIR": str(tmp_path / "asia"), "MSR_CACHE_TOKEN_SERVICE": "msr"}))
 
 
 def grant(digest, repo=REPO, aud=("asia",), ttl=60, typ="blob-grant"):
@@ -262,3 +263,29 @@ def test_a_grant_for_a_chain_is_valid_at_every_cache_of_it(upstream, tmp_path):
     other = CacheNode(Config({"MSR_CACHE_NAME": "europe", "MSR_CACHE_MSR_URL": upstream.url,
                               "MSR_CACHE_DATA_DIR": str(tmp_path / "europe")}))
     assert call(other, digest, token)[0] == 403
+
+
+def test_the_size_budget_holds_at_every_fill_not_only_at_the_sweep(upstream, tmp_path):
+    """A node of 100 KiB filled with 40 KiB blobs one after the other: before each fill
+    it evicts the least recently used, so the store never exceeds the budget."""
+    small = CacheNode(Config({"MSR_CACHE_NAME": "asia", "MSR_CACHE_MSR_URL": upstream.url,
+                              "MSR_CACHE_DATA_DIR": str(tmp_path / "small"), "MSR_CACHE_MAX_SIZE": "100K",
+                              "MSR_CACHE_EVICT_INTERVAL": "3600", "MSR_CACHE_TOKEN_SERVICE": "msr"}))
+    digests = [upstream.add(bytes([i]) * 40 * 1024) for i in range(6)]
+    for i, digest in enumerate(digests):
+        assert call(small, digest, grant(digest))[0] == 200
+        assert small.disk_used() <= 100 * 1024, f"over budget after fill {i}: {small.disk_used()}"
+    assert published(small, digests[-1]) and not published(small, digests[0])
+
+
+def test_a_blob_past_its_ttl_is_a_miss_at_once(upstream, tmp_path):
+    node = CacheNode(Config({"MSR_CACHE_NAME": "asia", "MSR_CACHE_MSR_URL": upstream.url,
+                             "MSR_CACHE_DATA_DIR": str(tmp_path / "ttl"), "MSR_CACHE_TTL": "1h",
+                             "MSR_CACHE_EVICT_INTERVAL": "3600", "MSR_CACHE_TOKEN_SERVICE": "msr"}))
+    digest = upstream.add(b"short-lived " * 1000)
+    assert call(node, digest, grant(digest))[1]["X-Cache"] == "MISS"
+    assert call(node, digest, grant(digest))[1]["X-Cache"] == "HIT"
+    last_use = time.time() - 3601
+    os.utime(node.blob_path(digest), (last_use, last_use))  # an hour and a second unused
+    assert call(node, digest, grant(digest))[1]["X-Cache"] == "MISS"
+    assert upstream.fetches == [digest, digest]

@@ -1,0 +1,442 @@
+"""The cache node as its region's registry endpoint: clients (containerd and podman
+mirrors, or plain clients by the regional host name) pull from the node, which verifies
+MSR's access tokens itself; permissions stay decided at MSR.
+
+What the node answers, and what it asks MSR:
+- `GET /v2/`: 200 to a valid access token, else the challenge MSR gives (tokens are issued
+  by MSR's token service, relayed by the node when MSR_CACHE_TOKEN_RELAY is on: the
+  challenge then names the node's `/auth/token`, which passes every request on to MSR
+  over kept-alive connections).
+- A manifest by tag: resolved at MSR on every pull, with the client's token (one WAN
+  round trip), so tag moves, deletes and permission changes are seen at once. The node
+  keeps the manifest by digest and learns that it, its config and layers (an index: its
+  manifests) belong to the repository.
+- A manifest or blob by digest: served from the region only for a token that may pull
+  the repository and only once the node knows that the digest belongs to that
+  repository (learned from a manifest MSR served for it under a valid token, or asked
+  from MSR once, with the client's token); never by digest alone. What the node learnt
+  is trusted for MSR_CACHE_MEMBERSHIP_TTL seconds (600), so a deletion at MSR is seen
+  within that time even by clients that pull by digest only.
+- Blob misses fill through the node's single-flight, streaming, verified fill
+  (caches/node.py), from the upstream with the client's token.
+- Everything else (pushes, deletes, tags lists, referrers, the catalog) passes through to
+  MSR as it is, streamed both ways, so one regional address works for every command.
+
+Django-free, like the rest of the node (tests/unit/test_dependencies.py).
+"""
+
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from protocol import access
+from protocol.errors import error_body
+
+log = logging.getLogger("msr.cache")
+
+DIGEST = r"(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})"
+MANIFEST_PATH_RE = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$")
+DIGEST_RE = re.compile(rf"^{DIGEST}$")
+MANIFEST_ROUTE = "/v2/<name>/manifests/<reference>"
+# A manifest is a small document (MSR refuses larger than this at push).
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+CHUNK = 1024 * 1024
+# Headers of one connection, not of the message (RFC 9110 7.6.1): never relayed.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+                        "trailer", "transfer-encoding", "upgrade", "host"})
+UNREACHABLE = ("MSR is unreachable: a tag is resolved at MSR on every pull (pull by digest still works "
+               "for images this cache has served)")
+
+
+class Unreachable(Exception):
+    pass
+
+
+API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
+
+
+def _error(start_response, status: str, code: str, message: str, headers=()):
+    body = error_body(code, message)
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                            API_VERSION, *headers])
+    return [body]
+
+
+def _challenge_params(header: str) -> dict:
+    """`Bearer realm="…",service="…"` -> {"realm": …, "service": …}."""
+    scheme, _, rest = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return {}
+    return dict(re.findall(r'(\w+)="([^"]*)"', rest))
+
+
+class _Body:
+    """A request body of known length, read from the WSGI stream as requests sends it
+    (requests gives a body with a length a Content-Length, not chunked encoding)."""
+
+    def __init__(self, stream, length: int):
+        self._stream, self._left = stream, length
+
+    def __len__(self):
+        return self._left
+
+    def read(self, size=-1):
+        if self._left <= 0:
+            return b""
+        size = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._stream.read(size)
+        self._left -= len(data)
+        if not data:
+            self._left = 0
+        return data
+
+
+def _forwarded_for(environ) -> str:
+    """X-Forwarded-For with the client's address appended (MSR believes it only from the
+    proxies of its MSR_FORWARDED_ALLOW_IPS)."""
+    forwarded, client = environ.get("HTTP_X_FORWARDED_FOR"), environ.get("REMOTE_ADDR", "")
+    return f"{forwarded}, {client}" if forwarded else client
+
+
+def _chunks(stream):
+    while data := stream.read(CHUNK):
+        yield data
+
+
+def referenced_digests(body: bytes) -> set[str]:
+    """The digests a manifest references: its config and layers (or an artifact's blobs),
+    an index's manifests. MSR stored it only once every one of them was in the
+    repository (services.put_manifest), which is what lets the node learn them."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return set()
+    if not isinstance(document, dict):
+        return set()
+    found = set()
+    entries = []
+    for key in ("layers", "manifests", "blobs"):
+        if isinstance(document.get(key), list):
+            entries += document[key]
+    if isinstance(document.get("config"), dict):
+        entries.append(document["config"])
+    for entry in entries:
+        digest = entry.get("digest") if isinstance(entry, dict) else None
+        if isinstance(digest, str) and DIGEST_RE.match(digest):
+            found.add(digest)
+    return found
+
+
+class RegionalEndpoint:
+    def __init__(self, node):
+        self.node = node
+        self.config = node.config
+        self.manifests = self.config.data_dir / "manifests"
+        self.members = self.config.data_dir / "members"
+        for directory in (self.manifests, self.members):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.tokens = access.VerifiedTokens()
+        # Kept-alive connections to MSR, as many as the node's threads may use at once:
+        # a warm pull costs no new WAN connection.
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        # MSR's token service as last read, kept on disk: the node's other processes read
+        # it there, and a node restarted while MSR is away still verifies MSR's tokens.
+        self._saved_service = self.config.data_dir / "token-service.json"
+        self._token_service: tuple[str, str] | None = None
+        if self.config.token_service:
+            self._token_service = (self.config.token_service, f"{self.config.msr_url}/auth/token")
+        self._service_lock = threading.Lock()
+
+    # -- MSR's token service ------------------------------------------------------------
+
+    def token_service(self) -> tuple[str, str]:
+        """(service, realm) of MSR's token service, read once from MSR's own challenge."""
+        if self._token_service is None:
+            with self._service_lock:
+                if self._token_service is None:
+                    try:
+                        saved = json.loads(self._saved_service.read_text())
+                        self._token_service = (saved["service"], saved["realm"])
+                        return self._token_service
+                    except (OSError, ValueError, KeyError, TypeError):
+                        pass
+                    try:
+                        answer = self.session.get(f"{self.config.msr_url}/v2/", timeout=(5, 10))
+                    except requests.RequestException as e:
+                        raise Unreachable(str(e)) from None
+                    params = _challenge_params(answer.headers.get("WWW-Authenticate", ""))
+                    if "realm" not in params or "service" not in params:
+                        raise Unreachable(f"MSR's /v2/ answered {answer.status_code} without a Bearer challenge")
+                    self._token_service = (params["service"], params["realm"])
+                    tmp = self._saved_service.with_name(f".{self._saved_service.name}.{secrets.token_hex(4)}")
+                    tmp.write_text(json.dumps({"service": params["service"], "realm": params["realm"]}))
+                    os.replace(tmp, self._saved_service)
+        return self._token_service
+
+    def base(self, environ, start_response):
+        """`GET /v2/`: the version check, and where clients learn the challenge."""
+        claims, refusal = self.authenticate(environ, start_response, None)
+        if claims is None:
+            return refusal
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "2"), API_VERSION])
+        return [b"{}"]
+
+    def realm(self, environ) -> str:
+        """Where clients get tokens: this node's relay, or MSR's token service."""
+        if self.config.token_relay:
+            base = self.config.public_url or f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
+            return f"{base.rstrip('/')}/auth/token"
+        return self.token_service()[1]
+
+    def challenge(self, environ, scope: str | None = None, error: str | None = None) -> str:
+        header = f'Bearer realm="{self.realm(environ)}",service="{self.token_service()[0]}"'
+        if scope:
+            header += f',scope="{scope}"'
+        if error:
+            header += f',error="{error}"'
+        return header
+
+    def authenticate(self, environ, start_response, name: str | None):
+        """The claims of the request's access token if it may pull `name` (None: any valid
+        token); else the refusal MSR would give, answered, as (None, response)."""
+        claims, refusal = self._authenticate(environ, start_response, name)
+        if claims is None:
+            self.node.metrics.add("refused")
+        return claims, refusal
+
+    def _authenticate(self, environ, start_response, name: str | None):
+        scope = f"repository:{name}:pull" if name else None
+        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not token.strip():
+                return None, _error(start_response, "401 Unauthorized", "UNAUTHORIZED", "authentication required",
+                                    [("WWW-Authenticate", self.challenge(environ, scope))])
+            try:
+                claims = self.tokens.verify(token.strip(), self.node.keys.get, self.token_service()[0])
+            except access.InvalidToken as e:
+                return None, _error(start_response, "401 Unauthorized", "UNAUTHORIZED", f"invalid token: {e}",
+                                    [("WWW-Authenticate", self.challenge(environ, scope, "invalid_token"))])
+        except Unreachable as e:
+            return None, self._unreachable(start_response, e)
+        if name and not access.may(claims, name, "pull"):
+            return None, _error(
+                start_response, "401 Unauthorized", "UNAUTHORIZED",
+                f"insufficient scope: the token does not grant pull on {name}",
+                [("WWW-Authenticate", self.challenge(environ, scope, "insufficient_scope"))])
+        environ["msr.user"] = claims.get("sub") or ""
+        environ["msr.token"] = token.strip()
+        return claims, None
+
+    def _unreachable(self, start_response, error):
+        log.warning("MSR unreachable: %s", error)
+        return _error(start_response, "503 Service Unavailable", "UNAVAILABLE", UNREACHABLE,
+                      [("Retry-After", "5")])
+
+    # -- what the node knows ------------------------------------------------------------
+
+    def _member_path(self, name: str, digest: str) -> Path:
+        repository = hashlib.sha256(name.encode()).hexdigest()
+        return self.members / repository[:2] / repository / digest.replace(":", "-")
+
+    def learn(self, name: str, digests) -> None:
+        """`digests` belong to repository `name` (MSR said so, now)."""
+        for digest in digests:
+            path = self._member_path(name, digest)
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+
+    def knows(self, name: str, digest: str) -> bool:
+        try:
+            learnt = self._member_path(name, digest).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return time.time() - learnt < self.config.membership_ttl
+
+    def _manifest_path(self, digest: str) -> Path:
+        algorithm, _, encoded = digest.partition(":")
+        return self.manifests / algorithm / encoded[:2] / encoded
+
+    def _keep_manifest(self, digest: str, media_type: str, body: bytes) -> None:
+        path = self._manifest_path(digest)
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        tmp.write_bytes(json.dumps({"mediaType": media_type}).encode() + b"\n" + body)
+        os.replace(tmp, path)
+
+    def _kept_manifest(self, digest: str) -> tuple[str, bytes] | None:
+        try:
+            head, _, body = self._manifest_path(digest).read_bytes().partition(b"\n")
+            return json.loads(head)["mediaType"], body
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    # -- manifests ------------------------------------------------------------------------
+
+    def manifest(self, environ, start_response, name: str, reference: str):
+        method = environ["REQUEST_METHOD"]
+        if method not in ("GET", "HEAD"):
+            return self.passthrough(environ, start_response)
+        claims, refusal = self.authenticate(environ, start_response, name)
+        if claims is None:
+            return refusal
+        if DIGEST_RE.match(reference) and self.knows(name, reference):
+            kept = self._kept_manifest(reference)
+            if kept is not None:
+                self.node.metrics.add("hits")
+                environ["msr.x_cache"] = "HIT"
+                return self._send_manifest(environ, start_response, reference, *kept)
+        return self._resolve(environ, start_response, name, reference)
+
+    def _resolve(self, environ, start_response, name: str, reference: str):
+        """Ask MSR for the manifest with the client's token (a GET even for a HEAD: the
+        node keeps what it learns, and containerd asks HEAD by tag, then GET by digest)."""
+        headers = {"Authorization": environ["HTTP_AUTHORIZATION"], "X-MSR-Cache": self.config.name,
+                   "X-Request-ID": environ.get("msr.request_id", ""), "X-Forwarded-For": _forwarded_for(environ)}
+        if environ.get("HTTP_ACCEPT"):
+            headers["Accept"] = environ["HTTP_ACCEPT"]
+        try:
+            answer = self.session.get(f"{self.config.msr_url}/v2/{name}/manifests/{reference}", headers=headers,
+                                      timeout=(5, 30))
+            body = answer.content[:MAX_MANIFEST_BYTES + 1]
+        except requests.RequestException as e:
+            return self._unreachable(start_response, e)
+        if answer.status_code != 200:
+            return self._relay_answer(environ, start_response, answer, body)
+        digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
+        said = answer.headers.get("Docker-Content-Digest") or digest
+        if len(body) > MAX_MANIFEST_BYTES or said != digest or (DIGEST_RE.match(reference) and reference != digest):
+            log.warning("MSR's manifest %s:%s does not match its digest (%s, %s)", name, reference, said, digest)
+            return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", "MSR's manifest does not match its digest")
+        media_type = answer.headers.get("Content-Type", "application/octet-stream")
+        self._keep_manifest(digest, media_type, body)
+        self.learn(name, {digest, *referenced_digests(body)})
+        environ["msr.x_cache"] = "MISS" if DIGEST_RE.match(reference) else "RESOLVED"
+        return self._send_manifest(environ, start_response, digest, media_type, body)
+
+    def _send_manifest(self, environ, start_response, digest, media_type, body):
+        start_response("200 OK", [("Content-Type", media_type), ("Content-Length", str(len(body))),
+                                  ("Docker-Content-Digest", digest), API_VERSION,
+                                  ("X-Cache", environ.get("msr.x_cache", ""))])
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    def blob(self, environ, start_response, name: str, digest: str):
+        """A blob for a client of the region: its token, then what the node knows of the
+        digest, then the node's store (a hit, or a fill with the client's token)."""
+        claims, refusal = self.authenticate(environ, start_response, name)
+        if claims is None:
+            return refusal
+        if not self.knows(name, digest):
+            refusal = self._ask_membership(environ, start_response, name, digest)
+            if refusal is not None:
+                return refusal
+        environ["msr.fill"] = ({}, {"Authorization": environ["HTTP_AUTHORIZATION"], "X-MSR-Cache": self.config.name})
+        return self.node._blob(environ, start_response, name, digest)
+
+    def _ask_membership(self, environ, start_response, name, digest):
+        """Ask MSR once whether `digest` is a blob of `name` the client may read (HEAD
+        with its token); None when it is (and the node remembers it)."""
+        try:
+            answer = self.session.head(
+                f"{self.config.msr_url}/v2/{name}/blobs/{digest}", allow_redirects=False, timeout=(5, 30),
+                headers={"Authorization": environ["HTTP_AUTHORIZATION"], "X-MSR-Cache": self.config.name,
+                         "X-Request-ID": environ.get("msr.request_id", "")})
+        except requests.RequestException as e:
+            log.warning("MSR unreachable: %s", e)
+            return _error(start_response, "503 Service Unavailable", "UNAVAILABLE",
+                          f"MSR is unreachable and this cache has not served {digest} of {name} yet",
+                          [("Retry-After", "5")])
+        if answer.status_code in (200, 307):  # 307: MSR's object storage holds it
+            self.learn(name, [digest])
+            return None
+        if answer.status_code == 404:
+            return _error(start_response, "404 Not Found", "BLOB_UNKNOWN", "blob unknown to registry")
+        return self._relay_answer(environ, start_response, answer, b"")
+
+    # -- everything else: MSR's answer -----------------------------------------------------
+
+    def _relay_answer(self, environ, start_response, answer, body: bytes):
+        """MSR's answer as it is (its challenge naming the node's relay, when on)."""
+        headers = [(k, v) for k, v in answer.headers.items()
+                   if k.lower() not in HOP_BY_HOP and k.lower() not in ("content-length", "content-encoding")]
+        headers = [self._rewritten(environ, k, v) for k, v in headers]
+        headers.append(("Content-Length", str(len(body))))
+        start_response(f"{answer.status_code} {answer.reason or ''}".strip(), headers)
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+
+    def _rewritten(self, environ, name: str, value: str) -> tuple[str, str]:
+        if name.lower() == "www-authenticate" and self.config.token_relay and value.lower().startswith("bearer "):
+            value = re.sub(r'realm="[^"]*"', f'realm="{self.realm(environ)}"', value)
+        elif name.lower() == "location" and value.startswith(self.config.msr_url + "/"):
+            value = value[len(self.config.msr_url):]  # stay on the regional address
+        return name, value
+
+    def passthrough(self, environ, start_response, target: str | None = None):
+        """The request, streamed to MSR (or to `target`) and its answer streamed back."""
+        url = target or f"{self.config.msr_url}{environ.get('PATH_INFO', '')}"
+        if environ.get("QUERY_STRING"):
+            url += f"?{environ['QUERY_STRING']}"
+        headers = {key[5:].replace("_", "-").title(): value for key, value in environ.items()
+                   if key.startswith("HTTP_") and key[5:].replace("_", "-").lower() not in HOP_BY_HOP}
+        if environ.get("CONTENT_TYPE"):
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
+        headers["X-Forwarded-For"] = _forwarded_for(environ)
+        headers["X-Request-ID"] = environ.get("msr.request_id", "")
+        stream = environ.get("wsgi.input")
+        length = environ.get("CONTENT_LENGTH")
+        if length and length.isdigit():
+            data = _Body(stream, int(length)) if int(length) else b""
+        elif "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            data = _chunks(stream)
+        else:
+            data = None
+        try:
+            answer = self.session.request(environ["REQUEST_METHOD"], url, headers=headers, data=data, stream=True,
+                                          allow_redirects=False, timeout=(5, 300))
+        except requests.RequestException as e:
+            return self._unreachable(start_response, e)
+        response_headers = [self._rewritten(environ, k, v) for k, v in answer.headers.items()
+                            if k.lower() not in HOP_BY_HOP]
+        start_response(f"{answer.status_code} {answer.reason or ''}".strip(), response_headers)
+        body = answer.raw.stream(CHUNK, decode_content=False)
+        return _Closing(body, answer.close)
+
+    def relay_token(self, environ, start_response):
+        """`/auth/token`, passed on to MSR's token service: tokens are issued and signed by
+        MSR; the client saves the WAN handshakes (the node's connections are kept alive)."""
+        try:
+            realm = self.token_service()[1]
+        except Unreachable as e:
+            return self._unreachable(start_response, e)
+        # The realm is MSR's public address; the node reaches MSR at its own (--msr).
+        return self.passthrough(environ, start_response, target=f"{self.config.msr_url}{urlsplit(realm).path}")
+
+
+class _Closing:
+    def __init__(self, iterator, on_close):
+        self._iterator, self._on_close = iterator, on_close
+
+    def __iter__(self):
+        return iter(self._iterator)
+
+    def close(self):
+        self._on_close()

@@ -6,7 +6,7 @@ import ipaddress
 from django.db.models.deletion import ProtectedError
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, serializers, status
-from rest_framework.permissions import IsAdminUser
+from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -232,3 +232,67 @@ class PrewarmPolicyList(_AdminList):
 
 class PrewarmPolicyDetail(_AdminDetail):
     of = PrewarmPolicyList
+
+
+# -- pulls a cache answered in its region -------------------------------------------------
+
+# A report older than this is refused (its tokens too): a node keeps reports while MSR is
+# away, and a day is far longer than MSR is ever expected to be.
+REPORT_MAX_AGE = 24 * 3600
+
+
+class RegionalPullSerializer(serializers.Serializer):
+    token = serializers.CharField(max_length=8192, help_text="the client's access token for the pull")
+    repository = serializers.CharField(max_length=255)
+    digest = serializers.RegexField(r"^sha(256:[a-f0-9]{64}|512:[a-f0-9]{128})$")
+    at = serializers.DateTimeField()
+    client = serializers.IPAddressField(required=False, allow_null=True)
+
+
+class RegionalPullsSerializer(serializers.Serializer):
+    cache = serializers.CharField(max_length=100)
+    pulls = RegionalPullSerializer(many=True, max_length=1000)
+
+
+class RegionalPulls(APIView):
+    """`POST /api/v0/content_caches/pulls`, by a cache node: the pulls it answered in its
+    region without asking MSR (manifests by digest; a tag is always resolved at MSR, which
+    records that pull itself), for the audit trail. The node holds no credential of its
+    own: each pull carries the access token the client presented, which proves who pulled
+    and that MSR allowed it; a pull whose token does not is left out (`refused`). The
+    events are written before the answer, so a node deletes a report only once it is
+    recorded."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=RegionalPullsSerializer, responses={200: dict})
+    def post(self, request):
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        from msr.models import Event
+        from msr.tokens import InvalidToken, access_token_evidence
+        from protocol.access import may
+
+        form = RegionalPullsSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        cache = generics.get_object_or_404(ContentCache, name=form.validated_data["cache"])
+        now = timezone.now()
+        events, refused = [], 0
+        for pull in form.validated_data["pulls"]:
+            try:
+                claims = access_token_evidence(pull["token"], REPORT_MAX_AGE)
+            except InvalidToken:
+                claims = None
+            at = pull["at"]
+            if claims is None or not may(claims, pull["repository"], "pull") \
+                    or not now - timedelta(seconds=REPORT_MAX_AGE) <= at <= now + timedelta(minutes=5):
+                refused += 1
+                continue
+            events.append(Event(type=Event.PULL, actor=claims.get("sub") or "", repository=pull["repository"],
+                                digest=pull["digest"], client_ip=pull.get("client"), created_at=min(at, now),
+                                detail={"cache": cache.name}))
+        Event.objects.bulk_create(events)
+        return Response({"recorded": len(events), "refused": refused})

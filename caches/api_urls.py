@@ -1,4 +1,5 @@
-"""/api/v0/ routes of content caches (system admins; included by msr/api/urls.py)."""
+"""/api/v0/ routes of content caches (system admins, but the pulls a node reports; included by
+msr/project/urls.py)."""
 
 from django.urls import path
 
@@ -6,6 +7,7 @@ from caches import api
 
 urlpatterns = [
     path("content_caches", api.ContentCacheList.as_view()),
+    path("content_caches/pulls", api.RegionalPulls.as_view()),
     path("content_caches/<int:pk>", api.ContentCacheDetail.as_view()),
     path("content_caches/<int:pk>/metrics", api.ContentCacheMetrics.as_view()),
     path("content_caches/<int:pk>/purge", api.ContentCachePurge.as_view()),

@@ -25,6 +25,7 @@ What the node answers, and what it asks MSR:
 Django-free, like the rest of the node (tests/unit/test_dependencies.py).
 """
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -137,6 +138,91 @@ def referenced_digests(body: bytes) -> set[str]:
     return found
 
 
+class PullReports:
+    """Pulls answered in the region without MSR (manifests by digest), for MSR's audit
+    trail: each is appended to this process's spool file as it is served, and the
+    housekeeping thread sends them in batches (`send`). A batch file is removed only once
+    MSR has recorded it, so a report survives MSR's absence and the node's restarts; MSR
+    refuses reports older than a day, so those are dropped. Each carries the client's
+    access token, MSR's proof of who pulled and that the pull was allowed (the node has
+    no credential of its own): the files are readable by the node's user only."""
+
+    BATCH = 1000
+    MAX_AGE = 24 * 3600
+
+    def __init__(self, directory: Path, msr_url: str, cache_name: str, session):
+        self.directory, self.msr_url, self.cache_name, self.session = directory, msr_url, cache_name, session
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def add(self, token: str, repository: str, digest: str, client: str) -> None:
+        line = json.dumps({"token": token, "repository": repository, "digest": digest,
+                           "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "client": client or None})
+        with self._lock:
+            fd = os.open(self.directory / f"spool-{os.getpid()}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode() + b"\n")
+            finally:
+                os.close(fd)
+
+    def send(self) -> None:
+        """Close this process's spool into a batch, then send every batch of the node
+        (one process at a time) until MSR is away or all are recorded."""
+        with self._lock:
+            try:
+                os.replace(self.directory / f"spool-{os.getpid()}.jsonl",
+                           self.directory / f"batch-{time.time_ns()}-{os.getpid()}.jsonl")
+            except FileNotFoundError:
+                pass
+        lock = os.open(self.directory / "send.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock)
+            return  # another process of the node is sending
+        try:
+            for batch in sorted(self.directory.glob("batch-*.jsonl")):
+                if not self._send_file(batch):
+                    return
+        finally:
+            os.close(lock)
+
+    def _send_file(self, path: Path) -> bool:
+        """Send one batch file, BATCH pulls at a time, rewriting it with what is left
+        after each recorded part; False if MSR did not take it (try again later)."""
+        if time.time() - path.stat().st_mtime > self.MAX_AGE:
+            log.warning("dropping pull reports older than a day (%s): MSR refuses them", path.name)
+            path.unlink(missing_ok=True)
+            return True
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        while lines:
+            part, rest = lines[:self.BATCH], lines[self.BATCH:]
+            pulls = []
+            for line in part:
+                try:
+                    pulls.append(json.loads(line))
+                except ValueError:  # a line cut by a crash mid-write
+                    log.warning("dropping an unreadable pull report line in %s", path.name)
+            try:
+                answer = self.session.post(f"{self.msr_url}/api/v0/content_caches/pulls", timeout=(5, 30),
+                                           json={"cache": self.cache_name, "pulls": pulls}) if pulls else None
+            except requests.RequestException as e:
+                log.info("pull reports wait: MSR unreachable (%s)", type(e).__name__)
+                return False
+            if answer is not None and (answer.status_code >= 500 or answer.status_code == 404):
+                # 404: this cache is not (yet) registered at MSR under its name
+                log.info("pull reports wait: MSR answered %s", answer.status_code)
+                return False
+            if answer is not None and answer.status_code != 200:
+                log.warning("MSR refused %d pull reports: %s %s", len(part), answer.status_code, answer.text[:200])
+            lines = rest
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(f"{line}\n" for line in lines))
+            os.replace(tmp, path)
+        path.unlink(missing_ok=True)
+        return True
+
+
 class RegionalEndpoint:
     def __init__(self, node):
         self.node = node
@@ -152,6 +238,8 @@ class RegionalEndpoint:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self.reports = PullReports(self.config.data_dir / "reports", self.config.msr_url, self.config.name,
+                                   self.session)
         # MSR's token service as last read, kept on disk: the node's other processes read
         # it there, and a node restarted while MSR is away still verifies MSR's tokens.
         self._saved_service = self.config.data_dir / "token-service.json"
@@ -302,24 +390,32 @@ class RegionalEndpoint:
             if kept is not None:
                 self.node.metrics.add("hits")
                 environ["msr.x_cache"] = "HIT"
+                if method == "GET":  # a pull MSR does not see: reported to its audit trail
+                    self.reports.add(environ["msr.token"], name, reference, environ.get("REMOTE_ADDR", ""))
                 return self._send_manifest(environ, start_response, reference, *kept)
         return self._resolve(environ, start_response, name, reference)
 
     def _resolve(self, environ, start_response, name: str, reference: str):
-        """Ask MSR for the manifest with the client's token (a GET even for a HEAD: the
-        node keeps what it learns, and containerd asks HEAD by tag, then GET by digest)."""
+        """Ask MSR for the manifest with the client's token. A GET is a pull, which MSR
+        records; the node keeps the manifest and learns what it references. A HEAD (how
+        containerd resolves a tag before it GETs the digest) stays a HEAD, which MSR does
+        not count: the node learns the digest, and what it references if it keeps the
+        manifest already, so the GET that follows is answered in the region (and reported)."""
+        head = environ["REQUEST_METHOD"] == "HEAD"
         headers = {"Authorization": environ["HTTP_AUTHORIZATION"], "X-MSR-Cache": self.config.name,
                    "X-Request-ID": environ.get("msr.request_id", ""), "X-Forwarded-For": _forwarded_for(environ)}
         if environ.get("HTTP_ACCEPT"):
             headers["Accept"] = environ["HTTP_ACCEPT"]
+        url = f"{self.config.msr_url}/v2/{name}/manifests/{reference}"
         try:
-            answer = self.session.get(f"{self.config.msr_url}/v2/{name}/manifests/{reference}", headers=headers,
-                                      timeout=(5, 30))
-            body = answer.content[:MAX_MANIFEST_BYTES + 1]
+            answer = self.session.request("HEAD" if head else "GET", url, headers=headers, timeout=(5, 30))
+            body = b"" if head else answer.content[:MAX_MANIFEST_BYTES + 1]
         except requests.RequestException as e:
             return self._unreachable(start_response, e)
         if answer.status_code != 200:
             return self._relay_answer(environ, start_response, answer, body)
+        if head:
+            return self._resolved_head(environ, start_response, name, reference, answer)
         digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
         said = answer.headers.get("Docker-Content-Digest") or digest
         if len(body) > MAX_MANIFEST_BYTES or said != digest or (DIGEST_RE.match(reference) and reference != digest):
@@ -330,6 +426,18 @@ class RegionalEndpoint:
         self.learn(name, {digest, *referenced_digests(body)})
         environ["msr.x_cache"] = "MISS" if DIGEST_RE.match(reference) else "RESOLVED"
         return self._send_manifest(environ, start_response, digest, media_type, body)
+
+    def _resolved_head(self, environ, start_response, name, reference, answer):
+        digest = answer.headers.get("Docker-Content-Digest", "")
+        if not DIGEST_RE.match(digest) or (DIGEST_RE.match(reference) and reference != digest):
+            return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", "MSR's answer names no valid digest")
+        kept = self._kept_manifest(digest)
+        self.learn(name, {digest, *(referenced_digests(kept[1]) if kept else ())})
+        environ["msr.x_cache"] = "RESOLVED"
+        start_response("200 OK", [("Content-Type", answer.headers.get("Content-Type", "application/octet-stream")),
+                                  ("Content-Length", answer.headers.get("Content-Length", "0")),
+                                  ("Docker-Content-Digest", digest), API_VERSION, ("X-Cache", "RESOLVED")])
+        return []
 
     def _send_manifest(self, environ, start_response, digest, media_type, body):
         start_response("200 OK", [("Content-Type", media_type), ("Content-Length", str(len(body))),

@@ -720,11 +720,14 @@ class CacheNode:
             os.close(lock)
 
     def _housekeeping(self) -> None:
-        last_eviction = time.monotonic()
+        last_eviction = last_report = time.monotonic()
         while True:
             time.sleep(0.5)
             try:
                 self.metrics.save()
+                if time.monotonic() - last_report >= 2:
+                    last_report = time.monotonic()
+                    self.endpoint.reports.send()
                 if time.monotonic() - last_eviction >= self.config.evict_interval:
                     last_eviction = time.monotonic()
                     lock = os.open(self.locks / "evict.lock", os.O_CREAT | os.O_RDWR, 0o600)

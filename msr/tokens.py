@@ -83,6 +83,13 @@ def verify_access_token(token: str) -> dict:
     return _verified.verify(token, lambda kid: public_key, settings.TOKEN_SERVICE, issuer=settings.TOKEN_ISSUER)
 
 
+def access_token_evidence(token: str, max_age: int) -> dict:
+    """Claims of an access token this MSR issued at most `max_age` seconds ago, expired or
+    not (protocol.access.evidence); InvalidToken otherwise."""
+    public_key = _keys()[1]
+    return access.evidence(token, lambda kid: public_key, settings.TOKEN_SERVICE, settings.TOKEN_ISSUER, max_age)
+
+
 def verify_grant(grant: str, repository: str, digest: str) -> dict:
     """Claims of a valid cache grant signed by this MSR for this blob (any audience: MSR
     is the origin every cache of the chain fetches from); grants.GrantRefused otherwise."""

@@ -74,6 +74,26 @@ class VerifiedTokens:
         return claims
 
 
+def evidence(token: str, key_for: Callable[[str | None], object], service: str, issuer: str | None,
+             max_age: int) -> dict:
+    """The claims of an access token MSR issued for `service` at most `max_age` seconds ago,
+    expired or not: the proof, in a cache's report, that its user was allowed a pull when
+    the cache answered it. InvalidToken otherwise."""
+    try:
+        key = key_for(jwt.get_unverified_header(token).get("kid"))
+        if key is None:
+            raise jwt.InvalidSignatureError("signed by an unknown key")
+        claims = jwt.decode(token, key, algorithms=[ALGORITHM], audience=service, issuer=issuer,
+                            options={"require": ["exp", "aud", "iat"], "verify_exp": False})
+    except jwt.PyJWTError as e:
+        raise InvalidToken(str(e)) from None
+    if claims.get("typ") != ACCESS_TYPE:
+        raise InvalidToken("not an access token")
+    if not isinstance(claims["iat"], int | float) or time.time() - claims["iat"] > max_age:
+        raise InvalidToken("issued too long ago")
+    return claims
+
+
 def _decode(token: str, key_for, service: str, issuer: str | None) -> dict:
     try:
         key = key_for(jwt.get_unverified_header(token).get("kid"))

@@ -37,10 +37,14 @@ def wan(msr):
 
 @pytest.fixture(scope="module")
 def region(wan, artifacts_dir, tmp_path_factory):
+    from caches.models import ContentCache
+
     data = tmp_path_factory.mktemp("region")
     process, url = start_cache("region", wan.url, data, artifacts_dir / "logs")
+    ContentCache.objects.update_or_create(name="region", defaults={"url": url})
     yield {"url": url, "data": data, "process": process}
     process.stop()
+    ContentCache.objects.filter(name="region").delete()
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +240,60 @@ def test_when_msr_is_away_known_digests_are_served_and_tags_say_why(msr, persona
         assert "MSR is unreachable" in by_tag.json()["errors"][0]["message"]
     finally:
         process.stop()
+
+
+def _region_pulls(digest):
+    from msr.models import Event
+
+    return list(Event.objects.filter(type=Event.PULL, digest=digest, detail__cache="region").order_by("pk"))
+
+
+def _wait_for(predicate, seconds=20):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+def test_pulls_answered_in_the_region_reach_msrs_audit_trail_even_after_msr_was_away(region, wan, personas,
+                                                                                      image):
+    """A manifest by digest answered from the region is a pull MSR did not see: the node
+    reports it with the client's token; while MSR is away the report waits, then lands."""
+    pull(region["url"], "alice", personas["alice"].token, REPO, image["tag"])
+    client = Registry(region["url"], "alice", personas["alice"].token)
+    token = client.token(f"repository:{REPO}:pull")
+    before = len(_region_pulls(image["digest"]))
+    assert client.request("GET", f"/v2/{REPO}/manifests/{image['digest']}", token=token).status_code == 200
+    assert _wait_for(lambda: len(_region_pulls(image["digest"])) == before + 1)
+    event = _region_pulls(image["digest"])[-1]
+    assert (event.actor, event.repository) == ("alice", REPO)
+
+    wan.fail_next = 10**6  # MSR answers 503 to everything from the region
+    try:
+        assert client.request("GET", f"/v2/{REPO}/manifests/{image['digest']}", token=token).status_code == 200
+        time.sleep(5)  # the node tried, at least twice
+        assert len(_region_pulls(image["digest"])) == before + 1
+    finally:
+        wan.fail_next = 0
+    assert _wait_for(lambda: len(_region_pulls(image["digest"])) == before + 2)
+
+
+def test_a_report_proves_each_pull_with_the_clients_token(region, msr, personas, image):
+    """Anyone may post a report, so each pull must carry a token MSR issued that allows it."""
+    from django.utils import timezone
+
+    def report(cache, token):
+        return requests.post(f"{msr}/api/v0/content_caches/pulls", timeout=10, json={
+            "cache": cache, "pulls": [{"token": token, "repository": REPO, "digest": image["digest"],
+                                       "at": timezone.now().isoformat()}]})
+
+    before = len(_region_pulls(image["digest"]))
+    for token in (_forged({"access": [{"type": "repository", "name": "acme/public-app", "actions": ["pull"]}]}),
+                  _forged(key=Ed25519PrivateKey.generate()), _tampered(_forged()), "not-a-token"):
+        answer = report("region", token)
+        assert answer.status_code == 200 and answer.json() == {"recorded": 0, "refused": 1}
+    assert report("nowhere", _forged()).status_code == 404
+    assert len(_region_pulls(image["digest"])) == before
+    assert report("region", _forged(ttl=-60)).json() == {"recorded": 1, "refused": 0}  # expired since: still proof

@@ -1,6 +1,8 @@
 """The caches console (system admins): every cache's health (a sentence, with the raw
-error in a details element), hit ratio, bytes served, a traffic chart, and pre-warming
-by hand."""
+error in a details element), hit ratio, bytes served, a traffic chart, how to point
+clients at each cache as their region's registry endpoint, and pre-warming by hand."""
+
+from urllib.parse import urlsplit
 
 from django import forms
 from django.contrib import messages
@@ -13,6 +15,7 @@ from caches.models import ContentCache
 from caches.tasks import prewarm
 from msr import outbox, services
 from msr.exceptions import DomainError, NotFound
+from msr.registry.base import public_url
 from msr.ui.views import readable
 
 
@@ -45,6 +48,32 @@ def _chart(samples, width=320, height=60) -> str:
             f'<polyline fill="none" stroke="#1f5fbf" stroke-width="2" points="{coordinates}"/></svg>')
 
 
+def endpoint_setup(cache_url: str, msr_url: str) -> dict:
+    """How clients pull through a cache as their region's registry endpoint
+    (caches/endpoint.py): containerd's hosts.toml and podman's or CRI-O's registries.conf
+    make the cache a mirror of MSR's host (images keep MSR's name); any other client names
+    the cache's host in the image."""
+    cache, msr = urlsplit(cache_url), urlsplit(msr_url)
+    registries_conf = ["[[registry]]", f'location = "{msr.netloc}"']
+    # containers/image speaks HTTPS unless told a location is insecure (plain HTTP).
+    if msr.scheme == "http":
+        registries_conf.append("insecure = true")
+    registries_conf += ["", "[[registry.mirror]]", f'location = "{cache.netloc}"']
+    if cache.scheme == "http":
+        registries_conf.append("insecure = true")
+    return {
+        "msr_host": msr.netloc,
+        "cache_host": cache.netloc,
+        "hosts_toml_path": f"/etc/containerd/certs.d/{msr.netloc}/hosts.toml",
+        "hosts_toml": "\n".join([f'server = "{msr.scheme}://{msr.netloc}"', "",
+                                 f'[host."{cache.scheme}://{cache.netloc}"]',
+                                 '  capabilities = ["pull", "resolve"]']),
+        "registries_conf": "\n".join(registries_conf),
+        "plain": "\n".join([f"docker login {cache.netloc}",
+                            f"docker pull {cache.netloc}/NAMESPACE/REPOSITORY:TAG"]),
+    }
+
+
 @login_required
 def console_caches(request):
     if not request.user.is_superuser:
@@ -64,7 +93,7 @@ def console_caches(request):
             outbox.send(prewarm, cache.pk, repository_name, tag)
             messages.success(request, f"Queued: {cache.name} will fetch {repository_name}:{tag}.")
             return redirect("caches:console")
-    rows = []
+    rows, msr_url = [], public_url(request)
     for cache in caches:
         samples = list(cache.metrics.order_by("-at")[:48])[::-1]
         latest = samples[-1] if samples else None
@@ -74,6 +103,7 @@ def console_caches(request):
             "hit_ratio": f"{latest.hits / served:.0%}" if served else "—",
             "bytes_served": (latest.bytes_from_disk + latest.bytes_from_upstream) if latest else 0,
             "chart": mark_safe(_chart(samples)),
+            "setup": endpoint_setup(cache.url, msr_url),
         })
     return render(request, "caches/console.html", {"rows": rows, "form": form},
                   status=400 if form.errors else 200)

@@ -6,6 +6,8 @@
     msr serve    the web process alone (production: behind a load balancer, migrations
                  run separately with `msr manage migrate`)
     msr worker   a Celery worker (webhooks; later mirroring, promotion, cache checks)
+    msr cache    a regional cache node (caches/node.py), also its region's registry
+                 endpoint (caches/endpoint.py)
     msr manage   Django management commands (migrate, adduser, addorg, ...)
     msr healthcheck  the container image's HEALTHCHECK: checks the role running in the
                  container where it listens (msr/project/healthcheck.py)
@@ -15,6 +17,7 @@ import argparse
 import collections
 import logging
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -102,10 +105,18 @@ def _worker_class() -> str:
     """MSR's gunicorn worker, guarded against slow clients (caches/httpserver.py);
     MSR_HTTP_GUARD=false runs gunicorn's own gthread worker instead (for comparison, or
     behind a proxy that already buffers whole requests)."""
-    guard = os.environ.get("MSR_HTTP_GUARD", "true").strip().lower()
-    if guard not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-        sys.exit(f"MSR_HTTP_GUARD={guard!r}: expected true or false")
-    return "caches.httpserver.GuardedThreadWorker" if guard in ("true", "1", "yes", "on") else "gthread"
+    return "caches.httpserver.GuardedThreadWorker" if _env_flag("MSR_HTTP_GUARD", True) else "gthread"
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    """A true/false setting from the environment; any other value stops `msr` with a
+    message naming the variable."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        sys.exit(f"{name}={value!r}: expected true or false")
+    return value in ("true", "1", "yes", "on")
 
 
 def _gunicorn_argv(args) -> list[str]:
@@ -448,10 +459,7 @@ def cmd_up(args) -> None:
     local_web, cache = f"http://{_display_host(args.bind)}", f"http://{_display_host(cache_bind)}"
     web = settings.PUBLIC_URL or local_web
     log.info("starting MSR: web on %s, local cache on %s, data in %s", local_web, cache, settings.DATA_DIR)
-    cache_args = argparse.Namespace(
-        name="local", msr=f"http://{args.bind}", upstream=None, data=str(settings.DATA_DIR / "cache"),
-        bind=cache_bind, max_size="10G", ttl="7d", workers=1, threads=16)
-    cache_argv, cache_env = _cache_argv(cache_args)
+    cache_argv, cache_env = _cache_argv(_local_cache_args(args.bind, cache_bind, settings.DATA_DIR / "cache"))
     ready_file = settings.DATA_DIR / "worker.ready"
 
     def worker_ready(child: Child) -> bool:
@@ -482,11 +490,25 @@ def cmd_up(args) -> None:
     sys.exit(supervise(children, on_ready=announce))
 
 
+def _local_cache_args(msr_bind: str, cache_bind: str, data_dir) -> argparse.Namespace:
+    """`msr up`'s cache, as `msr cache`'s options would give it (not read from the
+    environment: the embedded default is the same everywhere)."""
+    return argparse.Namespace(
+        name="local", msr=f"http://{msr_bind}", upstream=None, data=str(data_dir), bind=cache_bind,
+        max_size="10G", ttl="7d", workers=1, threads=16,
+        token_relay=True, public_url=None, token_service=None, membership_ttl="10m")
+
+
 def _cache_argv(args) -> tuple[list[str], dict]:
     env = {
         "MSR_CACHE_NAME": args.name, "MSR_CACHE_MSR_URL": args.msr,
         "MSR_CACHE_UPSTREAM": args.upstream or args.msr, "MSR_CACHE_DATA_DIR": args.data,
         "MSR_CACHE_MAX_SIZE": args.max_size, "MSR_CACHE_TTL": args.ttl,
+        # The regional endpoint (caches/endpoint.py). Empty values are "not set": the
+        # node reads MSR's token service from its challenge, its own URL from the Host.
+        "MSR_CACHE_TOKEN_RELAY": "1" if args.token_relay else "0",
+        "MSR_CACHE_PUBLIC_URL": args.public_url or "", "MSR_CACHE_TOKEN_SERVICE": args.token_service or "",
+        "MSR_CACHE_MEMBERSHIP_TTL": args.membership_ttl,
     }
     argv = [sys.executable, "-m", "gunicorn", "caches.node:application", "--bind", args.bind,
             "--workers", str(args.workers), "--worker-class", _worker_class(),
@@ -502,11 +524,14 @@ def cmd_cache(args) -> None:
     """A cache node: no database, only a data dir, its upstream and MSR's public keys."""
     from caches.node import parse_duration, parse_size
 
-    for value, parse in ((args.max_size, parse_size), (args.ttl, parse_duration)):
+    for value, parse in ((args.max_size, parse_size), (args.ttl, parse_duration),
+                         (args.membership_ttl, parse_duration)):
         try:
             parse(value)
         except ValueError as e:
             sys.exit(f"msr cache: {e}")
+    if args.public_url and not re.fullmatch(r"https?://[^/?#]+/?", args.public_url):
+        sys.exit(f"msr cache: --public-url {args.public_url!r}: expected http(s)://host[:port]")
     if not args.name or not args.msr:
         sys.exit("msr cache: --name and --msr (or MSR_CACHE_NAME and MSR_CACHE_MSR_URL) are required")
     argv, env = _cache_argv(args)
@@ -540,7 +565,8 @@ def _add_web_options(parser):
                         help="threads per worker (default 8, or MSR_WEB_THREADS)")
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The `msr` command line; defaults are read from the environment now."""
     parser = argparse.ArgumentParser(prog="msr", description="MSR container registry")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run everything on the embedded default")
@@ -562,6 +588,20 @@ def main(argv=None) -> None:
     cache.add_argument("--ttl", default=env("MSR_CACHE_TTL", "24h"), help="evict blobs unused this long")
     cache.add_argument("--workers", type=int, default=int(env("MSR_CACHE_WORKERS", "2")))
     cache.add_argument("--threads", type=int, default=int(env("MSR_CACHE_THREADS", "16")))
+    endpoint = cache.add_argument_group("the cache as its region's registry endpoint")
+    endpoint.add_argument("--token-relay", action=argparse.BooleanOptionalAction,
+                          default=_env_flag("MSR_CACHE_TOKEN_RELAY", True),
+                          help="answer /auth/token by passing it on to MSR, and name it in the challenge "
+                               "(default on, or MSR_CACHE_TOKEN_RELAY)")
+    endpoint.add_argument("--public-url", default=env("MSR_CACHE_PUBLIC_URL"),
+                          help="the node's URL as clients reach it, for the challenge's realm "
+                               "(default: from the request's Host, or MSR_CACHE_PUBLIC_URL)")
+    endpoint.add_argument("--token-service", default=env("MSR_CACHE_TOKEN_SERVICE"),
+                          help="MSR's token service name (default: read from MSR's challenge, "
+                               "or MSR_CACHE_TOKEN_SERVICE)")
+    endpoint.add_argument("--membership-ttl", default=env("MSR_CACHE_MEMBERSHIP_TTL", "10m"),
+                          help="how long the node trusts that a digest belongs to a repository "
+                               "(default 10m, or MSR_CACHE_MEMBERSHIP_TTL)")
     cache.set_defaults(func=cmd_cache)
     worker = sub.add_parser("worker", help="run a Celery worker")
     worker.add_argument("--concurrency", type=int, default=int(os.environ.get("MSR_WORKER_CONCURRENCY", "2")))
@@ -575,7 +615,11 @@ def main(argv=None) -> None:
     health = sub.add_parser("healthcheck", help="check the MSR process of this container (its own --bind)")
     health.add_argument("--ready", action="store_true", help="web: /readyz (database, broker, storage) instead of /healthz")
     health.set_defaults(func=cmd_healthcheck)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     os.umask(0o077)  # files MSR writes (database, keys, blobs, caches) are its user's alone
     args.func(args)
 

@@ -121,7 +121,8 @@ def test_settings_console_and_delete_with_confirmation(sign_in, msr, personas, u
 
     assert UserCacheChoice.of(personas["alice"].user) == ("none", None)
     page.get_by_label("Default content cache").select_option(label="Not chosen: the cache for my network, if any")
-    page.get_by_role("button", name="Save settings").click()
+    with page.expect_navigation():  # the saved page, before looking at it (not the one being left)
+        page.get_by_role("button", name="Save settings").click()
     assert UserCacheChoice.of(personas["alice"].user) == ("network", None)
     check_accessibility_basics(page)
     shot(page, "07-settings")

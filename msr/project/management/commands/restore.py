@@ -19,7 +19,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, connections
 
-from msr.management.commands.backup import import_blobs, maintenance_lock, pg_args
+from msr.project.management.commands.backup import import_blobs, maintenance_lock, pg_args
 
 
 def _has_repositories() -> bool:

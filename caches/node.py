@@ -287,7 +287,16 @@ class CacheNode:
                                 extra={k: v for k, v in fields.items() if v not in ("", None)})
             return start_response(status, headers, exc_info)
 
-        return self._route(environ, respond, path, method, blob, manifest, query)
+        body = self._route(environ, respond, path, method, blob, manifest, query)
+        if method == "HEAD" and isinstance(body, list):
+            # A HEAD answer has no body (RFC 9110 9.3.2), but the refusals (_error here and
+            # in caches/endpoint.py) are built without the method: containerd resolves a tag
+            # with HEAD, and its first HEAD gets the 401 challenge. gunicorn drops such bytes
+            # but writes a plain-text warning into the node's JSON log (a server that did not
+            # drop them would send them on the kept-alive connection, ahead of the next
+            # answer). Streamed answers (a passthrough) are already empty for HEAD.
+            return []
+        return body
 
     def _route(self, environ, start_response, path, method, match, manifest, query):
         if path == "/healthz":

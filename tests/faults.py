@@ -29,6 +29,8 @@ class FaultProxy:
                 pass
 
             def _body(self) -> bytes:
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    return self._chunked_body()  # podman's blob uploads (PATCH of unknown length)
                 length = int(self.headers.get("Content-Length") or 0)
                 parts, left = [], length
                 while left > 0:
@@ -40,6 +42,15 @@ class FaultProxy:
                     rate = proxy.upload_bytes_per_second
                     if rate:
                         time.sleep(len(piece) / rate)
+                return b"".join(parts)
+
+            def _chunked_body(self) -> bytes:
+                parts = []
+                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline()  # the CRLF after each chunk
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
                 return b"".join(parts)
 
             def _forward(self):

@@ -206,6 +206,22 @@ def test_a_blob_the_upstream_does_not_have_is_passed_on_as_its_answer(node, upst
     assert not published(node, digest)
 
 
+def test_a_refusal_to_a_head_has_no_body(node, upstream):
+    """containerd resolves a tag with HEAD, and its first HEAD gets the 401 challenge: an
+    answer to HEAD carries no body (RFC 9110 9.3.2), refusals included."""
+    environ = {"REQUEST_METHOD": "HEAD", "PATH_INFO": f"/v2/{REPO}/manifests/v1", "QUERY_STRING": "",
+               "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "HTTP_HOST": "127.0.0.1", "wsgi.url_scheme": "http"}
+    answer = {}
+    body = b"".join(node(environ, lambda status, headers, exc_info=None: answer.update(status=status,
+                                                                                      headers=dict(headers))))
+    assert answer["status"].startswith("401") and answer["headers"]["WWW-Authenticate"].startswith("Bearer ")
+    assert body == b""
+    digest = upstream.add(b"a layer")
+    for token in ("not.a.jwt", grant(digest, aud=("china",))):  # a garbled grant; another cache's
+        status, _, body = call(node, digest, token, method="HEAD")
+        assert status in (401, 403) and body == b""
+
+
 def _tampered(digest):
     """A grant for a cheap blob, its digest claim rewritten to `digest`, signature kept."""
     header, payload, signature = grant(sha256(b"cheap")).split(".")

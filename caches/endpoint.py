@@ -453,6 +453,10 @@ class RegionalEndpoint:
         claims, refusal = self.authenticate(environ, start_response, name)
         if claims is None:
             return refusal
+        if environ["REQUEST_METHOD"] == "HEAD" and not self.node.blob_path(digest).exists():
+            # MSR's own answer: a HEAD asks whether the blob exists (a push checks each
+            # layer so), which is no reason to fetch it whole.
+            return self._ask_membership(environ, start_response, name, digest, answer_head=True)
         if not self.knows(name, digest):
             refusal = self._ask_membership(environ, start_response, name, digest)
             if refusal is not None:
@@ -460,9 +464,10 @@ class RegionalEndpoint:
         environ["msr.fill"] = ({}, {"Authorization": environ["HTTP_AUTHORIZATION"], "X-MSR-Cache": self.config.name})
         return self.node._blob(environ, start_response, name, digest)
 
-    def _ask_membership(self, environ, start_response, name, digest):
+    def _ask_membership(self, environ, start_response, name, digest, answer_head=False):
         """Ask MSR once whether `digest` is a blob of `name` the client may read (HEAD
-        with its token); None when it is (and the node remembers it)."""
+        with its token); None when it is (and the node remembers it), or with
+        `answer_head`, MSR's answer to the client's HEAD."""
         try:
             answer = self.session.head(
                 f"{self.config.msr_url}/v2/{name}/blobs/{digest}", allow_redirects=False, timeout=(5, 30),
@@ -475,19 +480,24 @@ class RegionalEndpoint:
                           [("Retry-After", "5")])
         if answer.status_code in (200, 307):  # 307: MSR's object storage holds it
             self.learn(name, [digest])
-            return None
+            if not answer_head:
+                return None
+            if answer.status_code == 200:
+                return self._relay_answer(environ, start_response, answer, b"", length=answer.headers.get(
+                    "Content-Length", "0"))
         if answer.status_code == 404:
             return _error(start_response, "404 Not Found", "BLOB_UNKNOWN", "blob unknown to registry")
         return self._relay_answer(environ, start_response, answer, b"")
 
     # -- everything else: MSR's answer -----------------------------------------------------
 
-    def _relay_answer(self, environ, start_response, answer, body: bytes):
-        """MSR's answer as it is (its challenge naming the node's relay, when on)."""
+    def _relay_answer(self, environ, start_response, answer, body: bytes, length: str | None = None):
+        """MSR's answer as it is (its challenge naming the node's relay, when on); a HEAD's
+        `length` is the one MSR gave."""
         headers = [(k, v) for k, v in answer.headers.items()
                    if k.lower() not in HOP_BY_HOP and k.lower() not in ("content-length", "content-encoding")]
         headers = [self._rewritten(environ, k, v) for k, v in headers]
-        headers.append(("Content-Length", str(len(body))))
+        headers.append(("Content-Length", length if length is not None else str(len(body))))
         start_response(f"{answer.status_code} {answer.reason or ''}".strip(), headers)
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
 

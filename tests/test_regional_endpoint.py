@@ -297,3 +297,19 @@ def test_a_report_proves_each_pull_with_the_clients_token(region, msr, personas,
     assert report("nowhere", _forged()).status_code == 404
     assert len(_region_pulls(image["digest"])) == before
     assert report("region", _forged(ttl=-60)).json() == {"recorded": 1, "refused": 0}  # expired since: still proof
+
+
+def test_a_head_of_a_blob_the_node_lacks_is_msrs_answer_not_a_download(region, wan, msr, personas, unique):
+    """A push asks HEAD for each layer: the node answers with MSR's HEAD and keeps nothing."""
+    data = f"never pulled through the region {unique}".encode() * 1000
+    assert Registry(msr, "alice", personas["alice"].token).push_blob(REPO, data).status_code == 201
+    client = Registry(region["url"], "alice", personas["alice"].token)
+    token = client.token(f"repository:{REPO}:pull,push")
+    before = len(wan.seen)
+    head = client.request("HEAD", f"/v2/{REPO}/blobs/{sha256(data)}", token=token)
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(len(data))
+    assert [(m, p.split("?")[0]) for m, p, _ in wan.seen[before:]] == [("HEAD", f"/v2/{REPO}/blobs/{sha256(data)}")]
+    hex_ = sha256(data).split(":")[1]
+    assert not (region["data"] / "blobs" / "sha256" / hex_[:2] / hex_).exists()
+    missing = client.request("HEAD", f"/v2/{REPO}/blobs/{sha256(data + b'x')}", token=token)
+    assert missing.status_code == 404 and missing.content == b""

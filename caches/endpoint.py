@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from protocol import access
 from protocol.errors import error_body
@@ -57,6 +58,20 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
                         "trailer", "transfer-encoding", "upgrade", "host"})
 UNREACHABLE = ("MSR is unreachable: a tag is resolved at MSR on every pull (pull by digest still works "
                "for images this cache has served)")
+
+
+def kept_alive_session() -> requests.Session:
+    """A session whose connections to MSR stay open between requests, as many as the
+    node's threads use at once. A kept-alive connection that MSR closes as the node reuses
+    it (its idle timeout) fails the request at once, before any answer: a GET or HEAD is
+    then sent again once, on a new connection, instead of failing the client's pull."""
+    session = requests.Session()
+    retry = Retry(total=2, connect=1, read=1, status=0, other=0, allowed_methods=frozenset({"GET", "HEAD"}),
+                  raise_on_status=False, respect_retry_after_header=False)
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 class Unreachable(Exception):
@@ -234,10 +249,7 @@ class RegionalEndpoint:
         self.tokens = access.VerifiedTokens()
         # Kept-alive connections to MSR, as many as the node's threads may use at once:
         # a warm pull costs no new WAN connection.
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.session = kept_alive_session()
         self.reports = PullReports(self.config.data_dir / "reports", self.config.msr_url, self.config.name,
                                    self.session)
         # MSR's token service as last read, kept on disk: the node's other processes read
@@ -535,8 +547,7 @@ class RegionalEndpoint:
         response_headers = [self._rewritten(environ, k, v) for k, v in answer.headers.items()
                             if k.lower() not in HOP_BY_HOP]
         start_response(f"{answer.status_code} {answer.reason or ''}".strip(), response_headers)
-        body = answer.raw.stream(CHUNK, decode_content=False)
-        return _Closing(body, answer.close)
+        return _Relayed(answer)
 
     def relay_token(self, environ, start_response):
         """`/auth/token`, passed on to MSR's token service: tokens are issued and signed by
@@ -549,12 +560,22 @@ class RegionalEndpoint:
         return self.passthrough(environ, start_response, target=f"{self.config.msr_url}{urlsplit(realm).path}")
 
 
-class _Closing:
-    def __init__(self, iterator, on_close):
-        self._iterator, self._on_close = iterator, on_close
+class _Relayed:
+    """MSR's answer streamed to the client as it arrives (bytes as they are: no decoding).
+    Read to its end, its connection goes back to the pool, kept alive for the next request
+    (a token request and the tag that follows cross the WAN on one connection); cut short,
+    the connection is closed, since it is mid-body."""
+
+    def __init__(self, answer):
+        self._answer = answer
+        self._finished = False
 
     def __iter__(self):
-        return iter(self._iterator)
+        yield from self._answer.raw.stream(CHUNK, decode_content=False)
+        self._finished = True
 
     def close(self):
-        self._on_close()
+        if self._finished:
+            self._answer.raw.release_conn()
+        else:
+            self._answer.close()

@@ -43,7 +43,7 @@ import jwt
 import requests
 from gunicorn import glogging
 
-from caches.endpoint import MANIFEST_PATH_RE, MANIFEST_ROUTE, RegionalEndpoint
+from caches.endpoint import MANIFEST_PATH_RE, MANIFEST_ROUTE, RegionalEndpoint, kept_alive_session
 from protocol import grants, requestids
 from protocol.errors import error_body
 from protocol.logformat import FORMATTERS, JsonFormatter, resolve_format
@@ -242,7 +242,7 @@ class CacheNode:
         _configure_logging()
         self.keys = Keys(config.msr_url, config.data_dir / "jwks.json")
         self.metrics = Metrics(config.data_dir / "metrics")
-        self.session = requests.Session()
+        self.session = kept_alive_session()  # fills: GETs, sent again once on a connection MSR just closed
         self._fills: dict[str, _Fill] = {}
         self._fills_lock = threading.Lock()
         self.endpoint = RegionalEndpoint(self)

@@ -19,11 +19,17 @@ class FaultProxy:
         self.refused = 0
         self.upload_bytes_per_second = 0  # 0: no limit
         self.seen: list[tuple[str, str, int]] = []  # (method, path, status) of every request
+        self.connections = 0  # accepted, in all
         self.lock = threading.Lock()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                with proxy.lock:
+                    proxy.connections += 1
 
             def log_message(self, *args):
                 pass

@@ -40,7 +40,8 @@ def region(wan, artifacts_dir, tmp_path_factory):
     from caches.models import ContentCache
 
     data = tmp_path_factory.mktemp("region")
-    process, url = start_cache("region", wan.url, data, artifacts_dir / "logs")
+    # One process: its connections to MSR are the ones a warm pull may reuse.
+    process, url = start_cache("region", wan.url, data, artifacts_dir / "logs", workers=1)
     ContentCache.objects.update_or_create(name="region", defaults={"url": url})
     yield {"url": url, "data": data, "process": process}
     process.stop()
@@ -81,9 +82,12 @@ def test_a_warm_pull_crosses_to_msr_for_the_tag_only(region, wan, personas, imag
     assert manifest.headers["Docker-Content-Digest"] == image["digest"]
     assert [sha256(b.content) for b in blobs[1:]] == image["layers"]
 
-    before = len(wan.seen)
+    before, connections = len(wan.seen), wan.connections
     manifest, blobs = pull(url, "alice", personas["alice"].token, REPO, image["tag"])
     assert all(b.status_code == 200 and b.headers["X-Cache"] == "HIT" for b in blobs)
+    # No new connection across the WAN: the first pull's are kept alive (a relayed token
+    # answer read to its end gives its connection back, for the tag).
+    assert wan.connections == connections, wan.connections - connections
     assert [b.content for b in blobs[1:]] == list(image["data"])
     to_msr = [(method, path.split("?")[0]) for method, path, _ in wan.seen[before:]]
     # The token (relayed) and the tag: nothing else crosses, whatever the number of layers.

@@ -305,3 +305,32 @@ def test_a_blob_past_its_ttl_is_a_miss_at_once(upstream, tmp_path):
     os.utime(node.blob_path(digest), (last_use, last_use))  # an hour and a second unused
     assert call(node, digest, grant(digest))[1]["X-Cache"] == "MISS"
     assert upstream.fetches == [digest, digest]
+
+
+def test_a_kept_alive_connection_the_server_just_closed_is_retried_on_a_new_one():
+    """MSR closes an idle kept-alive connection as the node reuses it: the request (a GET
+    or HEAD) goes again on a new connection instead of failing the client's pull."""
+    import socket
+
+    from caches.endpoint import kept_alive_session
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def serve():
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+                conn.recv(65536)  # the next request on this connection: closed unanswered
+
+    threading.Thread(target=serve, daemon=True).start()
+    session = kept_alive_session()
+    try:
+        assert session.get(f"http://127.0.0.1:{port}/v2/", timeout=5).text == "ok"
+        assert session.get(f"http://127.0.0.1:{port}/v2/", timeout=5).text == "ok"  # a second connection
+    finally:
+        listener.close()

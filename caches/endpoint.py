@@ -382,11 +382,26 @@ class RegionalEndpoint:
         os.replace(tmp, path)
 
     def _kept_manifest(self, digest: str) -> tuple[str, bytes] | None:
+        path = self._manifest_path(digest)
         try:
-            head, _, body = self._manifest_path(digest).read_bytes().partition(b"\n")
+            head, _, body = path.read_bytes().partition(b"\n")
+            os.utime(path)  # last use, for forget_stale
             return json.loads(head)["mediaType"], body
         except (FileNotFoundError, ValueError, KeyError):
             return None
+
+    def forget_stale(self) -> None:
+        """What the node learnt and no longer trusts (older than the membership TTL), and
+        manifests unused for the cache's TTL, like blobs. Run with the periodic eviction."""
+        now = time.time()
+        for root, pattern, age in ((self.members, "*/*/*", self.config.membership_ttl),
+                                   (self.manifests, "*/*/*", self.config.ttl)):
+            for path in root.glob(pattern):
+                try:
+                    if now - path.stat().st_mtime > age:
+                        path.unlink()
+                except FileNotFoundError:
+                    pass
 
     # -- manifests ------------------------------------------------------------------------
 

@@ -743,6 +743,7 @@ class CacheNode:
                     try:
                         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         self.evict()
+                        self.endpoint.forget_stale()
                     except OSError:
                         pass  # another process of the node is evicting
                     finally:

@@ -334,3 +334,19 @@ def test_a_kept_alive_connection_the_server_just_closed_is_retried_on_a_new_one(
         assert session.get(f"http://127.0.0.1:{port}/v2/", timeout=5).text == "ok"  # a second connection
     finally:
         listener.close()
+
+
+def test_what_the_node_learnt_is_forgotten_after_its_ttl(node):
+    """Which digests belong to which repository is trusted for the membership TTL, then
+    removed with the periodic eviction; a kept manifest goes after the cache's TTL unused."""
+    endpoint = node.endpoint
+    fresh, stale = sha256(b"fresh"), sha256(b"stale")
+    endpoint.learn(REPO, [fresh, stale])
+    endpoint._keep_manifest(stale, "application/vnd.oci.image.manifest.v1+json", b"{}")
+    long_ago = time.time() - max(node.config.membership_ttl, node.config.ttl) - 1
+    os.utime(endpoint._member_path(REPO, stale), (long_ago, long_ago))
+    os.utime(endpoint._manifest_path(stale), (long_ago, long_ago))
+    assert not endpoint.knows(REPO, stale) and endpoint.knows(REPO, fresh)
+    endpoint.forget_stale()
+    assert not endpoint._member_path(REPO, stale).exists() and endpoint._member_path(REPO, fresh).exists()
+    assert endpoint._kept_manifest(stale) is None

@@ -225,6 +225,15 @@ push_msr() {  # push_msr REPO: push to MSR as admin, make admin/REPO public, dro
   rm -rf "$IMG"
 }
 PULL_N=0
+# pull_failed DIR: a failed pull: fatal, unless PULL_TRY is set (then PULL_ERR = the client's
+# last output lines, the destination is removed, and it returns 1)
+pull_failed() {
+  cat "$1.out" >&2
+  [ -n "${PULL_TRY:-}" ] || die "pull failed: $PULL_CMD"
+  PULL_ERR=$(tail -n 2 "$1.out" | tr '\n' ' ')
+  rm -rf "$1" "$1.out"
+  return 1
+}
 # pull REF [CREDS] -> PULL_S: a timed pull by $CLIENT into a fresh destination, checked:
 #   skopeo  `skopeo copy docker://REF oci:<fresh layout>:v1` (or dir:), blob files counted
 #   podman  `podman --storage-driver vfs --root <fresh> --runroot <fresh> pull`, then the
@@ -239,8 +248,9 @@ pull() {
     mkdir -p "$dir"
     sync
     t0=$EPOCHREALTIME
+    PULL_CMD="podman --storage-driver vfs --root <fresh> --runroot <fresh> pull --tls-verify=false${2:+ --creds ${2%%:*}:<password>} $ref"
     timeout 1800 "${pm[@]}" pull --quiet --tls-verify=false "${args[@]}" "$ref" >"$dir.out" 2>&1 \
-      || { cat "$dir.out" >&2; die "podman pull of $ref failed"; }
+      || { pull_failed "$dir" || return 1; }
     t1=$EPOCHREALTIME
     n=$("${pm[@]}" image inspect --format '{{len .RootFS.Layers}}' "$ref" 2>>"$dir.out") \
       || { cat "$dir.out" >&2; die "podman image inspect $ref failed"; }
@@ -250,8 +260,9 @@ pull() {
     if [ "$DEST" = oci ]; then dst="oci:$dir:v1"; want=$((LAYERS + 2)); else dst="dir:$dir"; want=$((LAYERS + 1)); fi
     sync   # no pull pays for the write-back of the previous one
     t0=$EPOCHREALTIME
+    PULL_CMD="skopeo copy --src-tls-verify=false${2:+ --src-creds ${2%%:*}:<password>} docker://$ref ${dst%%:*}:<fresh dir>"
     timeout 1800 skopeo copy --quiet --src-tls-verify=false "${args[@]}" "docker://$ref" "$dst" \
-      >"$dir.out" 2>&1 || { cat "$dir.out" >&2; die "pull of $ref failed"; }
+      >"$dir.out" 2>&1 || { pull_failed "$dir" || return 1; }
     t1=$EPOCHREALTIME
     # dir: holds config + layers named by digest; an oci: layout holds them and the manifest
     # under blobs/sha256
@@ -341,6 +352,23 @@ node_wait() {
   done
 }
 
+node_log_lines() { local f; for f in cache cache2; do cat "$BENCH_TMP/$f.log" 2>/dev/null | wc -l; done | paste -sd' '; }
+node_warnings() {  # node_warnings "LINES" (from node_log_lines) -> the node's warnings since then, "; "-separated
+  local -a n=($1); local i=0 f
+  for f in cache cache2; do
+    tail -n +$((n[i] + 1)) "$BENCH_TMP/$f.log" 2>/dev/null | grep '"level": "\(WARNING\|ERROR\)"' || true
+    i=$((i + 1))
+  done | "$PYTHON" -c 'import json,sys
+out = []
+for l in sys.stdin:
+    try:
+        d = json.loads(l)
+    except ValueError:
+        continue
+    out.append("%s %s %s: %s" % (d.get("time"), d.get("level"), d.get("logger"), d.get("message")))
+print("; ".join(out))'
+}
+
 # -- Distribution ---------------------------------------------------------------------
 start_dist() {  # start_dist NAME PORT [REMOTEURL]: docker-registry, no auth; pull-through cache with REMOTEURL
   local name=$1 port=$2 root="$BENCH_TMP/$1"
@@ -381,6 +409,7 @@ add() {  # add KEY SECONDS "SNAP_BEFORE" "SNAP_AFTER"
 }
 med() { local -n arr=$1; [ -n "${arr[$2]:-}" ] || { echo n/a; return; }; printf '%s\n' ${arr[$2]} | median; }
 EXTRA=()   # notes for the report
+FAILS=()   # failed pulls (tried once more), for the report
 
 log "scratch dir $BENCH_TMP; shapes $SHAPES (LAYERSxMiB), clients $CLIENTS, links ${DELAY_MS} ms one way, $BW/s shared"
 
@@ -470,11 +499,19 @@ msr_round() {  # msr_round TAG: every MSR case once for the current shape and cl
   [ "${IDLE_TAIL%.*}" -lt 2 ] || EXTRA+=("MSR endpoint cold $SHAPE $CLIENT $tg: links busy ${IDLE_TAIL} s after the pull ended")
   log "MSR endpoint cold $SHAPE $CLIENT $tg: $PULL_S s"; add "$k,ecold" "$PULL_S" "$w0" "$w1"
   # endpoint, warm: the same image again, token relay on, then off (the second node process)
-  local hp case
+  local hp case attempt nodelog nodelines
   for case in ewarm ewarm_norelay; do
     if [ "$case" = ewarm ]; then hp=$CACHE_HOSTPORT; else hp=$CACHE2_HOSTPORT; fi
-    s0=$(cache_stats); w0=$(snap msrA msrB)
-    pull "$hp/admin/geo-ecold-$tg:v1" "$NEAR_CREDS"
+    for attempt in 1 2; do
+      s0=$(cache_stats); w0=$(snap msrA msrB); nodelines=$(node_log_lines)
+      PULL_TRY=1 pull "$hp/admin/geo-ecold-$tg:v1" "$NEAR_CREDS" && break
+      # an error, not slowness: kept for the report with what the node logged, then once more
+      wait_idle msrA msrB
+      nodelog=$(node_warnings "$nodelines")
+      FAILS+=("endpoint $case, $SHAPE, $CLIENT, attempt $attempt: \`$PULL_CMD\` -> $PULL_ERR${nodelog:+ (node: $nodelog)}")
+      log "FAILED: endpoint $case pull: $PULL_ERR${nodelog:+ (node: $nodelog)}"
+      [ "$attempt" = 1 ] || die "endpoint $case pull failed twice"
+    done
     wait_idle msrA msrB; w1=$(snap msrA msrB)
     node_wait "$s0" 0 "$IMG_BLOBS"
     [ "${NODE_DL[0]}" -ge "$IMG_BLOBS" ] && [ "${NODE_DL[2]}" = 0 ] \
@@ -682,6 +719,7 @@ if [ "$DO_PULLS" = 1 ]; then
     echo "- MSR pre-warm: POST /api/v0/content_caches/<id>/prewarm -> the node had fetched every blob in: $line (median)."
   fi
   for n in "${EXTRA[@]}"; do echo "- $n"; done
+  for n in "${FAILS[@]}"; do echo "- FAILED (the pull was made again; the table has the second attempt): $n"; done
   for m in warm ewarm dist; do
     [ "$m" != ewarm ] || [ "$DO_ENDPOINT" = 1 ] || continue
     [ "$m" != dist ] || [ "$DO_DIST" = 1 ] || continue

@@ -37,12 +37,14 @@
 # C concurrent curl clients x --reps GETs; aggregate MiB/s; median of --tput-rounds.
 #
 # Usage: ./geo.sh [--layers 5] [--layer-mb 40] [--shapes "1x1 10x1 5x40"] [--clients "skopeo podman"]
-#          [--delay-ms 100] [--bw 6M] [--rounds 1] [--blob-mb 200] [--conc "1 8"] [--reps 2]
+#          [--delay-ms 100] [--bw 6M] [--rounds 1] [--warm-reps 1] [--blob-mb 200] [--conc "1 8"] [--reps 2]
 #          [--tput-rounds 3] [--gzip-level 0] [--dest oci|dir] [--no-dist] [--no-endpoint]
 #          [--no-prewarm] [--no-tput] [--no-pulls] [--out DIR | --no-save] [common options, see below]
 #   --delay-ms   one way (100 = 200 ms round trip);  --bw  per link and direction, shared
 #                by the link's connections (6M = 6 MiB/s, about 50 Mbit/s)
 #   --rounds     rounds of the WAN pulls (median; each round uses new images)
+#   --warm-reps  warm pulls per round and mode (cheap: no image crosses the WAN), all in the median;
+#                the endpoint's relay on / off pulls alternate
 #   --shapes     image shapes, e.g. "1x1 10x1 5x40" (overrides --layers/--layer-mb)
 #   --clients    skopeo (default), podman, or both: "skopeo podman"
 #   --dest       skopeo's destination: oci (default; layers in parallel) or dir (one by one)
@@ -60,7 +62,7 @@ set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
 ORIG_ARGS="$*"
-LAYERS=5; LAYER_MB=40; SHAPES=""; CLIENTS=skopeo; DELAY_MS=100; BW=6M; ROUNDS=1; GZIP_LEVEL=0
+LAYERS=5; LAYER_MB=40; SHAPES=""; CLIENTS=skopeo; WARM_REPS=1; DELAY_MS=100; BW=6M; ROUNDS=1; GZIP_LEVEL=0
 BLOB_MB=200; CONC="1 8"; REPS=2; TPUT_ROUNDS=3
 DO_DIST=1; DO_TPUT=1; DO_PULLS=1; DO_ENDPOINT=1; DO_PREWARM=1
 OUT="$BENCH_DIR/results"; SAVE=1; DEST=oci
@@ -70,6 +72,7 @@ while [ $# -gt 0 ]; do
     --layer-mb) LAYER_MB=$2; shift 2;;
     --shapes) SHAPES=$2; shift 2;;
     --clients) CLIENTS=$2; shift 2;;
+    --warm-reps) WARM_REPS=$2; shift 2;;
     --delay-ms) DELAY_MS=$2; shift 2;;
     --bw) BW=$2; shift 2;;
     --rounds) ROUNDS=$2; shift 2;;
@@ -90,11 +93,11 @@ while [ $# -gt 0 ]; do
     *) common_opt "$@" || die "unknown argument $1 (see --help)"; shift "$COMMON_SHIFT";;
   esac
 done
-for v in LAYERS ROUNDS REPS TPUT_ROUNDS GZIP_LEVEL; do
+for v in LAYERS ROUNDS REPS TPUT_ROUNDS GZIP_LEVEL WARM_REPS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v: ${!v} is not a whole number"
 done
-[ "$LAYERS" -ge 1 ] && [ "$ROUNDS" -ge 1 ] && [ "$REPS" -ge 1 ] && [ "$TPUT_ROUNDS" -ge 1 ] \
-  || die "--layers, --rounds, --reps and --tput-rounds must be at least 1"
+[ "$LAYERS" -ge 1 ] && [ "$ROUNDS" -ge 1 ] && [ "$REPS" -ge 1 ] && [ "$TPUT_ROUNDS" -ge 1 ] && [ "$WARM_REPS" -ge 1 ] \
+  || die "--layers, --rounds, --reps, --tput-rounds and --warm-reps must be at least 1"
 for v in LAYER_MB BLOB_MB DELAY_MS; do [[ ${!v} =~ ^[0-9]+([.][0-9]+)?$ ]] || die "bad value ${!v} for ${v}"; done
 [ -n "$SHAPES" ] || SHAPES="${LAYERS}x${LAYER_MB}"
 for sh in $SHAPES; do
@@ -453,14 +456,16 @@ msr_round() {  # msr_round TAG: every MSR case once for the current shape and cl
     || die "cold pull through the cache: node misses/upstream fetches +${NODE_DL[1]}/+${NODE_DL[2]}, expected +$IMG_BLOBS each"
   [ "${IDLE_TAIL%.*}" -lt 2 ] || EXTRA+=("MSR redirect cold $SHAPE $CLIENT $tg: links busy ${IDLE_TAIL} s after the pull ended")
   log "MSR redirect cold $SHAPE $CLIENT $tg: $PULL_S s"; add "$k,cold" "$PULL_S" "$w0" "$w1"
-  # redirect, warm: the same image again
-  s0=$(cache_stats); w0=$(snap msrA msrB)
-  pull "127.0.0.1:$MSR_A/admin/geo-cold-$tg:v1" "$NEAR_CREDS"
-  wait_idle msrA msrB; w1=$(snap msrA msrB)
-  node_wait "$s0" 0 "$IMG_BLOBS"
-  [ "${NODE_DL[0]}" -ge "$IMG_BLOBS" ] && [ "${NODE_DL[2]}" = 0 ] \
-    || die "warm pull: node hits/upstream fetches +${NODE_DL[0]}/+${NODE_DL[2]}, expected +$IMG_BLOBS/+0"
-  log "MSR redirect warm $SHAPE $CLIENT $tg: $PULL_S s"; add "$k,warm" "$PULL_S" "$w0" "$w1"
+  # redirect, warm: the same image again (--warm-reps times)
+  for rep in $(seq "$WARM_REPS"); do
+    s0=$(cache_stats); w0=$(snap msrA msrB)
+    pull "127.0.0.1:$MSR_A/admin/geo-cold-$tg:v1" "$NEAR_CREDS"
+    wait_idle msrA msrB; w1=$(snap msrA msrB)
+    node_wait "$s0" 0 "$IMG_BLOBS"
+    [ "${NODE_DL[0]}" -ge "$IMG_BLOBS" ] && [ "${NODE_DL[2]}" = 0 ] \
+      || die "warm pull: node hits/upstream fetches +${NODE_DL[0]}/+${NODE_DL[2]}, expected +$IMG_BLOBS/+0"
+    log "MSR redirect warm $SHAPE $CLIENT $tg: $PULL_S s"; add "$k,warm" "$PULL_S" "$w0" "$w1"
+  done
   if [ "$DO_PREWARM" = 1 ]; then
     # pre-warmed: a new image, POST prewarm, wait until the node fetched every blob
     make_image; push_msr "geo-prewarm-$tg"
@@ -498,9 +503,10 @@ msr_round() {  # msr_round TAG: every MSR case once for the current shape and cl
     || die "endpoint cold pull: node upstream fetches +${NODE_DL[2]}, expected +$IMG_BLOBS"
   [ "${IDLE_TAIL%.*}" -lt 2 ] || EXTRA+=("MSR endpoint cold $SHAPE $CLIENT $tg: links busy ${IDLE_TAIL} s after the pull ended")
   log "MSR endpoint cold $SHAPE $CLIENT $tg: $PULL_S s"; add "$k,ecold" "$PULL_S" "$w0" "$w1"
-  # endpoint, warm: the same image again, token relay on, then off (the second node process)
-  local hp case attempt nodelog nodelines
-  for case in ewarm ewarm_norelay; do
+  # endpoint, warm: the same image again, token relay on, then off (the second node process),
+  # alternating --warm-reps times
+  local hp case attempt nodelog nodelines rep
+  for rep in $(seq "$WARM_REPS"); do for case in ewarm ewarm_norelay; do
     if [ "$case" = ewarm ]; then hp=$CACHE_HOSTPORT; else hp=$CACHE2_HOSTPORT; fi
     for attempt in 1 2; do
       s0=$(cache_stats); w0=$(snap msrA msrB); nodelines=$(node_log_lines)
@@ -518,7 +524,7 @@ msr_round() {  # msr_round TAG: every MSR case once for the current shape and cl
       || die "endpoint warm pull ($case): node hits/upstream fetches +${NODE_DL[0]}/+${NODE_DL[2]}, expected +$IMG_BLOBS/+0"
     log "MSR endpoint warm$([ "$case" = ewarm ] || echo ", relay off") $SHAPE $CLIENT $tg: $PULL_S s"
     add "$k,$case" "$PULL_S" "$w0" "$w1"
-  done
+  done; done
 }
 
 # ===== Distribution =================================================================
@@ -530,7 +536,7 @@ dist_setup() {
   log "Distribution: central :$DC_PORT, pull-through cache :$DP_PORT (remoteurl via link B' :$DIST_B)"
 }
 dist_round() {  # dist_round TAG
-  local tg=$1 k="$SHAPE,$CLIENT,dist" w0 w1
+  local tg=$1 k="$SHAPE,$CLIENT,dist" w0 w1 rep
   LINK_NAMES=(distA distB)
   make_image; IB[$SHAPE]=$IMG_BYTES; push "127.0.0.1:$DC_PORT" "admin/geo-direct-$tg"; rm -rf "$IMG"
   w0=$(snap distA distB)
@@ -543,10 +549,12 @@ dist_round() {  # dist_round TAG
   wait_idle distA distB; w1=$(snap distA distB)
   [ "${IDLE_TAIL%.*}" -lt 2 ] || EXTRA+=("Distribution cold $SHAPE $CLIENT $tg: link B' kept moving bytes ${IDLE_TAIL} s after the pull ended")
   log "Distribution cold $SHAPE $CLIENT $tg: $PULL_S s"; add "$k,cold" "$PULL_S" "$w0" "$w1"
-  w0=$(snap distA distB)
-  pull "127.0.0.1:$DP_PORT/admin/geo-cold-$tg:v1"
-  wait_idle distA distB; w1=$(snap distA distB)
-  log "Distribution warm $SHAPE $CLIENT $tg: $PULL_S s"; add "$k,warm" "$PULL_S" "$w0" "$w1"
+  for rep in $(seq "$WARM_REPS"); do
+    w0=$(snap distA distB)
+    pull "127.0.0.1:$DP_PORT/admin/geo-cold-$tg:v1"
+    wait_idle distA distB; w1=$(snap distA distB)
+    log "Distribution warm $SHAPE $CLIENT $tg: $PULL_S s"; add "$k,warm" "$PULL_S" "$w0" "$w1"
+  done
 }
 
 [ "$DO_DIST" = 0 ] || dist_setup
@@ -668,7 +676,7 @@ if [ "$DO_PULLS" = 1 ]; then
   echo "Links (latency_proxy.py): ${DELAY_MS} ms one way ($(awk -v d="$DELAY_MS" 'BEGIN{print 2*d}') ms RTT), $BW/s per direction shared by the link's connections."
   echo "Images: LAYERS x MiB of random data per layer (gzip level $GZIP_LEVEL); a new image for every far, cold and pre-warmed pull."
   echo "Clients: skopeo = \`skopeo copy docker://... $DEST:<fresh dir>\`; podman = \`podman --storage-driver vfs --root <fresh> pull\`."
-  echo "Seconds, median of $ROUNDS round(s). far = direct from the central registry over link A (MSR: user far, no cache)."
+  echo "Seconds, median of $ROUNDS round(s)$([ "$WARM_REPS" = 1 ] || echo " ($WARM_REPS warm pulls per round and mode)"). far = direct from the central registry over link A (MSR: user far, no cache)."
   echo "MSR redirect: the user pulls from MSR over A, MSR answers the blob GETs 307 to the node (user near's default cache)."
   echo "MSR endpoint: the user (near) pulls from the node; the node resolves the tag at MSR over B and fills misses over B;"
   echo "token relay on (the node relays /auth/token over B), or off (the client asks MSR's token service over A)."
@@ -699,7 +707,7 @@ if [ "$DO_PULLS" = 1 ]; then
     done
   done
   echo
-  echo "WAN requests of one warm pull (last round; query strings left out):"
+  echo "WAN requests of one warm pull (the last; query strings left out):"
   echo
   for SHAPE in $SHAPES; do
     for CLIENT in $CLIENTS; do

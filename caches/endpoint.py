@@ -250,6 +250,9 @@ class RegionalEndpoint:
         # Kept-alive connections to MSR, as many as the node's threads may use at once:
         # a warm pull costs no new WAN connection.
         self.session = kept_alive_session()
+        self.session.hooks["response"].append(self._used_msr)
+        self._last_client = self._last_msr = 0.0  # time.monotonic() of the last request of each
+        threading.Thread(target=self._keep_warm_forever, name="msr-keep-warm", daemon=True).start()
         self.reports = PullReports(self.config.data_dir / "reports", self.config.msr_url, self.config.name,
                                    self.session)
         # MSR's token service as last read, kept on disk: the node's other processes read
@@ -259,6 +262,36 @@ class RegionalEndpoint:
         if self.config.token_service:
             self._token_service = (self.config.token_service, f"{self.config.msr_url}/auth/token")
         self._service_lock = threading.Lock()
+
+    # -- a warm connection to MSR -------------------------------------------------------
+
+    # MSR closes a kept-alive connection after a few idle seconds (gunicorn's keep-alive,
+    # 5 s): a pull after a pause would open a new WAN connection for its token and its tag,
+    # a round trip each (more with TLS). While its region pulls (a client request in the
+    # last WARM_WHILE seconds), each process of the node keeps one connection open with a
+    # cheap request (`GET /healthz`) once it has been idle WARM_IDLE seconds.
+    WARM_WHILE, WARM_IDLE = 600.0, 3.0
+
+    def _used_msr(self, response, *args, **kwargs):
+        self._last_msr = time.monotonic()
+
+    def _keep_warm_forever(self) -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                self.keep_warm()
+            except Exception:
+                log.exception("keeping a connection to MSR open failed")
+
+    def keep_warm(self) -> None:
+        now = time.monotonic()
+        if now - self._last_client > self.WARM_WHILE or now - self._last_msr < self.WARM_IDLE:
+            return
+        try:
+            self.session.get(f"{self.config.msr_url}/healthz", timeout=(5, 5)).close()
+        except requests.RequestException as e:
+            self._last_msr = now  # not again at once; the next pull says whether MSR is away
+            log.debug("keeping a connection to MSR open: %s", e)
 
     # -- MSR's token service ------------------------------------------------------------
 
@@ -318,6 +351,7 @@ class RegionalEndpoint:
         return claims, refusal
 
     def _authenticate(self, environ, start_response, name: str | None):
+        self._last_client = time.monotonic()
         scope = f"repository:{name}:pull" if name else None
         scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         try:
@@ -537,6 +571,7 @@ class RegionalEndpoint:
 
     def passthrough(self, environ, start_response, target: str | None = None):
         """The request, streamed to MSR (or to `target`) and its answer streamed back."""
+        self._last_client = time.monotonic()
         url = target or f"{self.config.msr_url}{environ.get('PATH_INFO', '')}"
         if environ.get("QUERY_STRING"):
             url += f"?{environ['QUERY_STRING']}"

@@ -13,7 +13,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 
 
 class FaultProxy:
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, idle_timeout: float | None = None):
         self.upstream = upstream.rstrip("/")
         self.fail_next = 0
         self.refused = 0
@@ -25,6 +25,8 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            timeout = idle_timeout  # a kept-alive connection idle this long is closed, as gunicorn does
 
             def setup(self):
                 super().setup()

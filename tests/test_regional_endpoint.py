@@ -317,3 +317,19 @@ def test_a_head_of_a_blob_the_node_lacks_is_msrs_answer_not_a_download(region, w
     assert not (region["data"] / "blobs" / "sha256" / hex_[:2] / hex_).exists()
     missing = client.request("HEAD", f"/v2/{REPO}/blobs/{sha256(data + b'x')}", token=token)
     assert missing.status_code == 404 and missing.content == b""
+
+
+def test_a_pull_after_a_pause_finds_its_connection_to_msr_open(msr, personas, image, artifacts_dir, tmp_path):
+    """MSR closes a connection idle for 5 s (gunicorn's keep-alive); while its region
+    pulls, the node keeps one open, so a pull after a pause opens no WAN connection."""
+    closing = FaultProxy(msr, idle_timeout=5)
+    process, url = start_cache("warm", closing.url, tmp_path / "warm", artifacts_dir / "logs", workers=1)
+    try:
+        pull(url, "alice", personas["alice"].token, REPO, image["tag"])
+        connections = closing.connections
+        time.sleep(8)
+        pull(url, "alice", personas["alice"].token, REPO, image["tag"])
+        assert closing.connections == connections, closing.connections - connections
+    finally:
+        process.stop()
+        closing.close()

@@ -63,10 +63,15 @@ def direct(msr):
 
 @pytest.fixture(scope="module")
 def region(wan, artifacts_dir, tmp_path_factory):
+    from caches.models import ContentCache
+
     process, url = start_cache("region-clients", wan.url, tmp_path_factory.mktemp("region-clients"),
                                artifacts_dir / "logs")
+    # Registered, as operators do: the node's reports of the pulls it answers are accepted.
+    ContentCache.objects.update_or_create(name="region-clients", defaults={"url": url})
     yield {"url": url, "process": process}
     process.stop()
+    ContentCache.objects.filter(name="region-clients").delete()
 
 
 # -- images ------------------------------------------------------------------------------
@@ -146,7 +151,10 @@ class Watch:
                 continue
             if entry.get("logger") == "msr.cache.access" and entry.get("repository") == REPO:
                 self.node.append(entry)
-        self.to_msr = [(method, path.split("?")[0], status) for method, path, status in self.wan.seen[self._wan_at:]]
+        # What the client's requests made cross; the node's own reports of pulls it answered
+        # (sent every few seconds, whenever) are not the client's.
+        self.to_msr = [(method, path.split("?")[0], status) for method, path, status in self.wan.seen[self._wan_at:]
+                       if not path.startswith("/api/v0/content_caches/pulls")]
         self.fallback = [entry for entry in self.direct.seen[self._direct_at:] if f"/v2/{REPO}/" in entry[1]]
 
     def manifests_at_msr(self) -> list:

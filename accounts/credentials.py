@@ -4,7 +4,8 @@ Passwords are stored with Django's slow hash (PBKDF2, about half a second here),
 right for a login form but not for registry clients that log in again for every copy.
 A successful check is remembered in this process for a few minutes, keyed by an HMAC of
 the credentials (never the password itself) and tied to the stored hash: changing the
-password, or deactivating the user, ends it at once.
+password, or deactivating the user, ends it at once. A directory user's password is not
+remembered: only the directory knows when it changes (accounts/directory.py).
 """
 
 import hashlib
@@ -20,6 +21,14 @@ from django.utils import timezone
 from accounts.models import AccessToken, User
 
 REMEMBER_SECONDS = 300
+
+
+class DirectoryUnavailable(Exception):
+    """The company directory could not check a password (unreachable, its certificate not
+    trusted, MSR's own bind refused); the argument says why, for the operator's log."""
+
+    message = ("MSR cannot reach the company directory right now, so directory accounts cannot "
+               "sign in with their password. Try again later; personal access tokens still work.")
 
 
 class _RememberedLogins:
@@ -66,8 +75,12 @@ def check_credentials(username: str, password: str) -> tuple[User, AccessToken |
         user = User.objects.filter(username=username, is_active=True).first()
         if user is not None and user.password == remembered_hash:
             return user, None
-    user = authenticate(username=username, password=password)
+    user = authenticate(username=username, password=password)  # raises DirectoryUnavailable
     if user is None or not user.is_active:
         return None
+    if user.source == User.DIRECTORY:
+        if not user.backend.endswith(".DirectoryBackend"):
+            return None  # only the directory checks a directory user's password
+        return user, None
     _remembered.put(key, user.password)
     return user, None

@@ -25,9 +25,23 @@ namespace_validator = RegexValidator(
 
 
 class User(AbstractUser):
-    """A person (or a CI robot) who logs in. System admins have is_superuser."""
+    """A person (or a CI robot) who logs in. System admins have is_superuser.
+
+    `source` says where the password lives: MSR's own hash (local) or the company
+    directory (MSR_LDAP_URL), which alone checks a directory user's password; such a user
+    never has a usable local hash (set_password below), so no stale one can sign in."""
+
+    LOCAL, DIRECTORY = "local", "ldap"
 
     full_name = models.CharField(max_length=200, blank=True)
+    source = models.CharField(max_length=5, choices=[(LOCAL, "MSR"), (DIRECTORY, "Company directory")],
+                              default=LOCAL)
+
+    def set_password(self, raw_password):
+        if self.source == self.DIRECTORY:
+            self.set_unusable_password()
+        else:
+            super().set_password(raw_password)
 
 
 # What a team may do in a repository, granted on one repository or on every repository of

@@ -26,7 +26,7 @@ from msr import instruments
 from msr.events import client_ip
 from msr.references import is_valid_name
 from msr.services import actions_for
-from msr.signin import TOKEN, Credential, Throttled, bearer, sign_in
+from msr.signin import TOKEN, Credential, DirectoryUnavailable, Throttled, bearer, sign_in
 from msr.tokens import issue_access_token, jwks
 from protocol import errors
 
@@ -126,6 +126,11 @@ def _throttled(error: Throttled, oauth: bool) -> HttpResponse:
     return response
 
 
+def _directory_unavailable(oauth: bool) -> HttpResponse:
+    # 503, not 401: the password may be right; clients show the message and may retry.
+    return _error(503, "UNAVAILABLE", DirectoryUnavailable.message, "temporarily_unavailable" if oauth else None)
+
+
 def _too_many_scopes() -> HttpResponse:
     return _error(400, "DENIED", f"a token request may name at most {settings.MAX_TOKEN_SCOPES} scopes",
                   "invalid_scope")
@@ -189,6 +194,8 @@ def token(request):
         return _answer(request, scopes, oauth)
     except Throttled as e:
         return _throttled(e, oauth)
+    except DirectoryUnavailable:
+        return _directory_unavailable(oauth)
 
 
 def _answer(request, scopes, oauth: bool) -> HttpResponse:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from django.utils import timezone
 
 from accounts import throttle
-from accounts.credentials import check_credentials
+from accounts.credentials import DirectoryUnavailable, check_credentials  # the error: re-exported
 from accounts.models import AccessToken, User
 from accounts.throttle import Throttled  # noqa: F401  (re-exported for the entry points)
 from msr.events import client_ip, record
@@ -43,17 +43,22 @@ def _method(secret: str) -> str:
     return "password"
 
 
-def _audit(request, username: str, succeeded: bool, method: str, via: str, throttled: bool = False) -> None:
+def _audit(request, username: str, succeeded: bool, method: str, via: str, throttled: bool = False,
+           directory_unavailable: bool = False) -> None:
     detail = {"succeeded": succeeded, "method": method, "via": via}
     if throttled:
         detail["throttled"] = True
+    if directory_unavailable:
+        detail["directory_unavailable"] = True
     record(Event.LOGIN, (username or "")[:150], detail=detail, request=request)
 
 
 def sign_in(request, username: str, password: str, via: str, audit_success: bool = False,
             allow_tokens: bool = True) -> Credential | None:
     """Check a username and a password (or a personal access token used as one). Raises
-    Throttled; None for wrong credentials."""
+    Throttled, or DirectoryUnavailable when only the company directory could tell (not
+    counted as a failure: the person may well have typed the right password); None for
+    wrong credentials."""
     address = client_ip(request)
     method = _method(password)
     try:
@@ -63,7 +68,11 @@ def sign_in(request, username: str, password: str, via: str, audit_success: bool
         raise
     found = None
     if allow_tokens or method == "password":
-        found = check_credentials(username, password)
+        try:
+            found = check_credentials(username, password)
+        except DirectoryUnavailable:
+            _audit(request, username, False, method, via, directory_unavailable=True)
+            raise
     if found is None:
         throttle.failed(attempt)
         _audit(request, username, False, method, via)

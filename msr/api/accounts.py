@@ -131,6 +131,9 @@ class AccountDetail(APIView):
             raise serializers.ValidationError({"isOrg": "These fields do not apply to an organization."})
         if "password" in data:
             require_password_or_session(request, "Changing a password")
+            if namespace.user is not None and namespace.user.source == User.DIRECTORY:
+                raise serializers.ValidationError({"password": ["The company directory holds this user's password; "
+                                                                "change it there."]})
         with transaction.atomic():
             if "fullName" in data:
                 namespace.full_name = data["fullName"]

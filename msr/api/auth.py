@@ -12,7 +12,13 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from accounts.models import SCOPE_API, AccessToken
-from msr.signin import API, Throttled, bearer, sign_in
+from msr.signin import API, DirectoryUnavailable, Throttled, bearer, sign_in
+
+
+class DirectoryUnavailableError(exceptions.APIException):
+    status_code = 503
+    default_detail = DirectoryUnavailable.message
+    default_code = "directory_unavailable"
 
 
 def _checked(credential):
@@ -29,6 +35,8 @@ class BasicCredentialsAuthentication(authentication.BasicAuthentication):
             credential = sign_in(request, userid, password, API)
         except Throttled as e:
             raise exceptions.Throttled(wait=e.retry_after, detail=str(e)) from None
+        except DirectoryUnavailable:
+            raise DirectoryUnavailableError() from None
         if credential is None:
             raise exceptions.AuthenticationFailed("Invalid username, password or token.")
         return _checked(credential)

@@ -420,3 +420,69 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # Scopes one token request may ask for (Docker asks for one or two).
 MAX_TOKEN_SCOPES = env_int("MSR_MAX_TOKEN_SCOPES", 64)
+
+# Sign-in through a company directory (LDAP or Active Directory; accounts/directory.py,
+# django-auth-ldap on python-ldap, the `ldap` extra). Off while MSR_LDAP_URL is empty.
+# Users unknown to MSR are created at their first sign-in with the directory's name and
+# e-mail; their password is only ever checked by the directory. Local users (the admin
+# made at install) keep signing in with MSR's own password, directory up or down.
+LDAP_URL = env_str("MSR_LDAP_URL", "") or ""
+LDAP_ATTR_USERNAME = env_str("MSR_LDAP_ATTR_USERNAME", "uid")
+if LDAP_URL:
+    if not LDAP_URL.startswith(("ldap://", "ldaps://")):
+        raise _ImproperlyConfigured(f"MSR_LDAP_URL={LDAP_URL!r}: expected ldap://host[:port] or ldaps://host[:port]")
+    try:
+        import ldap as _ldap
+        from django_auth_ldap import config as _ldap_config
+    except ImportError:
+        raise _ImproperlyConfigured("MSR_LDAP_URL is set, but the LDAP client is not installed: "
+                                    "pip install 'msr[ldap]' (needs libldap-dev and libsasl2-dev)") from None
+    _ldap_timeout = env_int("MSR_LDAP_TIMEOUT", 5)
+    if _ldap_timeout < 1:
+        raise _ImproperlyConfigured("MSR_LDAP_TIMEOUT: expected a number of seconds, 1 or more")
+    _ldap_user_base = env_str("MSR_LDAP_USER_SEARCH_BASE", "")
+    if not _ldap_user_base:
+        raise _ImproperlyConfigured("MSR_LDAP_URL is set: MSR_LDAP_USER_SEARCH_BASE must name where users are "
+                                    "(e.g. ou=people,dc=example,dc=org)")
+    _ldap_ca_file = env_str("MSR_LDAP_CA_FILE", "")
+    if _ldap_ca_file and not Path(_ldap_ca_file).is_file():
+        raise _ImproperlyConfigured(f"MSR_LDAP_CA_FILE={_ldap_ca_file}: no such file")
+    AUTHENTICATION_BACKENDS.insert(1, "accounts.directory.DirectoryBackend")
+    AUTH_LDAP_SERVER_URI = LDAP_URL
+    AUTH_LDAP_START_TLS = env_bool("MSR_LDAP_START_TLS", False)
+    AUTH_LDAP_BIND_DN = env_str("MSR_LDAP_BIND_DN", "")
+    AUTH_LDAP_BIND_PASSWORD = env_str("MSR_LDAP_BIND_PASSWORD", "")
+    AUTH_LDAP_USER_SEARCH = _ldap_config.LDAPSearch(
+        _ldap_user_base, _ldap.SCOPE_SUBTREE, env_str("MSR_LDAP_USER_FILTER", "(uid=%(user)s)"))
+    AUTH_LDAP_USER_ATTR_MAP = {"full_name": env_str("MSR_LDAP_ATTR_FULL_NAME", "cn"),
+                               "email": env_str("MSR_LDAP_ATTR_EMAIL", "mail")}
+    # Referrals off: Active Directory answers searches of a domain's root with referrals
+    # that libldap would follow anonymously. NEWCTX last: libldap builds the TLS context
+    # from the options set before it, or ignores the CA file.
+    AUTH_LDAP_CONNECTION_OPTIONS = {
+        _ldap.OPT_NETWORK_TIMEOUT: _ldap_timeout,
+        _ldap.OPT_TIMEOUT: _ldap_timeout,
+        _ldap.OPT_REFERRALS: 0,
+        **({_ldap.OPT_X_TLS_CACERTFILE: _ldap_ca_file} if _ldap_ca_file else {}),
+        _ldap.OPT_X_TLS_REQUIRE_CERT: _ldap.OPT_X_TLS_DEMAND,
+        _ldap.OPT_X_TLS_NEWCTX: 0,
+    }
+    _ldap_admin_group = env_str("MSR_LDAP_ADMIN_GROUP", "")
+    if _ldap_admin_group:
+        _ldap_group_types = {
+            "groupOfNames": (_ldap_config.GroupOfNamesType, "(objectClass=groupOfNames)"),
+            "posixGroup": (_ldap_config.PosixGroupType, "(objectClass=posixGroup)"),
+            "activeDirectory": (_ldap_config.ActiveDirectoryGroupType, "(objectClass=group)"),
+        }
+        _ldap_group_type = env_str("MSR_LDAP_GROUP_TYPE", "groupOfNames")
+        if _ldap_group_type not in _ldap_group_types:
+            raise _ImproperlyConfigured(f"MSR_LDAP_GROUP_TYPE={_ldap_group_type!r}: expected one of "
+                                        f"{', '.join(_ldap_group_types)}")
+        _ldap_group_class, _ldap_group_filter = _ldap_group_types[_ldap_group_type]
+        # The admin group's own container when not told where groups are.
+        AUTH_LDAP_GROUP_SEARCH = _ldap_config.LDAPSearch(
+            env_str("MSR_LDAP_GROUP_SEARCH_BASE", "") or _ldap_admin_group.partition(",")[2],
+            _ldap.SCOPE_SUBTREE, _ldap_group_filter)
+        AUTH_LDAP_GROUP_TYPE = _ldap_group_class()
+        # Checked at every directory sign-in: leaving the group ends admin rights then.
+        AUTH_LDAP_USER_FLAGS_BY_GROUP = {"is_superuser": _ldap_admin_group, "is_staff": _ldap_admin_group}

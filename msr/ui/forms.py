@@ -14,7 +14,7 @@ class SignInForm(AuthenticationForm):
     throttled = None
 
     def clean(self):
-        from msr.signin import UI, Throttled, sign_in
+        from msr.signin import UI, DirectoryUnavailable, Throttled, sign_in
 
         username = self.cleaned_data.get("username")
         password = self.cleaned_data.get("password")
@@ -26,6 +26,8 @@ class SignInForm(AuthenticationForm):
                 minutes = max(1, round(e.retry_after / 60))
                 raise ValidationError(f"Too many failed sign-ins {e.reason}. Try again in about "
                                       f"{minutes} minute{'s' if minutes > 1 else ''}.", code="throttled") from None
+            except DirectoryUnavailable:
+                raise ValidationError(DirectoryUnavailable.message, code="directory_unavailable") from None
             if credential is None:
                 raise self.get_invalid_login_error()
             self.user_cache = credential.user

@@ -338,6 +338,11 @@ class ChangePasswordView(PasswordChangeView):
     template_name = "ui/password.html"
     success_url = reverse_lazy("ui:sign-ins")
 
+    def post(self, request, *args, **kwargs):
+        if request.user.source == request.user.DIRECTORY:  # the page says to use the directory
+            return self.get(request, *args, **kwargs)
+        return super().post(request, *args, **kwargs)
+
     def form_valid(self, form):
         response = super().form_valid(form)  # saves, keeps this session signed in
         ended = account_services.end_sign_ins(self.request.user, keep_session=self.request.session.session_key)

@@ -81,11 +81,24 @@ class Unreachable(Exception):
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 
 
-def _error(start_response, status: str, code: str, message: str, headers=()):
+def error_response(start_response, status: str, code: str, message: str, headers=()):
+    """An OCI error body (protocol/errors.py) as the node's WSGI answer."""
     body = error_body(code, message)
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                            API_VERSION, *headers])
+                            *headers])
     return [body]
+
+
+def _error(start_response, status: str, code: str, message: str, headers=()):
+    return error_response(start_response, status, code, message, [API_VERSION, *headers])
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """`data` in `path`, whole or not at all: the node's other processes, and the node after
+    a crash, read either the old content or the new."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _challenge_params(header: str) -> dict:
@@ -231,9 +244,7 @@ class PullReports:
             if answer is not None and answer.status_code != 200:
                 log.warning("MSR refused %d pull reports: %s %s", len(part), answer.status_code, answer.text[:200])
             lines = rest
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(f"{line}\n" for line in lines))
-            os.replace(tmp, path)
+            write_atomically(path, "".join(f"{line}\n" for line in lines).encode())
         path.unlink(missing_ok=True)
         return True
 
@@ -314,9 +325,8 @@ class RegionalEndpoint:
                     if "realm" not in params or "service" not in params:
                         raise Unreachable(f"MSR's /v2/ answered {answer.status_code} without a Bearer challenge")
                     self._token_service = (params["service"], params["realm"])
-                    tmp = self._saved_service.with_name(f".{self._saved_service.name}.{secrets.token_hex(4)}")
-                    tmp.write_text(json.dumps({"service": params["service"], "realm": params["realm"]}))
-                    os.replace(tmp, self._saved_service)
+                    write_atomically(self._saved_service,
+                                     json.dumps({"service": params["service"], "realm": params["realm"]}).encode())
         return self._token_service
 
     def base(self, environ, start_response):
@@ -411,9 +421,7 @@ class RegionalEndpoint:
         if path.exists():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        tmp.write_bytes(json.dumps({"mediaType": media_type}).encode() + b"\n" + body)
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps({"mediaType": media_type}).encode() + b"\n" + body)
 
     def _kept_manifest(self, digest: str) -> tuple[str, bytes] | None:
         path = self._manifest_path(digest)

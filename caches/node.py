@@ -43,7 +43,8 @@ import jwt
 import requests
 from gunicorn import glogging
 
-from caches.endpoint import MANIFEST_PATH_RE, MANIFEST_ROUTE, RegionalEndpoint, kept_alive_session
+from caches.endpoint import (MANIFEST_PATH_RE, MANIFEST_ROUTE, RegionalEndpoint, error_response as _error,
+                             kept_alive_session, write_atomically)
 from protocol import grants, requestids
 from protocol.errors import error_body
 from protocol.logformat import FORMATTERS, JsonFormatter, resolve_format
@@ -170,9 +171,7 @@ class Keys:
             log.warning("cannot fetch MSR's keys from %s: %s", self.url, e)
             return
         if self._saved is not None:
-            tmp = self._saved.with_name(f".{self._saved.name}.{secrets.token_hex(4)}")
-            tmp.write_text(json.dumps(document))
-            os.replace(tmp, self._saved)
+            write_atomically(self._saved, json.dumps(document).encode())
 
 
 class Metrics:
@@ -222,13 +221,6 @@ class Metrics:
             for key, count in (values.get("requests") or {}).items():
                 requests_by_route[key] = requests_by_route.get(key, 0) + int(count)
         return {**totals, "requests": requests_by_route}
-
-
-def _error(start_response, status: str, code: str, message: str, extra_headers=()):
-    body = error_body(code, message)
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                            *extra_headers])
-    return [body]
 
 
 class CacheNode:

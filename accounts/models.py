@@ -31,14 +31,18 @@ class User(AbstractUser):
     directory (MSR_LDAP_URL), which alone checks a directory user's password; such a user
     never has a usable local hash (set_password below), so no stale one can sign in."""
 
-    LOCAL, DIRECTORY = "local", "ldap"
+    LOCAL, DIRECTORY, SSO = "local", "ldap", "oidc"
 
     full_name = models.CharField(max_length=200, blank=True)
-    source = models.CharField(max_length=5, choices=[(LOCAL, "MSR"), (DIRECTORY, "Company directory")],
+    source = models.CharField(max_length=5, choices=[(LOCAL, "MSR"), (DIRECTORY, "Company directory"),
+                                                     (SSO, "Single sign-on (OpenID Connect)")],
                               default=LOCAL)
+    # Who the identity provider says this is, for a single sign-on user: "<issuer> <subject>"
+    # (the `sub` claim never changes, while a name or an email may).
+    external_id = models.CharField(max_length=500, blank=True, db_index=True)
 
     def set_password(self, raw_password):
-        if self.source == self.DIRECTORY:
+        if self.source != self.LOCAL:
             self.set_unusable_password()
         else:
             super().set_password(raw_password)
@@ -105,7 +109,17 @@ class OrganizationMembership(models.Model):
 
 
 class Team(models.Model):
-    """A group of an organization's members that is granted access to repositories."""
+    """A group of an organization's members that is granted access to repositories.
+
+    Its members are managed in MSR, or bound to the company's identity (`sync_kind` and
+    `sync_value`, accounts/teamsync.py): the members of an LDAP group (its DN), the users an
+    LDAP filter finds, or the people whose OpenID Connect groups claim holds a name. A bound
+    team's members change only through the binding."""
+
+    MANUAL, LDAP_GROUP, LDAP_FILTER, SSO_GROUP = "", "ldap-group", "ldap-filter", "oidc-group"
+    SYNC_KINDS = [(MANUAL, "Managed in MSR"), (LDAP_GROUP, "Members of an LDAP group (its DN)"),
+                  (LDAP_FILTER, "Directory users matching an LDAP filter"),
+                  (SSO_GROUP, "A group in the single sign-on groups claim")]
 
     organization = models.ForeignKey(
         Namespace, on_delete=models.CASCADE, related_name="teams",
@@ -115,12 +129,43 @@ class Team(models.Model):
     description = models.CharField(max_length=500, blank=True)
     # Membership and guardian group permissions live on this group.
     group = models.OneToOneField(Group, on_delete=models.PROTECT, related_name="team")
+    sync_kind = models.CharField(max_length=12, choices=SYNC_KINDS, default=MANUAL, blank=True)
+    sync_value = models.CharField(max_length=1000, blank=True)
+    # The last directory sync that looked at this team: when, and what it did or why it failed.
+    synced_at = models.DateTimeField(null=True, blank=True)
+    sync_result = models.CharField(max_length=1000, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["organization", "name"], name="unique_team_per_org")]
 
     def __str__(self):
         return f"{self.organization}/{self.name}"
+
+    @property
+    def is_bound(self) -> bool:
+        return bool(self.sync_kind)
+
+
+class DirectorySync(models.Model):
+    """One run of the team sync with the company directory (accounts/teamsync.py): queued
+    by the schedule (MSR_LDAP_SYNC_INTERVAL) or by an administrator, with a log a person can
+    read and what it changed. A run that cannot read the directory changes nothing."""
+
+    WAITING, RUNNING, DONE, FAILED = "waiting", "running", "done", "failed"
+    STATUSES = [(s, s) for s in (WAITING, RUNNING, DONE, FAILED)]
+
+    status = models.CharField(max_length=8, choices=STATUSES, default=WAITING, db_index=True)
+    triggered_by = models.CharField(max_length=150, blank=True, help_text="a user, or empty for the schedule")
+    # {"teams": n, "added": n, "removed": n, "created": n, "deactivated": n}
+    summary = models.JSONField(default=dict, blank=True)
+    error = models.CharField(max_length=1000, blank=True)
+    log = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"directory sync {self.pk} ({self.status})"
 
 
 class AccessTokenQuerySet(models.QuerySet):

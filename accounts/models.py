@@ -145,6 +145,13 @@ class Team(models.Model):
     def is_bound(self) -> bool:
         return bool(self.sync_kind)
 
+    @property
+    def binding(self) -> str:
+        """Where the members come from, in words: "the LDAP group cn=developers,…"."""
+        source = {self.LDAP_GROUP: "the LDAP group", self.LDAP_FILTER: "the LDAP filter",
+                  self.SSO_GROUP: "the single sign-on group"}.get(self.sync_kind)
+        return f"{source} {self.sync_value}" if source else "MSR"
+
 
 class DirectorySync(models.Model):
     """One run of the team sync with the company directory (accounts/teamsync.py): queued
@@ -166,6 +173,13 @@ class DirectorySync(models.Model):
 
     def __str__(self):
         return f"directory sync {self.pk} ({self.status})"
+
+    @property
+    def summary_text(self) -> str:
+        words = [("teams", "teams synced"), ("added", "members added"), ("removed", "members removed"),
+                 ("created", "accounts created"), ("deactivated", "users deactivated"),
+                 ("failedTeams", "teams not synced")]
+        return ", ".join(f"{self.summary[key]} {text}" for key, text in words if key in self.summary)
 
 
 class AccessTokenQuerySet(models.QuerySet):

@@ -24,8 +24,8 @@ class BoundTeam(Exception):
 
     def __init__(self, team: Team):
         super().__init__(
-            f"The members of team {team.name!r} come from {team.get_sync_kind_display().lower()} "
-            f"({team.sync_value}); change them there, or remove the binding first.")
+            f"The members of team {team.name!r} come from {team.binding}; change them there, "
+            "or remove the binding first.")
 
 
 def refuse_if_bound(team: Team) -> None:

@@ -185,3 +185,26 @@ def sweep_outbox() -> dict:
     from msr import outbox
 
     return outbox.sweep()
+
+
+@shared_task(acks_late=True)
+def sync_directory(run_id: int | None = None) -> dict:
+    """Team sync with the company directory (accounts/directory_sync.py): the run an
+    administrator queued, or, from beat every MSR_LDAP_SYNC_INTERVAL, a new one. Audited."""
+    from accounts import directory_sync
+    from msr.events import record
+    from msr.models import Event
+
+    if run_id is None:
+        queued, created = directory_sync.queue()
+        if not created:
+            return {"skipped": f"directory sync {queued.pk} is already {queued.status}"}
+        run_id = queued.pk
+    done = directory_sync.run(run_id)
+    if done is None:
+        return {"skipped": f"directory sync {run_id} is not waiting"}
+    record(Event.ACCOUNT, done.triggered_by, detail={
+        "action": "directory sync", "sync": done.pk, "status": done.status,
+        "trigger": "api" if done.triggered_by else "schedule", **done.summary,
+        **({"error": done.error} if done.error else {})})
+    return {"sync": done.pk, "status": done.status, **done.summary}

@@ -5,7 +5,7 @@ Screenshots of each main page are written to the folder printed at the end of th
 
 import requests
 
-from tests.fixtures.ui import browser, check_accessibility_basics, shot, sign_in  # noqa: F401  (fixtures)
+from tests.fixtures.ui import browser, check_accessibility_basics, password_sign_in, shot, sign_in  # noqa: F401  (fixtures)
 from tests.images import make_image_layout
 from tests.processes import need, run
 
@@ -156,10 +156,7 @@ def test_the_basic_flows_work_without_javascript(browser, msr, personas):
     context = browser.new_context(base_url=msr, java_script_enabled=False)
     try:
         page = context.new_page()
-        page.goto("/login/")
-        page.get_by_label("Username").fill("bob")
-        page.get_by_label("Password").fill("bob-password")
-        page.get_by_role("button", name="Sign in").click()
+        password_sign_in(page, "bob", "bob-password")
         page.get_by_label("Search").fill("private-app")
         page.get_by_label("Visibility").select_option("private")
         page.get_by_role("button", name="Filter").click()

@@ -2,6 +2,7 @@
 
 import functools
 
+from django.conf import settings
 from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -12,8 +13,8 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import services
-from accounts.models import NAMESPACE_PATTERN, Namespace, OrganizationMembership, Team, User
+from accounts import services, teamsync
+from accounts.models import NAMESPACE_PATTERN, DirectorySync, Namespace, OrganizationMembership, Team, User
 from msr.access import (
     is_org_member, is_org_owner, namespace_or_404, organization_or_404, require_namespace_admin,
     team_or_404, user_or_404,
@@ -30,7 +31,11 @@ class AccountSerializer(serializers.Serializer):
     isOrg = serializers.BooleanField(source="is_org", default=False)
     isAdmin = serializers.SerializerMethodField()
     isActive = serializers.SerializerMethodField()
+    source = serializers.SerializerMethodField(help_text="where a user signs in: local, ldap or oidc")
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+
+    def get_source(self, namespace) -> str | None:
+        return namespace.user.source if namespace.user else None
 
     def get_isAdmin(self, namespace) -> bool:
         return bool(namespace.user and namespace.user.is_superuser)
@@ -307,11 +312,41 @@ class OrganizationMember(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+class TeamSyncSerializer(serializers.Serializer):
+    """Where a team's members come from: "" (managed in MSR), "ldap-group" (value: the
+    group's DN), "ldap-filter" (value: a filter on the directory's users) or "oidc-group"
+    (value: a name in the single sign-on groups claim); and the last sync's result."""
+
+    kind = serializers.ChoiceField(choices=Team.SYNC_KINDS, source="sync_kind", allow_blank=True)
+    value = serializers.CharField(max_length=1000, source="sync_value", required=False, default="",
+                                  allow_blank=True, trim_whitespace=True)
+    syncedAt = serializers.DateTimeField(source="synced_at", read_only=True, allow_null=True)
+    result = serializers.CharField(source="sync_result", read_only=True)
+
+    def validate(self, data):
+        kind, value = data["sync_kind"], data.get("sync_value", "")
+        if not kind:
+            return {"sync_kind": "", "sync_value": ""}
+        if not value:
+            raise serializers.ValidationError({"value": ["Say which group (or filter) the members come from."]})
+        if kind in (Team.LDAP_GROUP, Team.LDAP_FILTER):
+            if not settings.LDAP_URL:
+                raise serializers.ValidationError({"kind": ["No company directory is configured (MSR_LDAP_URL)."]})
+            from accounts.directory_sync import valid_binding
+
+            if problem := valid_binding(kind, value):
+                raise serializers.ValidationError({"value": [problem]})
+        if kind == Team.SSO_GROUP and not getattr(settings, "OIDC_ISSUER", ""):
+            raise serializers.ValidationError({"kind": ["Single sign-on is not configured (MSR_OIDC_ISSUER)."]})
+        return data
+
+
 class TeamSerializer(serializers.Serializer):
     id = serializers.IntegerField(read_only=True)
     name = serializers.RegexField(NAMESPACE_PATTERN, max_length=100)
     description = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
     membersCount = serializers.SerializerMethodField()
+    sync = TeamSyncSerializer(source="*", read_only=True)
 
     def get_membersCount(self, team) -> int:
         return team.group.user_set.count()
@@ -337,7 +372,33 @@ class TeamList(_MembersSee, generics.ListCreateAPIView):
 
 
 class TeamUpdateSerializer(serializers.Serializer):
-    description = serializers.CharField(max_length=500, allow_blank=True)
+    description = serializers.CharField(max_length=500, allow_blank=True, required=False)
+    sync = TeamSyncSerializer(required=False)
+
+
+def bind_team(request, team: Team, kind: str, value: str) -> None:
+    """Set where a team's members come from (the API and the UI); audited. A directory
+    binding queues a sync, so that the members follow without waiting for the schedule."""
+    if (team.sync_kind, team.sync_value) == (kind, value):
+        return
+    team.sync_kind, team.sync_value, team.synced_at, team.sync_result = kind, value, None, ""
+    team.save(update_fields=["sync_kind", "sync_value", "synced_at", "sync_result"])
+    record(Event.PERMISSION, request.user.username, request=request, detail={
+        "action": "bind team", "team": str(team), "kind": kind or "manual", "value": value})
+    if kind in (Team.LDAP_GROUP, Team.LDAP_FILTER):
+        queue_directory_sync(request.user.username)
+
+
+def queue_directory_sync(actor: str) -> tuple[DirectorySync, bool]:
+    from accounts.directory_sync import queue
+    from msr import outbox
+    from msr.tasks import sync_directory
+
+    with transaction.atomic():
+        run, created = queue(actor)
+        if created:
+            outbox.send(sync_directory, run.pk)
+    return run, created
 
 
 class TeamDetail(APIView):
@@ -358,8 +419,12 @@ class TeamDetail(APIView):
         found = self._team(request, org, team, manage=True)
         form = TeamUpdateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        found.description = form.validated_data["description"]
-        found.save(update_fields=["description"])
+        if "description" in form.validated_data:
+            found.description = form.validated_data["description"]
+            found.save(update_fields=["description"])
+        if "sync" in form.validated_data:
+            binding = form.validated_data["sync"]
+            bind_team(request, found, binding["sync_kind"], binding["sync_value"])
         return Response(TeamSerializer(found).data)
 
     def delete(self, request, org, team):
@@ -393,6 +458,8 @@ class TeamMember(APIView):
     @extend_schema(request=None, responses=TeamMemberSerializer)
     def put(self, request, org, team, member):
         found, user = self._target(request, org, team, member)
+        if found.is_bound:
+            return Response({"detail": str(teamsync.BoundTeam(found))}, status=status.HTTP_409_CONFLICT)
         services.add_team_member(found, user)
         record(Event.PERMISSION, request.user.username,
                detail={"action": "add team member", "team": f"{org}/{team}", "member": member}, request=request)
@@ -400,6 +467,8 @@ class TeamMember(APIView):
 
     def delete(self, request, org, team, member):
         found, user = self._target(request, org, team, member)
+        if found.is_bound:
+            return Response({"detail": str(teamsync.BoundTeam(found))}, status=status.HTTP_409_CONFLICT)
         if not found.group.user_set.filter(pk=user.pk).exists():
             return Response({"detail": f"{member!r} is not in team {team!r}."}, status=404)
         services.remove_team_member(found, user)
@@ -407,3 +476,53 @@ class TeamMember(APIView):
                detail={"action": "remove team member", "team": f"{org}/{team}", "member": member},
                request=request)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class DirectorySyncSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    status = serializers.CharField(read_only=True)
+    triggeredBy = serializers.CharField(source="triggered_by", read_only=True,
+                                        help_text="who asked for it; empty for the schedule")
+    summary = serializers.JSONField(read_only=True, help_text="teams synced, members added and removed, "
+                                    "accounts created and deactivated, teams that failed")
+    error = serializers.CharField(read_only=True)
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+    startedAt = serializers.DateTimeField(source="started_at", read_only=True, allow_null=True)
+    finishedAt = serializers.DateTimeField(source="finished_at", read_only=True, allow_null=True)
+
+
+class DirectorySyncDetailSerializer(DirectorySyncSerializer):
+    log = serializers.CharField(read_only=True)
+
+
+def _require_admin(request, what):
+    if not request.user.is_superuser:
+        raise PermissionDenied(f"Only system admins {what}.")
+
+
+class DirectorySyncList(generics.ListAPIView):
+    """Team sync runs with the company directory, newest first; POST runs one now."""
+
+    serializer_class = DirectorySyncSerializer
+
+    def get_queryset(self):
+        _require_admin(self.request, "see directory syncs")
+        return DirectorySync.objects.order_by("-created_at")
+
+    @extend_schema(request=None, responses={202: DirectorySyncSerializer})
+    def post(self, request):
+        _require_admin(request, "start a directory sync")
+        if not settings.LDAP_URL:
+            return Response({"detail": "No company directory is configured (MSR_LDAP_URL)."},
+                            status=status.HTTP_409_CONFLICT)
+        run, _ = queue_directory_sync(request.user.username)
+        return Response(DirectorySyncSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class DirectorySyncDetail(generics.RetrieveAPIView):
+    serializer_class = DirectorySyncDetailSerializer
+    lookup_url_kwarg = "sync_id"
+
+    def get_queryset(self):
+        _require_admin(self.request, "see directory syncs")
+        return DirectorySync.objects.all()

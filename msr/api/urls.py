@@ -40,6 +40,8 @@ urlpatterns = [
     path("accounts/<str:org>/teams/<str:team>", accounts.TeamDetail.as_view()),
     path("accounts/<str:org>/teams/<str:team>/members", accounts.TeamMembers.as_view()),
     path("accounts/<str:org>/teams/<str:team>/members/<str:member>", accounts.TeamMember.as_view()),
+    path("directory/syncs", accounts.DirectorySyncList.as_view()),
+    path("directory/syncs/<int:sync_id>", accounts.DirectorySyncDetail.as_view()),
     path("repositories", repositories.RepositoryList.as_view()),
     re_path(rf"^repositories/{NS}$", repositories.NamespaceRepositories.as_view()),
     *(re_path(rf"^repositories/{NS}/{REPO}{suffix}$", view.as_view()) for suffix, view in AFTER_REPOSITORY.items()),

@@ -427,6 +427,7 @@ MAX_TOKEN_SCOPES = env_int("MSR_MAX_TOKEN_SCOPES", 64)
 # e-mail; their password is only ever checked by the directory. Local users (the admin
 # made at install) keep signing in with MSR's own password, directory up or down.
 LDAP_URL = env_str("MSR_LDAP_URL", "") or ""
+LDAP_ADMIN_GROUP = ""
 LDAP_ATTR_USERNAME = env_str("MSR_LDAP_ATTR_USERNAME", "uid")
 if LDAP_URL:
     if not LDAP_URL.startswith(("ldap://", "ldaps://")):
@@ -486,3 +487,11 @@ if LDAP_URL:
         AUTH_LDAP_GROUP_TYPE = _ldap_group_class()
         # Checked at every directory sign-in: leaving the group ends admin rights then.
         AUTH_LDAP_USER_FLAGS_BY_GROUP = {"is_superuser": _ldap_admin_group, "is_staff": _ldap_admin_group}
+    LDAP_ADMIN_GROUP = _ldap_admin_group
+    # Team sync (accounts/directory_sync.py): every this many seconds under beat; 0 = only on demand.
+    LDAP_SYNC_INTERVAL = env_int("MSR_LDAP_SYNC_INTERVAL", 3600)
+    if LDAP_SYNC_INTERVAL < 0:
+        raise _ImproperlyConfigured("MSR_LDAP_SYNC_INTERVAL: expected a number of seconds (0: only on demand)")
+    if LDAP_SYNC_INTERVAL:
+        CELERY_BEAT_SCHEDULE["directory-sync"] = {"task": "msr.tasks.sync_directory",
+                                                  "schedule": float(LDAP_SYNC_INTERVAL)}

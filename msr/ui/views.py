@@ -18,13 +18,15 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from accounts import services as account_services
-from accounts.models import AccessToken, Namespace, User
+from accounts.models import AccessToken, DirectorySync, Namespace, Team, User
+from accounts.teamsync import BoundTeam
 from accounts.permissions import ADMIN, DELETE, readable_repositories, repository_actions
 from accounts.services import set_team_access
 from msr import services
 from msr.access import (
     is_org_member, is_org_owner, organization_or_404, repository_for, team_access_levels, team_or_404,
 )
+from msr.api.accounts import TeamSyncSerializer, bind_team, queue_directory_sync
 from msr.api.repositories import describe_tag
 from msr.events import client_ip, record
 from msr.exceptions import DomainError, NotFound
@@ -155,11 +157,20 @@ def organization(request, org):
     }
     if owner:
         context.update(
+            binding_kinds=_binding_kinds(),
             member_form=forms.MemberForm(prefix="member"), team_form=forms.TeamForm(prefix="team"),
             access_form=forms.RepositoryTeamAccessForm(prefix="access", teams=found.teams.order_by("name"),
                                                        repositories=repositories_),
         )
     return render(request, "ui/organization.html", context)
+
+
+def _binding_kinds() -> list[tuple[str, str]]:
+    """The team bindings this deployment can serve; none without a directory or single sign-on."""
+    usable = {Team.LDAP_GROUP, Team.LDAP_FILTER} if settings.LDAP_URL else set()
+    if getattr(settings, "OIDC_ISSUER", ""):
+        usable.add(Team.SSO_GROUP)
+    return [(k, label) for k, label in Team.SYNC_KINDS if k in usable or (usable and k == Team.MANUAL)]
 
 
 @login_required
@@ -193,12 +204,22 @@ def organization_action(request, org, action):
     elif action in ("add-team-member", "remove-team-member"):
         team = team_or_404(found, post.get("team", ""))
         user = User.objects.filter(username=post.get("username", "")).first()
-        if user is None:
+        if team.is_bound:
+            error = str(BoundTeam(team))
+        elif user is None:
             error = "No user with that username."
         elif action == "add-team-member":
             account_services.add_team_member(team, user)
         else:
             account_services.remove_team_member(team, user)
+    elif action == "bind-team":
+        team = team_or_404(found, post.get("team", ""))
+        form = TeamSyncSerializer(data={"kind": post.get("kind", ""), "value": post.get("value", "")})
+        if not form.is_valid():
+            error = " ".join(str(e) for errs in form.errors.values() for e in errs)
+        else:
+            bind_team(request, team, form.validated_data["sync_kind"], form.validated_data["sync_value"])
+            messages.success(request, f"Team {team.name}: members come from {team.binding}.")
     elif action == "team-access":
         form = forms.RepositoryTeamAccessForm(post, prefix="access", teams=found.teams.all(),
                                               repositories=found.repositories.all())
@@ -388,7 +409,32 @@ def console(request):
         "stored_bytes": Blob.objects.aggregate(total=Sum("size"))["total"] or 0,
     }
     recent = Event.objects.exclude(type=Event.PULL).order_by("-created_at")[:15]
-    return render(request, "ui/console.html", {"stats": stats, "events": recent})
+    syncs = DirectorySync.objects.order_by("-created_at")[:10] if settings.LDAP_URL else None
+    return render(request, "ui/console.html", {"stats": stats, "events": recent, "directory_syncs": syncs,
+                                               "sync_interval": getattr(settings, "LDAP_SYNC_INTERVAL", 0)})
+
+
+@login_required
+@require_POST
+def directory_sync_now(request):
+    if not request.user.is_superuser:
+        raise PermissionDenied("The console is for system admins.")
+    if not settings.LDAP_URL:
+        messages.error(request, "No company directory is configured (MSR_LDAP_URL).")
+    else:
+        run, created = queue_directory_sync(request.user.username)
+        messages.success(request, f"Directory sync {run.pk} {'queued' if created else 'is already ' + run.status}.")
+    return redirect("ui:console")
+
+
+@login_required
+def directory_sync(request, sync_id):
+    if not request.user.is_superuser:
+        raise PermissionDenied("The console is for system admins.")
+    found = DirectorySync.objects.filter(pk=sync_id).first()
+    if found is None:
+        raise Http404("no such directory sync")
+    return render(request, "ui/directory_sync.html", {"sync": found})
 
 
 def error_404(request, exception=None):

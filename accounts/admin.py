@@ -6,7 +6,10 @@ from accounts.models import AccessToken, Namespace, OrganizationMembership, Team
 
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
-    fieldsets = BaseUserAdmin.fieldsets + (("MSR", {"fields": ("full_name",)}),)
+    fieldsets = BaseUserAdmin.fieldsets + (("MSR", {"fields": ("full_name", "source", "external_id")}),)
+    readonly_fields = ("source", "external_id")
+    list_display = (*BaseUserAdmin.list_display, "source")
+    list_filter = (*BaseUserAdmin.list_filter, "source")
 
 
 class MembershipInline(admin.TabularInline):
@@ -24,8 +27,10 @@ class NamespaceAdmin(admin.ModelAdmin):
 
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
-    list_display = ("name", "organization")
+    list_display = ("name", "organization", "sync_kind", "sync_value", "synced_at", "sync_result")
+    list_filter = ("sync_kind",)
     search_fields = ("name", "organization__name")
+    readonly_fields = ("synced_at", "sync_result")
 
 
 @admin.register(AccessToken)

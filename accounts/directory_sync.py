@@ -63,6 +63,7 @@ class Plan:
 
     people: dict[str, Person] = field(default_factory=dict)  # name → person, everyone looked up and found
     teams: dict[int, set[str]] = field(default_factory=dict)  # team id → member names
+    bindings: dict[int, tuple[str, str]] = field(default_factory=dict)  # team id → the binding read
     team_errors: dict[int, str] = field(default_factory=dict)
     admins: set[str] | None = None  # None: no admin group configured
 
@@ -195,6 +196,7 @@ def read(run_log) -> Plan:
     plan = Plan()
     try:
         for team in Team.objects.filter(sync_kind__in=(Team.LDAP_GROUP, Team.LDAP_FILTER)).order_by("pk"):
+            plan.bindings[team.pk] = (team.sync_kind, team.sync_value)
             try:
                 if team.sync_kind == Team.LDAP_GROUP:
                     names = directory.members(team.sync_value)
@@ -265,6 +267,9 @@ def apply(plan: Plan, run_log) -> dict:
             summary["created"] += not before
     teams = Team.objects.select_for_update().filter(pk__in=plan.teams.keys() | plan.team_errors.keys())
     for team in teams.select_related("organization", "group"):
+        if (team.sync_kind, team.sync_value) != plan.bindings[team.pk]:
+            run_log(f"team {team}: its binding changed while the directory was read; the next sync does it")
+            continue
         if team.pk in plan.team_errors:
             team.synced_at, team.sync_result = now, f"not synced: {plan.team_errors[team.pk]}"[:1000]
             summary["failedTeams"] += 1

@@ -232,8 +232,10 @@ def test_the_image_holds_only_what_msr_needs(daemon, image):
                             "ls -A /app; echo ---; ls -A /app/docker; echo ---; "
                             "ls /app/templates | head -3; ls /app/msr/static | head -3; echo ---; "
                             "ls /app/.venv; echo ---; ls /usr/local/share/ca-certificates/msr; echo ---; "
-                            "pg_dump --version; echo ---; id -un; msr --help").stdout
-    top, docker_dir, assets, venv, cas, pg_dump, rest = listing.split("---\n")
+                            "pg_dump --version; echo ---; "
+                            "python -c 'import ldap, django_auth_ldap; print(ldap.__version__)'; "
+                            "command -v gcc || echo no-compiler; echo ---; id -un; msr --help").stdout
+    top, docker_dir, assets, venv, cas, pg_dump, directory, rest = listing.split("---\n")
     assert set(top.split()) == {".venv", "pyproject.toml", "msr", "accounts", "caches", "mirroring", "protocol",
                                 "templates", "docker", "msr.egg-info"}, top  # no tests, bench, docs, .git, var
     assert docker_dir.split() == ["ca"]  # no docker/.env
@@ -241,6 +243,9 @@ def test_the_image_holds_only_what_msr_needs(daemon, image):
     assert "host-venv" not in venv  # the image's own virtual environment, not the host's
     assert all(name.endswith(".crt") for name in cas.split())  # docker/ca's README is not a CA
     assert pg_dump.startswith("pg_dump (PostgreSQL) 15")  # `msr manage backup` in the image
+    # The company directory works in the image (MSR_LDAP_URL); the compiler python-ldap
+    # was built with is gone.
+    assert directory.split() == [directory.split()[0], "no-compiler"] and directory.startswith("3."), directory
     assert rest.startswith("msr\n") and "healthcheck" in rest
     config = json.loads(daemon.docker("image", "inspect", image).stdout)[0]["Config"]
     assert not config.get("Volumes")  # no anonymous volumes for roles that do not need /data

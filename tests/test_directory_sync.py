@@ -247,6 +247,8 @@ def test_owners_bind_a_team_and_admins_sync_from_the_ui(deployment, browser):
 
         page.goto("/console/")
         page.get_by_role("heading", name="Company directory").wait_for()
+        bound = page.locator("section", has=page.get_by_role("heading", name="Teams whose members come from"))
+        assert "the LDAP group cn=developers" in bound.inner_text(), bound.inner_text()
         page.get_by_role("button", name="Sync teams now").click()
         message = page.get_by_text("Directory sync").first
         message.wait_for()

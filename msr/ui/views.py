@@ -410,7 +410,9 @@ def console(request):
     }
     recent = Event.objects.exclude(type=Event.PULL).order_by("-created_at")[:15]
     syncs = DirectorySync.objects.order_by("-created_at")[:10] if settings.LDAP_URL else None
-    return render(request, "ui/console.html", {"stats": stats, "events": recent, "directory_syncs": syncs,
+    bound = Team.objects.exclude(sync_kind=Team.MANUAL).select_related("organization").order_by(
+        "organization__name", "name")
+    return render(request, "ui/console.html", {"stats": stats, "events": recent, "directory_syncs": syncs, "bound_teams": bound,
                                                "sync_interval": getattr(settings, "LDAP_SYNC_INTERVAL", 0)})
 
 

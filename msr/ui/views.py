@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.views import LoginView, PasswordChangeView
+from django.contrib.auth.views import LoginView, LogoutView, PasswordChangeView
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count, Sum
@@ -26,7 +26,8 @@ from msr.access import (
     is_org_member, is_org_owner, organization_or_404, repository_for, team_access_levels, team_or_404,
 )
 from msr.api.repositories import describe_tag
-from msr.events import client_ip, record
+from msr.events import record
+from msr.signin import note_session
 from msr.exceptions import DomainError, NotFound
 from msr.models import Blob, Event, Repository
 from msr.ui import forms
@@ -268,13 +269,13 @@ class SignInView(LoginView):
     redirect_authenticated_user = True
 
     def form_valid(self, form):
-        from accounts import sessions
-
         response = super().form_valid(form)
-        self.request.session[sessions.CLIENT_IP] = client_ip(self.request)
-        self.request.session[sessions.USER_AGENT] = self.request.META.get("HTTP_USER_AGENT", "")[:200]
-        self.request.session[sessions.SIGNED_IN_AT] = timezone.now().isoformat()
+        note_session(self.request)
         return response
+
+    def get_context_data(self, **kwargs):
+        return {**super().get_context_data(**kwargs), "single_sign_on": settings.OIDC_ISSUER and
+                settings.OIDC_PROVIDER_NAME}
 
     def form_invalid(self, form):
         response = super().form_invalid(form)
@@ -282,6 +283,19 @@ class SignInView(LoginView):
             response.status_code = 429
             response["Retry-After"] = str(form.throttled.retry_after)
         return response
+
+
+class SignOutView(LogoutView):
+    """Sign out of MSR; a session opened by single sign-on then goes on to the provider's
+    logout, when it has one (msr/sso.py)."""
+
+    def post(self, request, *args, **kwargs):
+        from msr import sso
+
+        id_token = request.session.get(sso.ID_TOKEN)
+        response = super().post(request, *args, **kwargs)
+        provider_logout = sso.end_session_url(request, id_token)
+        return redirect(provider_logout) if provider_logout else response
 
 
 @login_required

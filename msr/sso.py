@@ -91,10 +91,10 @@ class _Provider(DjangoOAuth2App):
         if loaded is not None and time.time() - loaded > METADATA_SECONDS:
             self.server_metadata.clear()
         if "_loaded_at" not in self.server_metadata:
-            metadata = super().load_server_metadata()
-            if metadata.get("issuer") != settings.OIDC_ISSUER:
-                self.server_metadata.clear()
-                raise _provider_answer(f"discovery names the issuer {str(metadata.get('issuer'))[:200]!r}, "
+            issuer = super().load_server_metadata().get("issuer")
+            if issuer != settings.OIDC_ISSUER:
+                self.server_metadata.clear()  # (the dict Authlib returned)
+                raise _provider_answer(f"discovery names the issuer {str(issuer)[:200]!r}, "
                                        f"not MSR_OIDC_ISSUER {settings.OIDC_ISSUER!r}")
         return self.server_metadata
 

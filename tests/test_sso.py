@@ -3,7 +3,7 @@ tests/fixtures/oidc.py) and real `msr serve` processes, driven by Chromium where
 uses a browser: the account made from the claims, teams bound to a groups claim, personal
 access tokens for skopeo, and the refusals (tampered state, the provider saying no, a
 discovery naming another issuer, the egress policy, a provider that does not answer).
-The ID token checks (signature, expiry, audience, nonce) are in tests/unit/test_sso_id_token.py.
+The ID token checks (signature, expiry, audience, nonce) are in tests/unit/test_sso_callback.py.
 People at the provider: olivia (developers, admins), pete (developers), rita (none)."""
 
 import json

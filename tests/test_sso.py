@@ -181,6 +181,30 @@ def test_a_token_made_after_single_sign_on_works_for_skopeo_and_no_password_does
     assert refused.returncode != 0
 
 
+def test_signing_out_ends_msrs_session_and_goes_on_to_the_providers_logout(browser, sso_msr, glewlwyd):
+    url, _ = sso_msr
+    end_session = requests.get(f"{glewlwyd.issuer}/.well-known/openid-configuration",
+                               timeout=10).json()["end_session_endpoint"]
+    context, page = _sso_sign_in(browser, url, PETE)
+    try:
+        page.wait_for_url("**/repositories/")
+        seen = []
+        page.on("request", lambda request: seen.append(request.url))
+        page.get_by_role("button", name="Sign out").click()
+        for _ in range(40):
+            if any(u.startswith(end_session) for u in seen):
+                break
+            page.wait_for_timeout(250)
+        assert any(u.startswith(end_session) for u in seen), (end_session, seen, page.url)
+        sent = parse_qs(urlsplit(next(u for u in seen if u.startswith(end_session))).query)
+        assert sent["id_token_hint"][0].count(".") == 2  # a JWT: the ID token of this sign-in
+        assert sent["post_logout_redirect_uri"] == [f"{url}/login/"] and sent["client_id"] == ["msr"]
+        page.goto(f"{url}/tokens/")
+        assert urlsplit(page.url).path == "/login/"  # MSR's session has ended
+    finally:
+        context.close()
+
+
 def test_a_tampered_state_is_refused_and_no_account_is_made(browser, sso_msr, developers_team, glewlwyd):
     from accounts.models import User
 

@@ -287,7 +287,8 @@ class SignInView(LoginView):
 
 class SignOutView(LogoutView):
     """Sign out of MSR; a session opened by single sign-on then goes on to the provider's
-    logout, when it has one (msr/sso.py)."""
+    logout, when it has one (msr/sso.py). Through a page, not a redirect: the
+    Content-Security-Policy's form-action 'self' stops a form's redirect to another site."""
 
     def post(self, request, *args, **kwargs):
         from msr import sso
@@ -295,7 +296,10 @@ class SignOutView(LogoutView):
         id_token = request.session.get(sso.ID_TOKEN)
         response = super().post(request, *args, **kwargs)
         provider_logout = sso.end_session_url(request, id_token)
-        return redirect(provider_logout) if provider_logout else response
+        if provider_logout is None:
+            return response
+        return render(request, "registration/sso_signed_out.html", {
+            "provider_logout": provider_logout, "provider": settings.OIDC_PROVIDER_NAME})
 
 
 @login_required

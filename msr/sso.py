@@ -19,6 +19,7 @@ failed sign-in, with nothing created; codes, tokens and the client secret are ne
 
 import functools
 import logging
+import threading
 import time
 
 import requests
@@ -85,8 +86,13 @@ class _ProviderSession(OAuth2Session):
 
 class _Provider(DjangoOAuth2App):
     client_cls = _ProviderSession
+    _metadata_lock = threading.Lock()  # gunicorn's threads share one provider per process
 
     def load_server_metadata(self):
+        with self._metadata_lock:
+            return self._load_server_metadata()
+
+    def _load_server_metadata(self):
         loaded = self.server_metadata.get("_loaded_at")
         if loaded is not None and time.time() - loaded > METADATA_SECONDS:
             self.server_metadata.clear()

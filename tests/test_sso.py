@@ -160,6 +160,9 @@ def test_a_token_made_after_single_sign_on_works_for_skopeo_and_no_password_does
         page.get_by_label("Token name").fill("ci")
         page.get_by_role("button", name="Create token").click()
         secret = page.locator("#new-token").inner_text().strip()
+        page.goto("/settings/password/")  # nothing to change: no MSR password
+        assert page.get_by_text("your MSR account has no password").is_visible()
+        assert page.get_by_label("Old password").count() == 0
     finally:
         context.close()
 

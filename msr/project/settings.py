@@ -308,7 +308,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("MSR_LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    # Authlib logs PKCE verifiers and OAuth request tokens at debug level: never, even with
+    # MSR_LOG_LEVEL=DEBUG (msr/sso.py logs what a sign-in did, without secrets).
+    "loggers": {"django.request": {"level": "ERROR"}, "authlib": {"level": "INFO"}},
 }
 
 # Garbage collection (msr/gc.py): nothing younger than the grace period is collected

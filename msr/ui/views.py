@@ -357,7 +357,7 @@ class ChangePasswordView(PasswordChangeView):
     success_url = reverse_lazy("ui:sign-ins")
 
     def post(self, request, *args, **kwargs):
-        if request.user.source == request.user.DIRECTORY:  # the page says to use the directory
+        if request.user.source != request.user.LOCAL:  # the page says to use the directory, or a token
             return self.get(request, *args, **kwargs)
         return super().post(request, *args, **kwargs)
 

@@ -21,6 +21,8 @@ import functools
 import logging
 import threading
 import time
+from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import requests
 from authlib.integrations.base_client import MismatchingStateError, OAuthError
@@ -68,6 +70,22 @@ def _provider_answer(reason: str) -> Refused:
     return Refused(502, reason, f"{settings.OIDC_PROVIDER_NAME} gave an answer MSR cannot accept, so you "
                    "are not signed in. Try again; if it keeps happening, tell an MSR administrator "
                    "(the server's log says why).")
+
+
+@contextmanager
+def _talking_to_provider():
+    """What can go wrong in a request to the provider, as a Refused (503: it did not
+    answer or egress refused it; 502: its answer is unusable)."""
+    try:
+        yield
+    except requests.HTTPError as e:
+        raise _provider_answer(f"{urlsplit(e.request.url).path} answered HTTP {e.response.status_code}") from None
+    except (requests.RequestException, egress.EgressRefused) as e:
+        raise _unreachable(e) from None
+    except JoseError as e:
+        raise _provider_answer(f"ID token refused: {type(e).__name__}: {str(e)[:200]}") from None
+    except (ValueError, KeyError, RuntimeError) as e:  # not JSON, not a JWK set, an endpoint missing
+        raise _provider_answer(f"unusable provider answer: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 class _ProviderSession(OAuth2Session):
@@ -144,13 +162,10 @@ def start(request):
     if next_url and url_has_allowed_host_and_scheme(next_url, {request.get_host()}, request.is_secure()):
         request.session[NEXT] = next_url
     try:
-        return app.authorize_redirect(request, _absolute(request, "oidc-callback"))
+        with _talking_to_provider():
+            return app.authorize_redirect(request, _absolute(request, "oidc-callback"))
     except Refused as refusal:
         return _refused_page(request, refusal)
-    except (requests.RequestException, egress.EgressRefused) as e:
-        return _refused_page(request, _unreachable(e))
-    except ValueError:  # not JSON
-        return _refused_page(request, _provider_answer("the discovery document is not JSON"))
 
 
 def _claims(app: _Provider, token: dict) -> dict:
@@ -187,9 +202,8 @@ def identity_from(claims: dict) -> accounts_sso.Identity:
 def _token(request, app: _Provider) -> dict:
     """Steps 2: the code exchanged, the ID token validated. Raises Refused."""
     try:
-        token = app.authorize_access_token(request)
-    except Refused:
-        raise
+        with _talking_to_provider():
+            token = app.authorize_access_token(request)
     except MismatchingStateError:
         raise Refused(400, "missing or unknown state", "This sign-in cannot be completed: it was not "
                       "started from this browser, or it was already used or has expired. Sign in again.") from None
@@ -199,12 +213,6 @@ def _token(request, app: _Provider) -> dict:
             raise Refused(403 if code == "access_denied" else 400, f"provider error {code}",
                           f"{settings.OIDC_PROVIDER_NAME} did not sign you in ({code}).") from None
         raise _provider_answer(f"token request refused: {str(e.error)[:100]}") from None
-    except (requests.RequestException, egress.EgressRefused) as e:
-        raise _unreachable(e) from None
-    except JoseError as e:
-        raise _provider_answer(f"ID token refused: {type(e).__name__}: {str(e)[:200]}") from None
-    except (ValueError, KeyError, TypeError) as e:  # not JSON, not a JWK set
-        raise _provider_answer(f"unreadable provider answer ({type(e).__name__})") from None
     if "userinfo" not in token:
         raise _provider_answer("the token response holds no ID token")
     return token
@@ -217,10 +225,8 @@ def callback(request):
     username = ""
     try:
         token = _token(request, app)
-        try:
+        with _talking_to_provider():
             identity = identity_from(_claims(app, token))
-        except (requests.RequestException, egress.EgressRefused) as e:
-            raise _unreachable(e) from None
         username = identity.username
         try:
             user, created = accounts_sso.account_for(identity, settings.OIDC_ADMIN_GROUP)

@@ -305,6 +305,8 @@ def test_a_provider_that_cannot_be_reached_is_a_503_page_and_local_accounts_stil
         page.get_by_label("Password").fill("admin-password")
         page.get_by_role("button", name="Sign in").click()
         page.wait_for_url("**/repositories/")
+        page.get_by_role("button", name="Sign out").click()  # a password session: no provider logout
+        page.wait_for_url("**/login/")
     finally:
         context.close()
     assert requests.get(f"{down}/oidc/login/", timeout=30).status_code == 503

@@ -26,10 +26,11 @@ class _Provider(BaseHTTPRequestHandler):
     issuer = ""
     key = None
     token_response: dict = {}
+    token_status = 200
 
-    def _answer(self, document: dict) -> None:
+    def _answer(self, document: dict, status=200) -> None:
         body = json.dumps(document).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -48,7 +49,7 @@ class _Provider(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self._answer(_Provider.token_response)
+        self._answer(_Provider.token_response, _Provider.token_status)
 
     def log_message(self, *args):
         pass
@@ -88,6 +89,7 @@ def _sign_in(provider, spoil) -> tuple:
               "email": f"{username}@example.org", "groups": []}
     key = provider.key
     claims, key = spoil(claims, key)
+    provider.token_status = 200
     provider.token_response = {"access_token": "an-access-token", "token_type": "Bearer", "expires_in": 300}
     if claims is not None:
         provider.token_response["id_token"] = jwt.encode({"alg": "RS256", "kid": key.kid}, claims, key)
@@ -177,3 +179,18 @@ def test_a_returning_person_is_found_by_subject_and_a_deactivated_one_is_refused
     user.save()
     refused, _ = _sign_in(single_sign_on, _as(user.username, subject))
     assert refused.status_code == 403 and "deactivated" in refused.content.decode()
+
+
+def test_a_code_the_token_endpoint_refuses_is_a_502_page_naming_no_secret(single_sign_on, monkeypatch):
+    from msr.models import Event
+
+    client = Client()
+    started = client.get("/oidc/login/")
+    sent = {k: v[0] for k, v in parse_qs(urlsplit(started["Location"]).query).items()}
+    monkeypatch.setattr(single_sign_on, "token_status", 400)
+    monkeypatch.setattr(single_sign_on, "token_response", {"error": "invalid_grant"})
+    response = client.get("/oidc/callback/", {"state": sent["state"], "code": "a-used-code"})
+    assert response.status_code == 502 and "gave an answer MSR cannot accept" in response.content.decode()
+    event = Event.objects.filter(type=Event.LOGIN).latest("id")
+    assert not event.detail["succeeded"] and event.detail["reason"] == "token request refused: invalid_grant"
+    assert "a-used-code" not in json.dumps(event.detail)

@@ -178,7 +178,11 @@ def test_a_token_made_after_single_sign_on_works_for_skopeo_and_no_password_does
     # No password is pete's in MSR: not the provider's, not any other.
     for password in (PETE.password, "", "anything-at-all", "!"):
         assert _token(url, "pete", password, f"repository:{PRIVATE}:pull").status_code == 401
-    assert requests.get(f"{url}/api/v0/tokens", auth=("pete", PETE.password), timeout=30).status_code == 401
+    assert requests.get(f"{url}/api/v0/repositories", auth=("pete", PETE.password), timeout=30).status_code == 401
+    listed = requests.get(f"{url}/api/v0/repositories", auth=("pete", secret), timeout=30)  # Basic with the token
+    assert listed.status_code == 200
+    assert {"namespace": "sso-corp", "name": "internal"}.items() <= next(
+        r for r in listed.json()["results"] if r["name"] == "internal").items()  # private: seen through the team
     refused = run(["skopeo", "login", "--tls-verify=false", "--authfile", str(tmp_path / "other.json"),
                    "-u", "pete", "-p", PETE.password, host], check=False)
     assert refused.returncode != 0

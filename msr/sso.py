@@ -61,7 +61,10 @@ class Refused(Exception):
 
 
 def _unreachable(error: Exception) -> Refused:
-    return Refused(503, f"provider unreachable: {egress.describe(error)}",
+    reason = egress.describe(error)
+    if isinstance(error, requests.exceptions.SSLError):
+        reason += " (check MSR_OIDC_CA_FILE and the host name in MSR_OIDC_ISSUER)"
+    return Refused(503, f"provider unreachable: {reason}",
                    f"MSR cannot reach {settings.OIDC_PROVIDER_NAME} right now, so single sign-on is not "
                    "possible. Try again later; personal access tokens and local accounts still work.")
 

@@ -14,7 +14,8 @@ import requests
 from django.conf import settings
 
 from tests.client import Registry
-from tests.fixtures.oidc import CLIENT_SECRET, PEOPLE_AT_PROVIDER, glewlwyd  # noqa: F401  (fixture)
+from tests.fixtures.ldap import make_ca
+from tests.fixtures.oidc import CLIENT_SECRET, PEOPLE_AT_PROVIDER, glewlwyd, glewlwyd_https  # noqa: F401
 from tests.fixtures.ui import browser, shot  # noqa: F401  (fixtures)
 from tests.processes import free_port, need, run, start_msr
 
@@ -320,3 +321,22 @@ def test_a_provider_that_cannot_be_reached_is_a_503_page_and_local_accounts_stil
     response = requests.get(f"{guarded}/oidc/login/", timeout=30)
     assert response.status_code == 503
     assert "are refused: loopback address (MSR_OUTBOUND_ALLOW opens it)" in guarded_process.log()
+
+
+def test_an_https_provider_is_trusted_through_its_ca_file_and_refused_without(glewlwyd_https, db_url, artifacts_dir,
+                                                                             tmp_path):
+    other_ca = make_ca(tmp_path / "other-ca", "Not the provider's CA")
+    answers = {}
+    for name, ca_file in (("its CA", glewlwyd_https.ca_file), ("another CA", other_ca)):
+        process, url = start_msr("serve", settings.DATA_DIR, db_url, artifacts_dir / "logs", workers=1,
+                                 extra_env=glewlwyd_https.env(MSR_OIDC_CA_FILE=str(ca_file)))
+        try:
+            answers[name] = requests.get(f"{url}/oidc/login/", allow_redirects=False, timeout=30)
+            log = process.log()
+        finally:
+            process.stop()
+    assert answers["its CA"].status_code == 302
+    assert answers["its CA"].headers["Location"].startswith(f"{glewlwyd_https.issuer}/auth?")
+    assert answers["another CA"].status_code == 503
+    assert ("provider unreachable: TLS certificate not trusted (check MSR_OIDC_CA_FILE and the host name in "
+            "MSR_OIDC_ISSUER)") in log

@@ -1,8 +1,9 @@
 """Single sign-on with OpenID Connect against a real provider (glewlwyd,
 tests/fixtures/oidc.py) and real `msr serve` processes, driven by Chromium where a person
 uses a browser: the account made from the claims, teams bound to a groups claim, personal
-access tokens for skopeo, and the refusals (tampered state, the provider saying no, a
-discovery naming another issuer, the egress policy, a provider that does not answer).
+access tokens for skopeo, signing out at the provider too, an https provider's CA, and the
+refusals (tampered state, the provider saying no, a discovery naming another issuer, the
+egress policy, a provider that does not answer).
 The ID token checks (signature, expiry, audience, nonce) are in tests/unit/test_sso_callback.py.
 People at the provider: olivia (developers, admins), pete (developers), rita (none)."""
 

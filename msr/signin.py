@@ -44,13 +44,28 @@ def _method(secret: str) -> str:
 
 
 def _audit(request, username: str, succeeded: bool, method: str, via: str, throttled: bool = False,
-           directory_unavailable: bool = False) -> None:
-    detail = {"succeeded": succeeded, "method": method, "via": via}
+           directory_unavailable: bool = False, **more) -> None:
+    detail = {"succeeded": succeeded, "method": method, "via": via, **more}
     if throttled:
         detail["throttled"] = True
     if directory_unavailable:
         detail["directory_unavailable"] = True
     record(Event.LOGIN, (username or "")[:150], detail=detail, request=request)
+
+
+def audit_single_sign_on(request, username: str, succeeded: bool, **detail) -> None:
+    """A web sign-in through the OpenID Connect provider (msr/sso.py): `detail` says why it
+    was refused, or which teams the groups claim joined and left. Never a code or a token."""
+    _audit(request, username, succeeded, "oidc", UI, **detail)
+
+
+def note_session(request) -> None:
+    """Where and how a web session was opened, for the user's list of sessions."""
+    from accounts import sessions
+
+    request.session[sessions.CLIENT_IP] = client_ip(request)
+    request.session[sessions.USER_AGENT] = request.META.get("HTTP_USER_AGENT", "")[:200]
+    request.session[sessions.SIGNED_IN_AT] = timezone.now().isoformat()
 
 
 def sign_in(request, username: str, password: str, via: str, audit_success: bool = False,

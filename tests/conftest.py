@@ -101,7 +101,7 @@ UNIT_TESTS = Path(__file__).parent / "unit"
 # Fixtures that start processes, directly or through the fixtures they use.
 PROCESS_FIXTURES = frozenset({
     "msr", "db_url", "artifacts_dir", "s3_emulator", "dockerd", "containerd",
-    "registry", "nodes", "browser", "msr_on_redis", "slapd",
+    "registry", "nodes", "browser", "msr_on_redis", "slapd", "glewlwyd", "glewlwyd_https",
 })
 # Modules whose tests start processes in their bodies (Deployment(...), `msr up`,
 # docker-compose, skopeo, a built image) rather than through a fixture.

@@ -336,7 +336,7 @@ class TeamSyncSerializer(serializers.Serializer):
 
             if problem := valid_binding(kind, value):
                 raise serializers.ValidationError({"value": [problem]})
-        if kind == Team.SSO_GROUP and not getattr(settings, "OIDC_ISSUER", ""):
+        if kind == Team.SSO_GROUP and not settings.OIDC_ISSUER:
             raise serializers.ValidationError({"kind": ["Single sign-on is not configured (MSR_OIDC_ISSUER)."]})
         return data
 

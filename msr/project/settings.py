@@ -308,7 +308,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("MSR_LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    # Authlib logs PKCE verifiers and OAuth request tokens at debug level: never, even with
+    # MSR_LOG_LEVEL=DEBUG (msr/sso.py logs what a sign-in did, without secrets).
+    "loggers": {"django.request": {"level": "ERROR"}, "authlib": {"level": "INFO"}},
 }
 
 # Garbage collection (msr/gc.py): nothing younger than the grace period is collected
@@ -495,3 +497,37 @@ if LDAP_URL:
     if LDAP_SYNC_INTERVAL:
         CELERY_BEAT_SCHEDULE["directory-sync"] = {"task": "msr.tasks.sync_directory",
                                                   "schedule": float(LDAP_SYNC_INTERVAL)}
+
+# Single sign-on with an OpenID Connect provider (msr/sso.py, Authlib). Off while
+# MSR_OIDC_ISSUER is empty. The provider is found by discovery from the issuer URL; people
+# unknown to MSR get an account at their first sign-in (accounts/sso.py), matched later by
+# "<issuer> <sub>", never by name. CLI and CI use personal access tokens made after signing in.
+OIDC_ISSUER = (env_str("MSR_OIDC_ISSUER", "") or "").strip()
+OIDC_CLIENT_ID = env_str("MSR_OIDC_CLIENT_ID", "") or ""
+OIDC_CLIENT_SECRET = env_str("MSR_OIDC_CLIENT_SECRET", "") or ""
+OIDC_PROVIDER_NAME = env_str("MSR_OIDC_PROVIDER_NAME", "") or "single sign-on"
+OIDC_SCOPES = env_str("MSR_OIDC_SCOPES", "") or "openid email profile groups"
+OIDC_CLAIM_USERNAME = env_str("MSR_OIDC_CLAIM_USERNAME", "") or "preferred_username"
+OIDC_CLAIM_FULL_NAME = env_str("MSR_OIDC_CLAIM_FULL_NAME", "") or "name"
+OIDC_CLAIM_EMAIL = env_str("MSR_OIDC_CLAIM_EMAIL", "") or "email"
+OIDC_CLAIM_GROUPS = env_str("MSR_OIDC_CLAIM_GROUPS", "") or "groups"
+OIDC_ADMIN_GROUP = env_str("MSR_OIDC_ADMIN_GROUP", "") or ""
+OIDC_CA_FILE = env_str("MSR_OIDC_CA_FILE", "") or ""
+OIDC_TIMEOUT = env_int("MSR_OIDC_TIMEOUT", 10)
+if OIDC_ISSUER:
+    _issuer = urlsplit(OIDC_ISSUER)
+    if _issuer.scheme not in ("http", "https") or not _issuer.hostname or _issuer.query or _issuer.fragment:
+        raise _ImproperlyConfigured(f"MSR_OIDC_ISSUER={OIDC_ISSUER!r}: expected the provider's issuer URL, "
+                                    "https://host[/path] (its discovery is <issuer>/.well-known/openid-configuration)")
+    if not OIDC_CLIENT_ID:
+        raise _ImproperlyConfigured("MSR_OIDC_ISSUER is set: MSR_OIDC_CLIENT_ID must name MSR's client at the provider")
+    if not OIDC_CLIENT_SECRET:
+        raise _ImproperlyConfigured("MSR_OIDC_ISSUER is set: MSR_OIDC_CLIENT_SECRET (or MSR_OIDC_CLIENT_SECRET_FILE) "
+                                    "must hold MSR's client secret at the provider")
+    if "openid" not in OIDC_SCOPES.replace(",", " ").split():
+        raise _ImproperlyConfigured(f"MSR_OIDC_SCOPES={OIDC_SCOPES!r}: must include openid")
+    OIDC_SCOPES = " ".join(OIDC_SCOPES.replace(",", " ").split())
+    if OIDC_CA_FILE and not Path(OIDC_CA_FILE).is_file():
+        raise _ImproperlyConfigured(f"MSR_OIDC_CA_FILE={OIDC_CA_FILE}: no such file")
+    if OIDC_TIMEOUT < 1:
+        raise _ImproperlyConfigured("MSR_OIDC_TIMEOUT: expected a number of seconds, 1 or more")

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from msr import auth_views
+from msr import auth_views, sso
 from msr.project import health, metrics
 
 urlpatterns = [
@@ -10,6 +10,9 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics_view, name="metrics"),
+    # Single sign-on (msr/sso.py); the provider must know the callback's exact URL.
+    path("oidc/login/", sso.start, name="oidc-login"),
+    path("oidc/callback/", sso.callback, name="oidc-callback"),
     path("admin/", admin.site.urls),
     # Each app owns its API routes and pages. The apps' API routes come before the core's:
     # mirroring's policies end in a suffix that the core's repository route would take as

@@ -1,4 +1,3 @@
-from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.urls import path, re_path
 
@@ -11,7 +10,7 @@ REPO = r"(?P<namespace>[^/]+)/(?P<repository>.+?)"
 urlpatterns = [
     path("", views.home, name="home"),
     path("login/", views.SignInView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("logout/", views.SignOutView.as_view(), name="logout"),
     path("repositories/", views.repositories, name="repositories"),
     re_path(rf"^repositories/{REPO}/tags/(?P<tag>[^/]+)/delete/$", views.delete_tag, name="delete-tag"),
     re_path(rf"^repositories/{REPO}/access/$", views.repository_access, name="repository-access"),

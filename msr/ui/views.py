@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.views import LoginView, PasswordChangeView
+from django.contrib.auth.views import LoginView, LogoutView, PasswordChangeView
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count, Sum
@@ -28,7 +28,8 @@ from msr.access import (
 )
 from msr.api.accounts import TeamSyncSerializer, bind_team, queue_directory_sync
 from msr.api.repositories import describe_tag
-from msr.events import client_ip, record
+from msr.events import record
+from msr.signin import note_session
 from msr.exceptions import DomainError, NotFound
 from msr.models import Blob, Event, Repository
 from msr.ui import forms
@@ -168,7 +169,7 @@ def organization(request, org):
 def _binding_kinds() -> list[tuple[str, str]]:
     """The team bindings this deployment can serve; none without a directory or single sign-on."""
     usable = {Team.LDAP_GROUP, Team.LDAP_FILTER} if settings.LDAP_URL else set()
-    if getattr(settings, "OIDC_ISSUER", ""):
+    if settings.OIDC_ISSUER:
         usable.add(Team.SSO_GROUP)
     return [(k, label) for k, label in Team.SYNC_KINDS if k in usable or (usable and k == Team.MANUAL)]
 
@@ -289,13 +290,13 @@ class SignInView(LoginView):
     redirect_authenticated_user = True
 
     def form_valid(self, form):
-        from accounts import sessions
-
         response = super().form_valid(form)
-        self.request.session[sessions.CLIENT_IP] = client_ip(self.request)
-        self.request.session[sessions.USER_AGENT] = self.request.META.get("HTTP_USER_AGENT", "")[:200]
-        self.request.session[sessions.SIGNED_IN_AT] = timezone.now().isoformat()
+        note_session(self.request)
         return response
+
+    def get_context_data(self, **kwargs):
+        return {**super().get_context_data(**kwargs), "single_sign_on": settings.OIDC_ISSUER and
+                settings.OIDC_PROVIDER_NAME}
 
     def form_invalid(self, form):
         response = super().form_invalid(form)
@@ -303,6 +304,23 @@ class SignInView(LoginView):
             response.status_code = 429
             response["Retry-After"] = str(form.throttled.retry_after)
         return response
+
+
+class SignOutView(LogoutView):
+    """Sign out of MSR; a session opened by single sign-on then goes on to the provider's
+    logout, when it has one (msr/sso.py). Through a page, not a redirect: the
+    Content-Security-Policy's form-action 'self' stops a form's redirect to another site."""
+
+    def post(self, request, *args, **kwargs):
+        from msr import sso
+
+        id_token = request.session.get(sso.ID_TOKEN)
+        response = super().post(request, *args, **kwargs)
+        provider_logout = sso.end_session_url(request, id_token)
+        if provider_logout is None:
+            return response
+        return render(request, "registration/sso_signed_out.html", {
+            "provider_logout": provider_logout, "provider": settings.OIDC_PROVIDER_NAME})
 
 
 @login_required
@@ -360,7 +378,7 @@ class ChangePasswordView(PasswordChangeView):
     success_url = reverse_lazy("ui:sign-ins")
 
     def post(self, request, *args, **kwargs):
-        if request.user.source == request.user.DIRECTORY:  # the page says to use the directory
+        if request.user.source != request.user.LOCAL:  # the page says to use the directory, or a token
             return self.get(request, *args, **kwargs)
         return super().post(request, *args, **kwargs)
 

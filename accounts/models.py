@@ -40,6 +40,13 @@ class User(AbstractUser):
     # Who the identity provider says this is, for a single sign-on user: "<issuer> <subject>"
     # (the `sub` claim never changes, while a name or an email may).
     external_id = models.CharField(max_length=500, blank=True, db_index=True)
+    # The provider's refresh token from the latest single sign-on, encrypted by MSR
+    # (msr/crypto.py), with which MSR asks the provider whether that sign-on still stands
+    # before it honours the user's tokens (msr/sso.py `confirm`); when it last asked; when
+    # the provider said no (the user's tokens are refused until they sign in again).
+    sso_refresh_token = models.TextField(blank=True)
+    sso_checked_at = models.DateTimeField(null=True, blank=True)
+    sso_ended_at = models.DateTimeField(null=True, blank=True)
 
     def set_password(self, raw_password):
         if self.source != self.LOCAL:

@@ -26,7 +26,7 @@ from msr import instruments
 from msr.events import client_ip
 from msr.references import is_valid_name
 from msr.services import actions_for
-from msr.signin import TOKEN, Credential, DirectoryUnavailable, Throttled, bearer, sign_in
+from msr.signin import TOKEN, Credential, DirectoryUnavailable, SingleSignOnEnded, Throttled, bearer, sign_in
 from msr.tokens import issue_access_token, jwks
 from protocol import errors
 
@@ -196,6 +196,8 @@ def token(request):
         return _throttled(e, oauth)
     except DirectoryUnavailable:
         return _directory_unavailable(oauth)
+    except SingleSignOnEnded as e:
+        return _unauthorized(str(e), oauth)
 
 
 def _answer(request, scopes, oauth: bool) -> HttpResponse:

@@ -51,4 +51,5 @@ def encrypted_fields() -> list[tuple[str, str]]:
     field); the core's own, then those the apps registered (msr/extensions.py)."""
     from msr import extensions
 
-    return [("msr.Webhook", "secret_encrypted"), *extensions.encrypted_fields]
+    return [("msr.Webhook", "secret_encrypted"), ("accounts.User", "sso_refresh_token"),
+            *extensions.encrypted_fields]

@@ -21,6 +21,28 @@ from msr.models import Event
 UI, TOKEN, API, METRICS = "ui", "token", "api", "metrics"
 
 
+class SingleSignOnEnded(Exception):
+    """A single sign-on user's token, refused because the provider no longer stands by
+    their latest sign-on (signed out, disabled or deleted there, or it expired): msr/sso.py."""
+
+    def __init__(self, provider: str):
+        super().__init__(f"Your single sign-on with {provider} has ended (at the provider: signed out, "
+                         "disabled, or expired), so MSR refuses your tokens. Sign in to MSR in a browser "
+                         "again; your tokens then work again.")
+
+
+def _still_signed_on(request, credential, method: str, via: str) -> None:
+    """A token of a single sign-on user counts only while the provider stands by the
+    user's sign-on (asked at most every MSR_OIDC_RECHECK_SECONDS). Raises SingleSignOnEnded."""
+    if credential.user.source != User.SSO:
+        return
+    from msr import sso
+
+    if not sso.confirm(credential.user):
+        _audit(request, credential.user.username, False, method, via, single_sign_on_ended=True)
+        raise SingleSignOnEnded(sso.provider_name())
+
+
 @dataclass
 class Credential:
     """Who signed in, and with which personal access or refresh token (None: a password)."""
@@ -94,6 +116,7 @@ def sign_in(request, username: str, password: str, via: str, audit_success: bool
         return None
     throttle.succeeded(attempt)
     credential = Credential(*found)
+    _still_signed_on(request, credential, method, via)
     if audit_success:
         _audit(request, credential.user.username, True, method, via)
     return credential
@@ -115,6 +138,8 @@ def bearer(request, secret: str, kind: str, via: str, audit_success: bool = Fals
         _audit(request, "", False, method, via)
         return None
     AccessToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    credential = Credential(token.user, token)
+    _still_signed_on(request, credential, method, via)
     if audit_success:
         _audit(request, token.user.username, True, method, via)
-    return Credential(token.user, token)
+    return credential

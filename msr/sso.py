@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import requests
@@ -30,9 +31,11 @@ from authlib.integrations.django_client import DjangoOAuth2App, OAuth
 from authlib.integrations.requests_client import OAuth2Session
 from django.conf import settings
 from django.contrib.auth import login
+from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET
 from joserfc.errors import JoseError
@@ -40,6 +43,7 @@ from joserfc.errors import JoseError
 from accounts import sso as accounts_sso
 from accounts import teamsync
 from msr import egress
+from msr.crypto import decrypt, encrypt
 from msr.signin import audit_single_sign_on, note_session
 
 log = logging.getLogger(__name__)
@@ -238,12 +242,78 @@ def callback(request):
     except Refused as refusal:
         return _refused_page(request, refusal, username)
     teams = teamsync.apply_sso_groups(user, identity.groups)
+    _keep_refresh_token(user, token.get("refresh_token"))
     next_url = request.session.pop(NEXT, None)
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
     note_session(request)
     request.session[ID_TOKEN] = token["id_token"]
     audit_single_sign_on(request, user.username, True, created=created, **teams)
     return redirect(next_url or settings.LOGIN_REDIRECT_URL)
+
+
+def provider_name() -> str:
+    return settings.OIDC_PROVIDER_NAME
+
+
+def _keep_refresh_token(user, refresh_token: str | None) -> None:
+    """What the provider gave at a sign-on (or a check) to ask it again later."""
+    user.sso_refresh_token = encrypt(refresh_token) if refresh_token else ""
+    user.sso_checked_at, user.sso_ended_at = timezone.now(), None
+    user.save(update_fields=["sso_refresh_token", "sso_checked_at", "sso_ended_at"])
+
+
+def confirm(user) -> bool:
+    """Whether the provider still stands by `user`'s latest single sign-on, before MSR
+    honours a token it issued them (personal access token, docker login's refresh token):
+    at most every MSR_OIDC_RECHECK_SECONDS, MSR makes a refresh-token grant with the refresh
+    token of that sign-on (Harbor does the same for its CLI secrets). The provider refusing
+    it (`invalid_grant`: signed out, disabled or deleted there, or the token expired) ends
+    the user's tokens until they sign in again; a provider that does not answer does not
+    (it is logged, and asked again at the next use). Without a refresh token (the provider
+    gave none: add `offline_access` to MSR_OIDC_SCOPES where it needs it) nothing is asked."""
+    if not settings.OIDC_ISSUER or not settings.OIDC_RECHECK_SECONDS:
+        return True
+    fresh = timezone.now() - timedelta(seconds=settings.OIDC_RECHECK_SECONDS)
+    if user.sso_ended_at is not None:
+        return False
+    if not user.sso_refresh_token or (user.sso_checked_at and user.sso_checked_at > fresh):
+        return True
+    with transaction.atomic():
+        # One check at a time per user: the provider may rotate refresh tokens, and a second
+        # check with the one the first just spent would look like a refusal.
+        current = type(user).objects.select_for_update().get(pk=user.pk)
+        if current.sso_ended_at is not None:
+            return False
+        if not current.sso_refresh_token or (current.sso_checked_at and current.sso_checked_at > fresh):
+            return True
+        app = provider()
+        try:
+            with _talking_to_provider():
+                metadata = app.load_server_metadata()
+                try:
+                    with app._get_oauth_client(**metadata) as client:
+                        token = client.refresh_token(metadata["token_endpoint"],
+                                                     refresh_token=decrypt(current.sso_refresh_token))
+                except (OAuthError, requests.HTTPError) as e:
+                    # RFC 6749 §5.2: 400 is the grant refused (invalid_grant: the refresh token
+                    # is revoked, expired, or its user gone); 401 is MSR's client refused.
+                    status = e.response.status_code if isinstance(e, requests.HTTPError) else 400
+                    refused = status == 400 and getattr(e, "error", "invalid_grant") in (
+                        "invalid_grant", "invalid_request", "unauthorized_client")
+                    if not refused:
+                        raise
+                    current.sso_ended_at = timezone.now()
+                    current.save(update_fields=["sso_ended_at"])
+                    log.info("single sign-on of %s has ended at the provider (its token endpoint refused the "
+                             "refresh grant): their tokens are refused until they sign in again", user.username)
+                    return False
+        except (Refused, OAuthError, ValueError) as e:
+            log.warning("single sign-on check of %s not possible: %s; tokens still honoured", user.username,
+                        getattr(e, "reason", None) or getattr(e, "error", None) or e)
+            return True
+        _keep_refresh_token(current, token.get("refresh_token") or decrypt(current.sso_refresh_token))
+        log.info("single sign-on of %s confirmed by the provider", user.username)
+        return True
 
 
 def end_session_url(request, id_token: str | None) -> str | None:

@@ -5,7 +5,8 @@ access tokens for skopeo, signing out at the provider too, an https provider's C
 refusals (tampered state, the provider saying no, a discovery naming another issuer, the
 egress policy, a provider that does not answer).
 The ID token checks (signature, expiry, audience, nonce) are in tests/unit/test_sso_callback.py.
-People at the provider: olivia (developers, admins), pete (developers), rita (none)."""
+People at the provider: olivia (developers, admins), pete (developers), rita (none), lena
+(none; a test removes her)."""
 
 import json
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -20,7 +21,7 @@ from tests.fixtures.oidc import CLIENT_SECRET, PEOPLE_AT_PROVIDER, glewlwyd, gle
 from tests.fixtures.ui import browser, shot  # noqa: F401  (fixtures)
 from tests.processes import free_port, need, run, start_msr
 
-OLIVIA, PETE, RITA = (PEOPLE_AT_PROVIDER[name] for name in ("olivia", "pete", "rita"))
+OLIVIA, PETE, RITA, LENA = (PEOPLE_AT_PROVIDER[name] for name in ("olivia", "pete", "rita", "lena"))
 PRIVATE = "sso-corp/internal"
 
 
@@ -28,7 +29,7 @@ PRIVATE = "sso-corp/internal"
 def sso_msr(glewlwyd, db_url, artifacts_dir):
     """`msr serve` with single sign-on through glewlwyd; MSR's callback registered there."""
     process, url = start_msr("serve", settings.DATA_DIR, db_url, artifacts_dir / "logs",
-                             extra_env=glewlwyd.env(), workers=1)
+                             extra_env=glewlwyd.env(MSR_OIDC_RECHECK_SECONDS="2"), workers=1)
     glewlwyd.add_client(f"{url}/oidc/callback/")
     yield url, process
     process.stop()
@@ -151,17 +152,22 @@ def _issue_token(user):
     return AccessToken.issue(user, AccessToken.PERSONAL, "test")
 
 
+def _token_from_the_tokens_page(page, name: str) -> str:
+    """Signed in through the provider: a personal access token made on /tokens/, its secret."""
+    page.wait_for_url("**/repositories/")
+    page.goto("/tokens/")
+    page.get_by_label("Token name").fill(name)
+    page.get_by_role("button", name="Create token").click()
+    return page.locator("#new-token").inner_text().strip()
+
+
 def test_a_token_made_after_single_sign_on_works_for_skopeo_and_no_password_does(
         browser, sso_msr, developers_team, tmp_path):
     need("skopeo")
     url, _ = sso_msr
     context, page = _sso_sign_in(browser, url, PETE)
     try:
-        page.wait_for_url("**/repositories/")
-        page.goto("/tokens/")
-        page.get_by_label("Token name").fill("ci")
-        page.get_by_role("button", name="Create token").click()
-        secret = page.locator("#new-token").inner_text().strip()
+        secret = _token_from_the_tokens_page(page, "ci")
         page.goto("/settings/password/")  # nothing to change: no MSR password
         assert page.get_by_text("your MSR account has no password").is_visible()
         assert page.get_by_label("Old password").count() == 0
@@ -188,6 +194,47 @@ def test_a_token_made_after_single_sign_on_works_for_skopeo_and_no_password_does
     refused = run(["skopeo", "login", "--tls-verify=false", "--authfile", str(tmp_path / "other.json"),
                    "-u", "pete", "-p", PETE.password, host], check=False)
     assert refused.returncode != 0
+
+
+def test_a_person_removed_at_the_provider_loses_their_tokens(
+        browser, sso_msr, glewlwyd, tmp_path):
+    """MSR asks the provider (a refresh-token grant, every MSR_OIDC_RECHECK_SECONDS, here 2 s)
+    whether a single sign-on still stands before honouring the person's tokens."""
+    import time
+
+    need("skopeo")
+    url, _ = sso_msr
+    context, page = _sso_sign_in(browser, url, LENA)
+    try:
+        secret = _token_from_the_tokens_page(page, "laptop")
+    finally:
+        context.close()
+    offline = requests.get(f"{url}/auth/token", auth=("lena", secret), timeout=30,
+                           params={"service": "msr", "offline_token": "true"})
+    assert offline.status_code == 200, offline.text
+    refresh = offline.json()["refresh_token"]
+    time.sleep(2.5)
+    assert _token(url, "lena", secret).status_code == 200  # the provider was asked: it still stands
+
+    glewlwyd.api("DELETE", "/api/user/lena")  # she left the company
+    time.sleep(2.5)
+    refused = _token(url, "lena", secret)
+    assert refused.status_code == 401, refused.text
+    assert "single sign-on with Glewlwyd has ended" in refused.json()["errors"][0]["message"]
+    grant = requests.post(f"{url}/auth/token", timeout=30, data={
+        "grant_type": "refresh_token", "refresh_token": refresh, "service": "msr", "client_id": "tests"})
+    assert grant.status_code == 400 and grant.json()["error"] == "invalid_grant", grant.text
+    api = requests.get(f"{url}/api/v0/repositories", headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    assert api.status_code == 401 and "has ended" in api.json()["detail"], api.text
+    login = run(["skopeo", "login", "--tls-verify=false", "--authfile", str(tmp_path / "auth.json"),
+                 "-u", "lena", "-p", secret, url.removeprefix("http://")], check=False)
+    assert login.returncode != 0, login.stdout  # skopeo shows "invalid username/password", not the body
+    assert _logins("lena")[0].detail.get("single_sign_on_ended")
+
+    # Her sign-on ended for good: no later check brings the tokens back (only a new
+    # single sign-on does: tests/unit/test_sso_callback.py).
+    time.sleep(2.5)
+    assert _token(url, "lena", secret).status_code == 401
 
 
 def test_signing_out_ends_msrs_session_and_goes_on_to_the_providers_logout(browser, sso_msr, glewlwyd):

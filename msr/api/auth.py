@@ -12,7 +12,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from accounts.models import SCOPE_API, AccessToken
-from msr.signin import API, DirectoryUnavailable, Throttled, bearer, sign_in
+from msr.signin import API, DirectoryUnavailable, SingleSignOnEnded, Throttled, bearer, sign_in
 
 
 class DirectoryUnavailableError(exceptions.APIException):
@@ -37,6 +37,8 @@ class BasicCredentialsAuthentication(authentication.BasicAuthentication):
             raise exceptions.Throttled(wait=e.retry_after, detail=str(e)) from None
         except DirectoryUnavailable:
             raise DirectoryUnavailableError() from None
+        except SingleSignOnEnded as e:
+            raise exceptions.AuthenticationFailed(str(e)) from None
         if credential is None:
             raise exceptions.AuthenticationFailed("Invalid username, password or token.")
         return _checked(credential)
@@ -53,6 +55,8 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             credential = bearer(request, secret.strip(), AccessToken.PERSONAL, API)
         except Throttled as e:
             raise exceptions.Throttled(wait=e.retry_after, detail=str(e)) from None
+        except SingleSignOnEnded as e:
+            raise exceptions.AuthenticationFailed(str(e)) from None
         if credential is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
         return _checked(credential)

@@ -171,7 +171,7 @@ def _refusal(request):
 
     from django.http import HttpResponse
 
-    from msr.signin import METRICS, DirectoryUnavailable, Throttled, sign_in
+    from msr.signin import METRICS, DirectoryUnavailable, SingleSignOnEnded, Throttled, sign_in
 
     scheme, _, encoded = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     user = None
@@ -188,6 +188,8 @@ def _refusal(request):
             return response
         except DirectoryUnavailable:
             return HttpResponse(f"metrics: {DirectoryUnavailable.message}\n", status=503, content_type="text/plain")
+        except SingleSignOnEnded:
+            credential = None
         user = credential.user if credential else None
     if user is None:
         response = HttpResponse("metrics: allowed from MSR_METRICS_ALLOW or with a system admin's credentials\n",

@@ -514,6 +514,9 @@ OIDC_CLAIM_GROUPS = env_str("MSR_OIDC_CLAIM_GROUPS", "") or "groups"
 OIDC_ADMIN_GROUP = env_str("MSR_OIDC_ADMIN_GROUP", "") or ""
 OIDC_CA_FILE = env_str("MSR_OIDC_CA_FILE", "") or ""
 OIDC_TIMEOUT = env_int("MSR_OIDC_TIMEOUT", 10)
+# How often MSR asks the provider whether a single sign-on user's sign-on still stands (a
+# refresh-token grant) before it honours their personal access and refresh tokens; 0: never.
+OIDC_RECHECK_SECONDS = env_int("MSR_OIDC_RECHECK_SECONDS", 900)
 if OIDC_ISSUER:
     _issuer = urlsplit(OIDC_ISSUER)
     if _issuer.scheme not in ("http", "https") or not _issuer.hostname or _issuer.query or _issuer.fragment:
@@ -529,5 +532,7 @@ if OIDC_ISSUER:
     OIDC_SCOPES = " ".join(OIDC_SCOPES.replace(",", " ").split())
     if OIDC_CA_FILE and not Path(OIDC_CA_FILE).is_file():
         raise _ImproperlyConfigured(f"MSR_OIDC_CA_FILE={OIDC_CA_FILE}: no such file")
+    if OIDC_RECHECK_SECONDS < 0:
+        raise _ImproperlyConfigured("MSR_OIDC_RECHECK_SECONDS: expected a number of seconds (0: never ask)")
     if OIDC_TIMEOUT < 1:
         raise _ImproperlyConfigured("MSR_OIDC_TIMEOUT: expected a number of seconds, 1 or more")

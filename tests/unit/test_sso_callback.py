@@ -90,7 +90,8 @@ def _sign_in(provider, spoil) -> tuple:
     key = provider.key
     claims, key = spoil(claims, key)
     provider.token_status = 200
-    provider.token_response = {"access_token": "an-access-token", "token_type": "Bearer", "expires_in": 300}
+    provider.token_response = {"access_token": "an-access-token", "token_type": "Bearer", "expires_in": 300,
+                               "refresh_token": f"refresh-of-{username}"}
     if claims is not None:
         provider.token_response["id_token"] = jwt.encode({"alg": "RS256", "kid": key.kid}, claims, key)
     return client.get("/oidc/callback/", {"state": sent["state"], "code": "a-code"}), username
@@ -194,3 +195,47 @@ def test_a_code_the_token_endpoint_refuses_is_a_502_page_naming_no_secret(single
     event = Event.objects.filter(type=Event.LOGIN).latest("id")
     assert not event.detail["succeeded"] and event.detail["reason"] == "token request refused: invalid_grant"
     assert "a-used-code" not in json.dumps(event.detail)
+
+
+def _signed_on(provider):
+    from accounts.models import User
+
+    response, username = _sign_in(provider, lambda claims, key: (claims, key))
+    assert response.status_code == 302
+    return User.objects.get(username=username)
+
+
+@pytest.mark.parametrize("status, answer, honoured, ended", [
+    (200, {"access_token": "a2", "token_type": "Bearer", "refresh_token": "rotated"}, True, False),
+    (400, {"error": "invalid_grant", "error_description": "user disabled"}, False, True),
+    (401, {"error": "invalid_client"}, True, False),  # MSR's client, not the person: logged, honoured
+    (503, {"error": "temporarily_unavailable"}, True, False),  # the provider away: asked at the next use
+])
+def test_the_provider_decides_whether_a_single_sign_on_users_tokens_still_count(
+        single_sign_on, monkeypatch, status, answer, honoured, ended):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from msr import sso
+    from msr.crypto import decrypt
+
+    user = _signed_on(single_sign_on)
+    assert decrypt(user.sso_refresh_token) == f"refresh-of-{user.username}"  # kept, encrypted
+    assert sso.confirm(user)  # just signed on: not asked again before MSR_OIDC_RECHECK_SECONDS
+    type(user).objects.filter(pk=user.pk).update(sso_checked_at=timezone.now() - timedelta(hours=1))
+    user.refresh_from_db()
+    monkeypatch.setattr(single_sign_on, "token_status", status)
+    monkeypatch.setattr(single_sign_on, "token_response", answer)
+    assert sso.confirm(user) is honoured
+    user.refresh_from_db()
+    assert (user.sso_ended_at is not None) is ended
+    if status == 200:
+        assert decrypt(user.sso_refresh_token) == "rotated"
+    if ended:
+        assert not sso.confirm(user)  # ended stays ended, whatever the provider says later
+        again = _sign_in(single_sign_on, lambda claims, key: ({**claims, "sub": user.external_id.split()[1],
+                                                               "preferred_username": user.username}, key))[0]
+        assert again.status_code == 302  # a new single sign-on brings the tokens back
+        user.refresh_from_db()
+        assert user.sso_ended_at is None and sso.confirm(user)

@@ -31,6 +31,7 @@ def _start(tmp_path, **variables) -> subprocess.CompletedProcess:
     ({"MSR_OIDC_SCOPES": "email profile"}, "MSR_OIDC_SCOPES='email profile': must include openid"),
     ({"MSR_OIDC_CA_FILE": "/nonexistent/ca.pem"}, "MSR_OIDC_CA_FILE=/nonexistent/ca.pem: no such file"),
     ({"MSR_OIDC_TIMEOUT": "0"}, "MSR_OIDC_TIMEOUT: expected a number of seconds"),
+    ({"MSR_OIDC_RECHECK_SECONDS": "-5"}, "MSR_OIDC_RECHECK_SECONDS: expected a number of seconds"),
 ])
 def test_a_bad_single_sign_on_setting_stops_msr_with_a_message_naming_it(tmp_path, variables, message):
     result = _start(tmp_path, **{**GOOD, **variables})

@@ -23,7 +23,9 @@ from django.utils import timezone
 
 log = logging.getLogger(__name__)
 
-MESSAGE = "the registry is in read-only mode for maintenance"
+from msr.registry.errors import ReadOnly
+
+MESSAGE = ReadOnly.message
 
 _lock = threading.Lock()
 _cached: tuple[bool, float] | None = None  # (runtime switch, monotonic time it was read)

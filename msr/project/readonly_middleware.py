@@ -1,10 +1,9 @@
-"""Read-only mode at the door (msr/readonly.py decides whether it is on).
+"""Read-only mode at the door of the pages and the REST API (msr/readonly.py decides
+whether it is on). The registry protocol (`/v2/`) skips the middleware stack
+(msr/project/wsgi.py): its views refuse writes themselves, in the OCI envelope
+(msr/registry/base.py, `errors.ReadOnly`: 405 UNSUPPORTED, as Distribution).
 
-One middleware answers every write while the registry is read-only, each entry point in
-its own format, before any view runs:
-- `/v2/`: the OCI envelope, `405 UNSUPPORTED` — Distribution's answer in
-  `maintenance.readonly` mode. docker does not retry UNSUPPORTED (it retries 503 five
-  times with back-off), and docker, podman and skopeo print the envelope's message;
+Here, every write while the registry is read-only is answered before any view runs:
 - `/api/v0/`: `503 {"detail": ...}` with `Retry-After`, as Harbor's API answers in its
   read-only mode: the resource is there, the service is briefly not taking changes;
 - pages: a readable 503 page (the banner says why), never a 500.
@@ -25,13 +24,13 @@ from django.http import JsonResponse
 from django.shortcuts import render
 
 from msr import readonly
-from msr.registry import errors
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
+# The registry protocol and the token service answer for themselves (see above).
+PROTOCOL_PREFIXES = ("/v2/", "/auth/")
 
 # Writes that go on in read-only mode, by path (without the leading slash).
 ALLOWED_WRITES = re.compile("|".join([
-    r"auth/token",                                   # sign-in of registry clients, refresh tokens
     r"api/v0/meta/settings",                         # leaving read-only mode
     r"api/v0/sessions(/[^/]+)?",                     # ending sign-ins
     r"api/v0/(tokens|refreshTokens)/[0-9]+",         # revoking (DELETE; PATCH is refused below)
@@ -47,7 +46,7 @@ REVOCATIONS = re.compile(r"api/v0/(tokens|refreshTokens)/[0-9]+")
 
 
 def allowed(method: str, path: str) -> bool:
-    if method in SAFE_METHODS:
+    if method in SAFE_METHODS or path.startswith(PROTOCOL_PREFIXES) or path == "/v2":
         return True
     path = path.lstrip("/")
     if not ALLOWED_WRITES.fullmatch(path):
@@ -56,14 +55,7 @@ def allowed(method: str, path: str) -> bool:
 
 
 def refusal(request):
-    path = request.path_info
-    if path.startswith("/v2/") or path == "/v2":
-        response = errors.error_response(errors.Unsupported(
-            readonly.MESSAGE, detail={"readOnly": True, "method": request.method}))
-        response["Allow"] = "GET, HEAD"
-        response["Docker-Distribution-Api-Version"] = "registry/2.0"
-        return response
-    if path.startswith("/api/"):
+    if request.path_info.startswith("/api/"):
         response = JsonResponse({"detail": f"{readonly.MESSAGE[0].upper()}{readonly.MESSAGE[1:]}: "
                                            "changes are refused until it ends; reads work."}, status=503)
         response["Retry-After"] = "60"

@@ -65,3 +65,27 @@ def test_the_environment_holds_it_on(db, django_user_model, settings, fresh):
     with pytest.raises(readonly.ReadOnlyLocked, match="MSR_READ_ONLY"):
         readonly.set_read_only(False, admin)
     assert readonly.state()["readOnlyFromEnvironment"] and not readonly.state()["readOnlyRuntime"]
+
+
+def test_a_job_that_writes_here_waits_without_spending_an_attempt(db, settings, fresh):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from mirroring import jobs
+    from mirroring.models import Job
+
+    settings.READ_ONLY = True
+    poll = Job.objects.create(action=Job.POLL_MIRROR, repository="team/app")
+    push = Job.objects.create(action=Job.PUSH_MIRROR, repository="team/app")
+    assert jobs.execute(poll.pk) == Job.WAITING
+    Job.objects.filter(pk=poll.pk).update(next_run_at=timezone.now() - timedelta(seconds=1))
+    assert jobs.execute(poll.pk) == Job.WAITING  # the next look: still waiting, no second log line
+    poll.refresh_from_db()
+    assert (poll.status, poll.attempts, poll.log.count(readonly.MESSAGE)) == (Job.WAITING, 0, 1)
+    assert poll.next_run_at > timezone.now()
+    assert not jobs.wait_while_read_only(push.pk)  # push mirroring only reads here: it runs
+    with pytest.raises(jobs.ReadOnlyWait):  # a run that began before read-only stops at its next check
+        jobs.Run(Job(pk=poll.pk, action=Job.PROMOTE), "claim").check()
+    settings.READ_ONLY = False
+    assert not jobs.wait_while_read_only(poll.pk)

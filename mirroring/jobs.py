@@ -16,7 +16,7 @@ from mirroring import criteria
 from mirroring.client import Permanent, RegistryError, Remote
 from mirroring.engine import Canceled, LocalEnd, Progress, RemoteEnd, copy_image
 from mirroring.models import Job, Policy
-from msr import services
+from msr import readonly, services
 from msr.crypto import decrypt
 from msr.exceptions import DomainError, RepositoryNotFound
 
@@ -58,6 +58,39 @@ def remote_for(policy: Policy) -> Remote:
                   secret=decrypt(policy.secret_encrypted) if policy.secret_encrypted else "",
                   secret_is_token=policy.secret_is_token, ca_pem=policy.remote_ca,
                   skip_tls_verify=policy.skip_tls_verify, timeout=settings.MIRROR_TIMEOUT_SECONDS)
+
+
+# Jobs that write into this deployment: they wait while it is read-only. Push mirroring
+# only reads here (it writes to the remote) and goes on.
+WRITES_HERE = (Job.PROMOTE, Job.POLL_MIRROR)
+READ_ONLY_WAIT = "waiting: the registry is in read-only mode"
+
+
+class ReadOnlyWait(Exception):
+    """Read-only mode began while the job ran: it goes back to waiting."""
+
+
+def wait_while_read_only(job_id: int) -> bool:
+    """In read-only mode, put a due job that writes here back to waiting for
+    READ_ONLY_JOB_WAIT_SECONDS (compare-and-set: one of duplicate messages does it) and
+    queue its next look. Not failed, no attempt spent. True when the job was put back."""
+    if not readonly.is_read_only():
+        return False
+    now = timezone.now()
+    delay = settings.READ_ONLY_JOB_WAIT_SECONDS
+    previous = Job.objects.filter(pk=job_id).values_list("error", flat=True).first()
+    with transaction.atomic():
+        postponed = Job.objects.filter(
+            pk=job_id, status=Job.WAITING, action__in=WRITES_HERE, cancel_requested=False,
+            next_run_at__lte=now + timedelta(seconds=1),
+        ).update(next_run_at=now + timedelta(seconds=delay), queued_at=now, error=READ_ONLY_WAIT)
+        if postponed:
+            queue(job_id, countdown=delay)
+    if postponed and previous != READ_ONLY_WAIT:  # one log line per wait, not one per look
+        Job(pk=job_id).append_log(f"{readonly.MESSAGE}: the job waits and runs when it ends "
+                                  f"(looking again every {delay:g} s)")
+        log.info("job %s waits: read-only mode", job_id)
+    return bool(postponed)
 
 
 class ClaimLost(Exception):
@@ -112,6 +145,8 @@ class Run:
             raise ClaimLost()
         if self.canceled:
             raise Canceled()
+        if self.job.action in WRITES_HERE and readonly.is_read_only():
+            raise ReadOnlyWait()
 
 
 def claim(job_id: int) -> tuple[Job | None, str]:
@@ -284,6 +319,8 @@ def finish(job: Job, token: str, status: str, results=None, error: str = "", ret
 
 def execute(job_id: int) -> str:
     """Claim and run one job; the outcome is in the row. Returns the status, for logs."""
+    if wait_while_read_only(job_id):
+        return Job.WAITING
     job, token = claim(job_id)
     if job is None:
         return "not claimed"
@@ -293,6 +330,12 @@ def execute(job_id: int) -> str:
             results = perform(job, run)
     except ClaimLost:
         return "taken over"
+    except ReadOnlyWait:
+        # What was linked before stays (each tag is linked atomically); the next run skips it.
+        job.append_log(f"{readonly.MESSAGE}: stopped before the next tag; the job waits", claim=token)
+        finish(job, token, Job.WAITING, results, error=READ_ONLY_WAIT,
+               retry_in=settings.READ_ONLY_JOB_WAIT_SECONDS)
+        return Job.WAITING
     except Canceled:
         job.append_log("canceled", claim=token)
         finish(job, token, Job.CANCELED, results)

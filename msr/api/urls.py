@@ -7,7 +7,7 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from msr.api import accounts, events, repositories, tokens, webhooks
+from msr.api import accounts, events, meta, repositories, tokens, webhooks
 
 
 @csrf_exempt
@@ -58,5 +58,6 @@ urlpatterns = [
     path("webhooks/<int:webhook_id>/deliveries", webhooks.WebhookDeliveries.as_view()),
     path("webhooks/<int:webhook_id>/test", webhooks.WebhookTest.as_view()),
     path("events", events.EventList.as_view()),
+    path("meta/settings", meta.MetaSettings.as_view()),
     re_path(r"^", not_found),
 ]

@@ -8,9 +8,9 @@ class Event(models.Model):
     Names are copied, not linked, so the trail outlives deleted users and repositories.
     """
 
-    PUSH, PULL, DELETE, LOGIN, PERMISSION, REPOSITORY, ACCOUNT, GC = (
-        "push", "pull", "delete", "login", "permission", "repository", "account", "gc")
-    TYPES = [(t, t) for t in (PUSH, PULL, DELETE, LOGIN, PERMISSION, REPOSITORY, ACCOUNT, GC)]
+    PUSH, PULL, DELETE, LOGIN, PERMISSION, REPOSITORY, ACCOUNT, GC, SETTINGS = (
+        "push", "pull", "delete", "login", "permission", "repository", "account", "gc", "settings")
+    TYPES = [(t, t) for t in (PUSH, PULL, DELETE, LOGIN, PERMISSION, REPOSITORY, ACCOUNT, GC, SETTINGS)]
 
     type = models.CharField(max_length=20, choices=TYPES)
     actor = models.CharField(max_length=150, blank=True, help_text="username; empty for anonymous")

@@ -131,6 +131,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "msr.project.security.ContentSecurityPolicyMiddleware",
     "msr.project.security.ClientGoneMiddleware",
+    "msr.project.readonly_middleware.ReadOnlyMiddleware",
 ]
 
 ROOT_URLCONF = "msr.project.urls"
@@ -146,6 +147,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "msr.project.readonly_middleware.read_only_context",
             ],
         },
     },
@@ -252,6 +254,12 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("MSR_TASKS_EAGER", False)
+# Read-only mode (msr/readonly.py): MSR_READ_ONLY holds it on whatever the runtime switch
+# (PATCH /api/v0/meta/settings) says; each process re-reads that switch at most every
+# READ_ONLY_CACHE_SECONDS; a job that would write waits READ_ONLY_JOB_WAIT_SECONDS and looks again.
+READ_ONLY = env_bool("MSR_READ_ONLY", False)
+READ_ONLY_CACHE_SECONDS = float(env_str("MSR_READ_ONLY_CACHE_SECONDS", "2"))
+READ_ONLY_JOB_WAIT_SECONDS = float(env_str("MSR_READ_ONLY_JOB_WAIT_SECONDS", "10"))
 # Mirroring: how often beat looks for poll policies that are due and for jobs whose worker
 # was lost; a running job whose heartbeat is older than MIRROR_STALE_SECONDS is retried.
 MIRROR_TICK_SECONDS = float(env_str("MSR_MIRROR_TICK_SECONDS", "15"))

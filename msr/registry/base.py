@@ -11,6 +11,7 @@ from django.http import HttpResponse
 from django.views import View
 
 from msr import exceptions as domain
+from msr import readonly
 from msr.references import is_valid_name
 from msr.registry import errors
 from msr.tokens import InvalidToken, granted_actions, verify_access_token
@@ -64,6 +65,9 @@ def registry_error(error: domain.DomainError) -> errors.RegistryError:
     raise TypeError(f"no OCI error for {type(error).__name__}") from error
 
 
+READS = frozenset({"GET", "HEAD"})
+
+
 class RegistryView(View):
     http_method_names = ["get", "head", "post", "put", "patch", "delete"]
 
@@ -73,6 +77,8 @@ class RegistryView(View):
             name = kwargs.get("name")
             if name is not None and not is_valid_name(name):
                 raise errors.NameInvalid(detail={"name": name})
+            if request.method not in READS and readonly.is_read_only():
+                raise errors.ReadOnly(request.method)
             self.claims = self._authenticate(request)
             response = super().dispatch(request, *args, **kwargs)
         except errors.Unauthorized as e:

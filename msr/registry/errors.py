@@ -82,6 +82,17 @@ class Unsupported(RegistryError):
     code, status, message = "UNSUPPORTED", 405, "the operation is unsupported"
 
 
+class ReadOnly(Unsupported):
+    """Read-only mode (msr/readonly.py): Distribution's answer in `maintenance.readonly`
+    mode. docker does not retry UNSUPPORTED (it retries a 503 five times with back-off), and
+    docker, podman and skopeo print the message."""
+
+    message = "the registry is in read-only mode for maintenance"
+
+    def __init__(self, method: str):
+        super().__init__(detail={"readOnly": True, "method": method}, headers={"Allow": "GET, HEAD"})
+
+
 class PaginationNumberInvalid(RegistryError):
     code, status, message = "PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested"
 

@@ -25,6 +25,7 @@ urlpatterns = [
     path("settings/sign-ins/", views.sign_ins, name="sign-ins"),
     path("settings/sign-ins/<str:kind>/<str:item>/end/", views.end_sign_in, name="end-sign-in"),
     path("console/", views.console, name="console"),
+    path("console/read-only/", views.read_only, name="read-only"),
     path("console/directory-syncs/", views.directory_sync_now, name="directory-sync-now"),
     path("console/directory-syncs/<int:sync_id>/", views.directory_sync, name="directory-sync"),
 ]

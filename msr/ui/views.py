@@ -22,7 +22,7 @@ from accounts.models import AccessToken, DirectorySync, Namespace, Team, User
 from accounts.teamsync import BoundTeam
 from accounts.permissions import ADMIN, DELETE, readable_repositories, repository_actions
 from accounts.services import set_team_access
-from msr import services
+from msr import readonly, services
 from msr.access import (
     is_org_member, is_org_owner, organization_or_404, repository_for, team_access_levels, team_or_404,
 )
@@ -431,7 +431,24 @@ def console(request):
     bound = Team.objects.exclude(sync_kind=Team.MANUAL).select_related("organization").order_by(
         "organization__name", "name")
     return render(request, "ui/console.html", {"stats": stats, "events": recent, "directory_syncs": syncs, "bound_teams": bound,
-                                               "sync_interval": getattr(settings, "LDAP_SYNC_INTERVAL", 0)})
+                                               "sync_interval": getattr(settings, "LDAP_SYNC_INTERVAL", 0),
+                                               "read_only_state": readonly.state()})
+
+
+@login_required
+@require_POST
+def read_only(request):
+    """The console's read-only switch (the same as PATCH /api/v0/meta/settings)."""
+    if not request.user.is_superuser:
+        raise PermissionDenied("The console is for system admins.")
+    value = request.POST.get("read_only") == "on"
+    try:
+        readonly.set_read_only(value, request.user, request)
+    except readonly.ReadOnlyLocked as e:
+        messages.error(request, str(e))
+    else:
+        messages.success(request, "Read-only mode is on." if value else "Read-only mode is off: writes are accepted.")
+    return redirect("ui:console")
 
 
 @login_required

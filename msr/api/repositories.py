@@ -25,7 +25,26 @@ from msr.storage import STORAGE_ERRORS, get_storage
 REPOSITORY_NAME = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*"
 
 
-class RepositorySerializer(serializers.ModelSerializer):
+TAG_PATTERN = r"\A[A-Za-z0-9_.*?\[\]!-]{1,128}\Z"
+MAX_TAG_PATTERNS = 50
+
+
+class TagRulesFields(serializers.Serializer):
+    """Immutable tags and the tag limit (see Repository): on creation and in PATCH."""
+
+    immutableTags = serializers.BooleanField(source="immutable_tags", required=False)
+    immutableTagPatterns = serializers.ListField(
+        source="immutable_tag_patterns", required=False, max_length=MAX_TAG_PATTERNS,
+        child=serializers.RegexField(TAG_PATTERN, error_messages={
+            "invalid": "A pattern is a tag with * and ? wildcards, e.g. release-*."}))
+    tagLimit = serializers.IntegerField(source="tag_limit", required=False, min_value=0, max_value=100_000,
+                                        help_text="0: no limit")
+
+    def validate_immutableTagPatterns(self, value):
+        return list(dict.fromkeys(value))  # in order, once each
+
+
+class RepositorySerializer(TagRulesFields, serializers.ModelSerializer):
     namespace = serializers.CharField(source="namespace.name", read_only=True)
     name = serializers.RegexField(REPOSITORY_NAME, max_length=200)
     shortDescription = serializers.CharField(source="short_description", max_length=140, required=False,
@@ -36,14 +55,27 @@ class RepositorySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Repository
-        fields = ["id", "namespace", "name", "visibility", "shortDescription", "longDescription", "createdAt"]
+        fields = ["id", "namespace", "name", "visibility", "shortDescription", "longDescription", "createdAt",
+                  "immutableTags", "immutableTagPatterns", "tagLimit"]
 
 
-class RepositoryUpdateSerializer(serializers.Serializer):
+class RepositoryUpdateSerializer(TagRulesFields):
     shortDescription = serializers.CharField(source="short_description", max_length=140, required=False,
                                              allow_blank=True)
     longDescription = serializers.CharField(source="long_description", required=False, allow_blank=True)
     visibility = serializers.ChoiceField(choices=["public", "private"], required=False)
+
+
+TAG_RULES = ("immutable_tags", "immutable_tag_patterns", "tag_limit")
+
+
+def record_tag_rules(request, repository: Repository, changed) -> None:
+    """An audit event when a change touches the tag rules (in the change's transaction)."""
+    if any(field in TAG_RULES for field in changed):
+        record(Event.REPOSITORY, request.user.username, repository.full_name, request=request,
+               detail={"action": "tag rules", "immutableTags": repository.immutable_tags,
+                       "immutableTagPatterns": repository.immutable_tag_patterns,
+                       "tagLimit": repository.tag_limit})
 
 
 def _repositories():
@@ -95,6 +127,7 @@ class NamespaceRepositories(generics.ListCreateAPIView):
                                    visibility=form.validated_data.get("visibility", found.default_visibility))
             record(Event.REPOSITORY, request.user.username, repository.full_name,
                    detail={"action": "create"}, request=request)
+            record_tag_rules(request, repository, form.validated_data)
         return Response(RepositorySerializer(repository).data, status=status.HTTP_201_CREATED)
 
 
@@ -118,6 +151,7 @@ class RepositoryDetail(APIView):
             if "visibility" in form.validated_data:
                 record(Event.PERMISSION, request.user.username, found.full_name,
                        detail={"action": "visibility", "visibility": found.visibility}, request=request)
+            record_tag_rules(request, found, form.validated_data)
         return Response(RepositorySerializer(found).data)
 
     def delete(self, request, namespace, repository):

@@ -18,6 +18,11 @@ from rest_framework.test import APIClient
 from msr import services
 from msr.exceptions import ImmutableTag, TagLimitReached
 from msr.manifests import OCI_INDEX
+from tests.client import Registry
+from tests.deployments import wait_for
+from tests.fixtures.webhooks import msr_on_redis  # noqa: F401  (fixture)
+from tests.images import make_image_layout
+from tests.processes import need, run
 
 # -- in process: the service layer --------------------------------------------------------
 
@@ -165,6 +170,15 @@ def test_moving_a_tag_under_the_limit_removes_nothing(repository):
     assert set(_tags(repository)) == {"a", "b"}
 
 
+def test_a_poll_mirror_checks_an_immutable_tag_before_copying_a_byte(repository):
+    _rules(repository, immutable_tags=True)
+    digest = _push(repository, "v1", 1)
+    services.refuse_tag_move(repository, "v1", digest)  # up to date: nothing to refuse
+    services.refuse_tag_move(repository, "v2", services.digest_of(_index(2)))  # a new tag
+    with pytest.raises(ImmutableTag, match="tag=v1 cannot be overwritten"):
+        services.refuse_tag_move(repository, "v1", services.digest_of(_index(2)))
+
+
 # -- in process: the REST API ---------------------------------------------------------------
 
 
@@ -224,3 +238,183 @@ def test_the_api_refuses_to_delete_an_immutable_tag_except_for_a_system_admin(re
     assert refused.status_code == 403
     assert "is an immutable repository" in refused.json()["detail"]
     assert _api(personas["admin"].user).delete(path).status_code == 204
+
+
+# -- real clients against `msr serve` -------------------------------------------------------
+
+def _host(msr: str) -> str:
+    return msr.removeprefix("http://")
+
+
+def _immutable_repository(name: str, **rules):
+    from accounts.models import Namespace
+    from msr.models import Repository
+
+    namespace, _, rest = name.partition("/")
+    return Repository.objects.create(namespace=Namespace.objects.get(name=namespace), name=rest,
+                                     **(rules or {"immutable_tags": True}))
+
+
+def _refusal(name: str, tag: str = "latest") -> str:
+    return f"tag={tag} cannot be overwritten because {name} is an immutable repository"
+
+
+def _digest_of_tag(msr, personas, name, tag) -> str:
+    response = Registry(msr, "alice", personas["alice"].token).request(
+        "HEAD", f"/v2/{name}/manifests/{tag}", scope=f"repository:{name}:pull",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                           "application/vnd.docker.distribution.manifest.v2+json"})
+    assert response.status_code == 200, response.text
+    return response.headers["Docker-Content-Digest"]
+
+
+def _skopeo_copy(personas, source, reference, check=True):
+    return run(["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"alice:{personas['alice'].token}",
+                f"oci:{source}:v1", f"docker://{reference}"], check=check)
+
+
+def test_skopeo_copy_over_an_immutable_tag_is_refused_with_the_message(msr, personas, unique, tmp_path):
+    need("skopeo")
+    name = f"acme/immutable-skopeo-{unique}"
+    _immutable_repository(name)
+    first, second = tmp_path / "first", tmp_path / "second"
+    digest = make_image_layout(first, layer_sizes=(2000, 3000))
+    make_image_layout(second, layer_sizes=(4000,))
+    reference = f"{_host(msr)}/{name}:latest"
+    _skopeo_copy(personas, first, reference)
+    _skopeo_copy(personas, first, reference)  # the same digest again: accepted
+
+    refused = _skopeo_copy(personas, second, reference, check=False)
+    assert refused.returncode != 0
+    assert _refusal(name) in refused.stderr, refused.stderr
+    assert "denied" in refused.stderr
+    assert _digest_of_tag(msr, personas, name, "latest") == digest
+    back = tmp_path / "back"
+    run(["skopeo", "copy", "--src-tls-verify=false", "--src-creds", f"alice:{personas['alice'].token}",
+         f"docker://{reference}", f"oci:{back}:v1"])
+    assert json.loads((back / "index.json").read_text())["manifests"][0]["digest"] == digest
+
+
+def test_podman_push_over_an_immutable_tag_is_refused_with_the_message(msr, personas, unique, tmp_path):
+    need("podman")
+    need("skopeo")
+    from tests.test_clients import _podman
+
+    host, name = _host(msr), f"acme/immutable-podman-{unique}"
+    _immutable_repository(name, immutable_tag_patterns=["release-*"])
+    first, second = tmp_path / "first", tmp_path / "second"
+    digest = make_image_layout(first, layer_sizes=(2000,))
+    make_image_layout(second, layer_sizes=(5000,))
+    _skopeo_copy(personas, first, f"{host}/{name}:release-1")
+    _skopeo_copy(personas, second, f"{host}/{name}:dev")
+    auth = str(tmp_path / "podman-auth.json")
+    _podman(tmp_path, "login", "--tls-verify=false", "--authfile", auth, "-u", "alice",
+            "-p", personas["alice"].token, host)
+    _podman(tmp_path, "pull", "--tls-verify=false", "--authfile", auth, f"{host}/{name}:dev")
+    _podman(tmp_path, "tag", f"{host}/{name}:dev", f"{host}/{name}:release-1", f"{host}/{name}:dev-2")
+
+    refused = _podman(tmp_path, "push", "--tls-verify=false", "--authfile", auth, f"{host}/{name}:release-1",
+                      check=False)
+    assert refused.returncode != 0
+    assert (f"tag=release-1 cannot be overwritten because it matches the immutable tag rule release-* of {name}"
+            in refused.stderr), refused.stderr
+    assert _digest_of_tag(msr, personas, name, "release-1") == digest
+    # A tag the rule does not cover moves freely.
+    _podman(tmp_path, "push", "--tls-verify=false", "--authfile", auth, f"{host}/{name}:dev-2")
+
+
+def test_docker_push_over_an_immutable_tag_is_refused_with_the_message(dockerd, msr, personas, unique, tmp_path):
+    from tests.test_docker_cli import _inspect, _login, _push, build_image
+
+    host, name = _host(msr), f"acme/immutable-docker-{unique}"
+    _immutable_repository(name)
+    image = f"{host}/{name}:latest"
+    _login(dockerd, host, "alice", "alice-password")
+    first = build_image(dockerd, tmp_path, image)
+    digest = _push(dockerd, image)
+    assert _push(dockerd, image) == digest  # docker pushing the same image again: accepted
+
+    build_image(dockerd, tmp_path, image)  # another image under the same name
+    refused = dockerd.docker("push", image, check=False)
+    assert refused.returncode != 0
+    output = refused.stdout + refused.stderr
+    assert f"denied: {_refusal(name)}" in output, output
+    assert _digest_of_tag(msr, personas, name, "latest") == digest
+
+    dockerd.docker("rmi", image)
+    dockerd.docker("pull", image)
+    assert _inspect(dockerd, image)["Id"] == first["id"]
+
+
+def test_deleting_an_immutable_tag_over_v2_is_refused_except_for_a_system_admin(msr, personas, unique):
+    name = f"acme/immutable-delete-{unique}"
+    _immutable_repository(name)
+    alice, admin = (Registry(msr, p, personas[p].token) for p in ("alice", "admin"))
+    digest, pushed = alice.push_image(name, "v1")
+    assert pushed.status_code == 201, pushed.text
+    for reference in ("v1", digest):
+        refused = alice.request("DELETE", f"/v2/{name}/manifests/{reference}", scope=f"repository:{name}:delete")
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["errors"][0]["code"] == "DENIED"
+        assert "tag=v1 cannot be deleted because" in refused.json()["errors"][0]["message"]
+    deleted = admin.request("DELETE", f"/v2/{name}/manifests/v1", scope=f"repository:{name}:delete")
+    assert deleted.status_code == 202, deleted.text
+
+
+def test_concurrent_pushes_never_exceed_the_tag_limit_nor_move_an_immutable_tag(msr, personas, unique):
+    name = f"acme/limit-race-{unique}"
+    repository = _immutable_repository(name, tag_limit=3, immutable_tag_patterns=["fixed"])
+    alice = Registry(msr, "alice", personas["alice"].token)
+    results: dict[str, int] = {}
+
+    def push(tag, n):
+        digest, response = alice.push_image(name, tag, layers=(f"{unique}-{n}".encode(),))
+        results[f"{tag}-{n}"] = (response.status_code, digest)
+
+    threads = [threading.Thread(target=push, args=(f"t{n}", n)) for n in range(8)]
+    threads += [threading.Thread(target=push, args=("fixed", 100 + n)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    fixed = [(s, d) for key, (s, d) in results.items() if key.startswith("fixed-")]
+    winners = [d for s, d in fixed if s == 201]
+    # One "fixed" push created the immutable tag; the others, with other digests, were
+    # refused; the limit removed older t-tags (never "fixed") to make room for new ones.
+    assert len(winners) == 1, fixed
+    assert all(s == 403 for s, _ in fixed if _ not in winners)
+    assert all(s == 201 for key, (s, _) in results.items() if key.startswith("t")), results
+    tags = dict(repository.tags.values_list("name", "manifest__digest"))
+    assert len(tags) == 3 and tags["fixed"] == winners[0], tags
+
+
+def test_a_promotion_into_an_immutable_target_fails_cleanly(msr_on_redis, personas, unique):
+    import requests
+
+    source, target = f"acme/promote-from-{unique}", f"acme/promote-to-{unique}"
+    _immutable_repository(source, immutable_tags=False)
+    _immutable_repository(target)
+    alice = Registry(msr_on_redis, "alice", personas["alice"].token)
+    kept, response = alice.push_image(target, "v1", layers=(f"kept-{unique}".encode(),))
+    assert response.status_code == 201, response.text
+    api = requests.Session()
+    api.auth = ("alice", personas["alice"].token)
+    policy = api.post(f"{msr_on_redis}/api/v0/repositories/{source}/promotionPolicies", timeout=30, json={
+        "enabled": True, "rules": [], "targetRepository": target, "tagTemplate": "%n"})
+    assert policy.status_code == 201, policy.text
+
+    promoted, response = alice.push_image(source, "v1", layers=(f"new-{unique}".encode(),))
+    assert response.status_code == 201, response.text
+
+    def failed_job():
+        jobs = api.get(f"{msr_on_redis}/api/v0/jobs?policy={policy.json()['id']}", timeout=30).json()["results"]
+        return next((j for j in jobs if j["status"] in ("failed", "done")), None)
+
+    job = wait_for(failed_job, timeout=90, what="the promotion job to end")
+    assert job["status"] == "failed", job
+    assert _refusal(target, "v1") in job["error"], job
+    assert _digest_of_tag(msr_on_redis, personas, target, "v1") == kept
+    from msr.models import Manifest
+
+    assert not Manifest.objects.filter(repository__name=target.partition("/")[2], digest=promoted).exists()
+

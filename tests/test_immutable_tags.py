@@ -240,6 +240,59 @@ def test_the_api_refuses_to_delete_an_immutable_tag_except_for_a_system_admin(re
     assert _api(personas["admin"].user).delete(path).status_code == 204
 
 
+# -- in process: the repository page ----------------------------------------------------------
+
+
+def _page(user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_settings_page_saves_the_tag_rules_and_shows_them(repository, personas):
+    alice = _page(personas["alice"].user)
+    url = f"/repositories/{repository.full_name}/tag-rules/"
+    saved = alice.post(url, {"immutable_tag_patterns": "release-*\nrelease-*\nstable", "tag_limit": "5"})
+    assert saved.status_code == 302
+    repository.refresh_from_db()
+    assert (repository.immutable_tags, repository.immutable_tag_patterns, repository.tag_limit) == (
+        False, ["release-*", "stable"], 5)
+    _push(repository, "release-1", 1)
+    page = alice.get(f"/repositories/{repository.full_name}/").content.decode()
+    assert "Tags matching release-*, stable are immutable." in page
+    assert "At most 5 tags" in page
+    assert 'class="badge immutable"' in page and "Only a system admin deletes it" in page
+
+
+def test_the_settings_page_explains_a_bad_rule_next_to_the_field(repository, personas):
+    response = _page(personas["alice"].user).post(f"/repositories/{repository.full_name}/tag-rules/",
+                                                  {"immutable_tag_patterns": "release/*", "tag_limit": "-1"})
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Not a tag pattern: release/*." in page
+    assert "Ensure this value is greater than or equal to 0." in page
+    repository.refresh_from_db()
+    assert (repository.immutable_tag_patterns, repository.tag_limit) == ([], 0)
+
+
+def test_only_a_repository_admin_may_save_the_tag_rules(personas):
+    response = _page(personas["wanda"].user).post("/repositories/acme/private-app/tag-rules/",
+                                                  {"immutable_tags": "on", "tag_limit": "0"})
+    assert response.status_code in (403, 404)
+    assert "rules_form" not in (_page(personas["wanda"].user).get("/repositories/acme/private-app/").context or {})
+
+
+def test_deleting_an_immutable_tag_from_the_page_says_why_it_cannot(repository, personas):
+    _rules(repository, immutable_tags=True)
+    _push(repository, "v1", 1)
+    response = _page(personas["alice"].user).post(f"/repositories/{repository.full_name}/tags/v1/delete/",
+                                                  follow=True)
+    assert "Tag=v1 cannot be deleted because" in response.content.decode()
+    assert set(_tags(repository)) == {"v1"}
+
+
 # -- real clients against `msr serve` -------------------------------------------------------
 
 def _host(msr: str) -> str:

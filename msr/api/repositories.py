@@ -266,6 +266,7 @@ class TagSerializer(serializers.Serializer):
     platforms = PlatformSerializer(many=True)
     pushedAt = serializers.DateTimeField()
     pushedBy = serializers.CharField(allow_blank=True)
+    immutable = serializers.BooleanField(help_text="a tag rule of the repository makes this tag immutable")
 
 
 def _config_platform(digest: str) -> list[dict]:
@@ -316,6 +317,7 @@ def describe_tag(tag: Tag) -> dict:
         "name": tag.name, "digest": manifest.digest, "mediaType": manifest.media_type, "size": size,
         "platforms": platforms, "pushedAt": tag.updated_at,
         "pushedBy": tag.pushed_by.username if tag.pushed_by else "",
+        "immutable": tag.repository.immutability_rule(tag.name) is not None,
     }
 
 

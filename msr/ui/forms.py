@@ -105,3 +105,31 @@ class TeamForm(forms.Form):
 
 class TeamMemberForm(forms.Form):
     username = forms.CharField(max_length=150, label="Username")
+
+
+class TagRulesForm(forms.Form):
+    """A repository's tag rules (see Repository): the same fields and limits as the API."""
+
+    immutable_tags = forms.BooleanField(required=False, label="Every tag is immutable")
+    immutable_tag_patterns = forms.CharField(
+        required=False, label="Immutable tag patterns", widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One per line, with * and ? wildcards (release-*). Matching tags are immutable "
+                  "even when not every tag is.")
+    tag_limit = forms.IntegerField(min_value=0, max_value=100_000, label="Tag limit",
+                                   help_text="0: no limit. A new tag beyond the limit removes the oldest "
+                                             "tags that are not immutable.")
+
+    def clean_immutable_tag_patterns(self):
+        import re
+
+        from msr.api.repositories import MAX_TAG_PATTERNS, TAG_PATTERN
+
+        patterns = list(dict.fromkeys(line.strip() for line in self.cleaned_data["immutable_tag_patterns"].splitlines()
+                                      if line.strip()))
+        bad = [p for p in patterns if not re.match(TAG_PATTERN, p)]
+        if bad:
+            raise ValidationError(f"Not a tag pattern: {', '.join(bad)}. Use tag characters "
+                                  "(letters, digits, _ . -) with * and ? wildcards.")
+        if len(patterns) > MAX_TAG_PATTERNS:
+            raise ValidationError(f"At most {MAX_TAG_PATTERNS} patterns.")
+        return patterns

@@ -15,6 +15,7 @@ urlpatterns = [
     path("repositories/", views.repositories, name="repositories"),
     re_path(rf"^repositories/{REPO}/tags/(?P<tag>[^/]+)/delete/$", views.delete_tag, name="delete-tag"),
     re_path(rf"^repositories/{REPO}/access/$", views.repository_access, name="repository-access"),
+    re_path(rf"^repositories/{REPO}/tag-rules/$", views.repository_tag_rules, name="repository-tag-rules"),
     re_path(rf"^repositories/{REPO}/$", views.repository, name="repository"),
     path("orgs/", views.organizations, name="organizations"),
     path("orgs/<str:org>/", views.organization, name="organization"),

@@ -61,20 +61,47 @@ def repositories(request):
     return render(request, template, {"repositories": found, "q": query, "visibility": visibility})
 
 
-def repository(request, namespace, repository):
-    found = repository_for(request.user, namespace, repository)
+def _repository_page(request, found, status=200, **extra):
+    """The repository page; `extra` replaces a form with the one that was just sent."""
     actions = repository_actions(request.user, found.namespace, found)
     tags = [describe_tag(t) for t in found.tags.select_related("manifest", "pushed_by").order_by("-updated_at")[:200]]
     context = {
         "repository": found, "tags": tags, "host": public_host(request),
         "can_admin": ADMIN in actions, "can_delete": DELETE in actions,
-        "can_push": "push" in actions,
+        "can_push": "push" in actions, "is_system_admin": request.user.is_superuser,
     }
+    if ADMIN in actions:
+        context["rules_form"] = forms.TagRulesForm(initial={
+            "immutable_tags": found.immutable_tags, "tag_limit": found.tag_limit,
+            "immutable_tag_patterns": "\n".join(found.immutable_tag_patterns)})
     if found.namespace.is_org:
         context["team_access"] = team_access_levels(found.namespace, found)
         if ADMIN in actions:
             context["access_form"] = forms.TeamAccessForm(teams=found.namespace.teams.order_by("name"))
-    return render(request, "ui/repository.html", context)
+    context.update(extra)
+    return render(request, "ui/repository.html", context, status=status)
+
+
+def repository(request, namespace, repository):
+    return _repository_page(request, repository_for(request.user, namespace, repository))
+
+
+@login_required
+@require_POST
+def repository_tag_rules(request, namespace, repository):
+    found = repository_for(request.user, namespace, repository, ADMIN)
+    form = forms.TagRulesForm(request.POST)
+    if not form.is_valid():
+        return _repository_page(request, found, status=400, rules_form=form)
+    from msr.api.repositories import record_tag_rules
+
+    with transaction.atomic():
+        for field, value in form.cleaned_data.items():
+            setattr(found, field, value)
+        found.save(update_fields=list(form.cleaned_data))
+        record_tag_rules(request, found, form.cleaned_data)
+    messages.success(request, "Saved the tag rules.")
+    return redirect("ui:repository", namespace=namespace, repository=repository)
 
 
 @login_required
@@ -91,11 +118,7 @@ def repository_access(request, namespace, repository):
     else:
         form = forms.TeamAccessForm(request.POST, teams=teams)
         if not form.is_valid():
-            tags = [describe_tag(t) for t in found.tags.select_related("manifest", "pushed_by")[:200]]
-            return render(request, "ui/repository.html", {
-                "repository": found, "tags": tags, "host": public_host(request), "can_admin": True,
-                "can_delete": True, "team_access": team_access_levels(found.namespace, found),
-                "access_form": form}, status=400)
+            return _repository_page(request, found, status=400, access_form=form)
         team = team_or_404(found.namespace, form.cleaned_data["team"])
         with transaction.atomic():
             set_team_access(team, found, form.cleaned_data["access_level"])

@@ -179,6 +179,41 @@ def test_a_poll_mirror_checks_an_immutable_tag_before_copying_a_byte(repository)
         services.refuse_tag_move(repository, "v1", services.digest_of(_index(2)))
 
 
+def _at_once(pushes) -> list:
+    """Run each push in its own thread (its own database connection), released together;
+    returns what each returned or raised."""
+    from django.db import connection
+
+    barrier, results = threading.Barrier(len(pushes)), [None] * len(pushes)
+
+    def run_one(i, push):
+        try:
+            barrier.wait()
+            results[i] = push()
+        except Exception as e:  # the refusals are the point
+            results[i] = e
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run_one, args=(i, p)) for i, p in enumerate(pushes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_pushes_at_once_keep_the_limit_and_one_digest_per_immutable_tag(repository):
+    _rules(repository, tag_limit=3, immutable_tag_patterns=["fixed"])
+    results = _at_once([lambda n=n: _push(repository, f"t{n}", n) for n in range(6)]
+                       + [lambda n=n: _push(repository, "fixed", 100 + n) for n in range(4)])
+    assert all(isinstance(r, str) for r in results[:6]), results
+    winners = [r for r in results[6:] if isinstance(r, str)]
+    assert len(winners) == 1 and all(isinstance(r, ImmutableTag) for r in results[6:] if r not in winners)
+    tags = _tags(repository)
+    assert len(tags) == 3 and tags["fixed"] == winners[0], tags
+
+
 # -- in process: the REST API ---------------------------------------------------------------
 
 

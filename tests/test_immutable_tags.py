@@ -328,6 +328,38 @@ def test_deleting_an_immutable_tag_from_the_page_says_why_it_cannot(repository, 
     assert set(_tags(repository)) == {"v1"}
 
 
+def test_the_new_repository_page_creates_it_with_its_tag_rules(personas, unique):
+    from msr.models import Repository
+
+    alice = _page(personas["alice"].user)
+    assert "acme" in alice.get("/repositories/new/").content.decode()
+    created = alice.post("/repositories/new/", {
+        "namespace": "acme", "name": f"page-rules-{unique}", "visibility": "private",
+        "immutable_tag_patterns": "release-*", "tag_limit": "10"})
+    assert created.status_code == 302, created.content.decode()
+    found = Repository.objects.get(namespace__name="acme", name=f"page-rules-{unique}")
+    try:
+        assert (found.immutable_tags, found.immutable_tag_patterns, found.tag_limit) == (False, ["release-*"], 10)
+        again = alice.post("/repositories/new/", {"namespace": "acme", "name": f"page-rules-{unique}",
+                                                  "visibility": "private", "tag_limit": "0"})
+        assert again.status_code == 400
+        assert "A repository with this name exists." in again.content.decode()
+    finally:
+        found.delete()
+
+
+def test_the_new_repository_page_explains_a_bad_name_and_offers_only_writable_namespaces(personas):
+    bob = _page(personas["bob"].user)
+    refused = bob.post("/repositories/new/", {"namespace": "acme", "name": "x", "visibility": "private",
+                                              "tag_limit": "0"})
+    assert refused.status_code == 400  # bob may not create in acme: not a choice
+    assert "Select a valid choice." in refused.content.decode()
+    bad = _page(personas["alice"].user).post("/repositories/new/", {
+        "namespace": "acme", "name": "Bad Name", "visibility": "private", "tag_limit": "0"})
+    assert bad.status_code == 400
+    assert 'id="id_name_error"' in bad.content.decode()
+
+
 # -- real clients against `msr serve` -------------------------------------------------------
 
 def _host(msr: str) -> str:

@@ -115,20 +115,27 @@ class NamespaceRepositories(generics.ListCreateAPIView):
         found = namespace_or_404(namespace)
         if not may_create_in(request.user, found):
             raise PermissionDenied(f"You may not create repositories in {namespace!r}.")
-        form = RepositorySerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        name = form.validated_data["name"]
-        if not is_valid_name(f"{namespace}/{name}"):
-            raise serializers.ValidationError({"name": ["Not a valid repository name."]})
-        if Repository.objects.filter(namespace=found, name=name).exists():
-            raise serializers.ValidationError({"name": ["A repository with this name exists."]})
-        with transaction.atomic():
-            repository = form.save(namespace=found,
-                                   visibility=form.validated_data.get("visibility", found.default_visibility))
-            record(Event.REPOSITORY, request.user.username, repository.full_name,
-                   detail={"action": "create"}, request=request)
-            record_tag_rules(request, repository, form.validated_data)
+        repository = create_repository(request, found, request.data)
         return Response(RepositorySerializer(repository).data, status=status.HTTP_201_CREATED)
+
+
+def create_repository(request, namespace: Namespace, data) -> Repository:
+    """Create a repository from the API's fields (the API and the page's form); the
+    caller has checked that the user may create in `namespace`. ValidationError per field."""
+    form = RepositorySerializer(data=data)
+    form.is_valid(raise_exception=True)
+    name = form.validated_data["name"]
+    if not is_valid_name(f"{namespace.name}/{name}"):
+        raise serializers.ValidationError({"name": ["Not a valid repository name."]})
+    if Repository.objects.filter(namespace=namespace, name=name).exists():
+        raise serializers.ValidationError({"name": ["A repository with this name exists."]})
+    with transaction.atomic():
+        repository = form.save(namespace=namespace,
+                               visibility=form.validated_data.get("visibility", namespace.default_visibility))
+        record(Event.REPOSITORY, request.user.username, repository.full_name,
+               detail={"action": "create"}, request=request)
+        record_tag_rules(request, repository, form.validated_data)
+    return repository
 
 
 class RepositoryDetail(APIView):

@@ -133,3 +133,30 @@ class TagRulesForm(forms.Form):
         if len(patterns) > MAX_TAG_PATTERNS:
             raise ValidationError(f"At most {MAX_TAG_PATTERNS} patterns.")
         return patterns
+
+
+class NewRepositoryForm(TagRulesForm):
+    """A new repository: where, its name and visibility, and its tag rules from the start.
+    The API's serializer validates it (msr.api.repositories.create_repository)."""
+
+    field_order = ["namespace", "name", "visibility", "short_description"]
+    namespace = forms.ChoiceField(label="Namespace")
+    name = forms.CharField(max_length=200, label="Name", help_text="Lowercase: app, team/app, my-app.")
+    visibility = forms.ChoiceField(choices=[("private", "Private"), ("public", "Public")], label="Visibility")
+    short_description = forms.CharField(max_length=140, required=False, label="Short description")
+    # The API's names of the fields, for its errors.
+    API_FIELDS = {"name": "name", "visibility": "visibility", "shortDescription": "short_description",
+                  "immutableTags": "immutable_tags", "immutableTagPatterns": "immutable_tag_patterns",
+                  "tagLimit": "tag_limit"}
+
+    def __init__(self, *args, namespaces=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["namespace"].choices = [(n, n) for n in namespaces]
+
+    def api_data(self) -> dict:
+        return {api: self.cleaned_data[field] for api, field in self.API_FIELDS.items()}
+
+    def add_api_errors(self, errors: dict) -> None:
+        for api, messages in errors.items():
+            for message in messages if isinstance(messages, list) else [messages]:
+                self.add_error(self.API_FIELDS.get(api), str(message))

@@ -13,6 +13,7 @@ urlpatterns = [
     path("login/", views.SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("repositories/", views.repositories, name="repositories"),
+    path("repositories/new/", views.new_repository, name="new-repository"),
     re_path(rf"^repositories/{REPO}/tags/(?P<tag>[^/]+)/delete/$", views.delete_tag, name="delete-tag"),
     re_path(rf"^repositories/{REPO}/access/$", views.repository_access, name="repository-access"),
     re_path(rf"^repositories/{REPO}/tag-rules/$", views.repository_tag_rules, name="repository-tag-rules"),

@@ -87,6 +87,32 @@ def repository(request, namespace, repository):
 
 
 @login_required
+def new_repository(request):
+    from django.db.models import Q
+    from rest_framework.exceptions import ValidationError as APIValidationError
+
+    from msr.access import may_create_in
+    from msr.api.repositories import create_repository
+
+    candidates = Namespace.objects.order_by("is_org", "name")  # their own first
+    if not request.user.is_superuser:
+        candidates = candidates.filter(Q(user=request.user) | Q(is_org=True, memberships__user=request.user))
+    namespaces = {n.name: n for n in candidates.distinct() if may_create_in(request.user, n)}
+    form = forms.NewRepositoryForm(request.POST or None, namespaces=namespaces, initial={"tag_limit": 0})
+    if request.method == "POST" and form.is_valid():
+        namespace = namespaces[form.cleaned_data["namespace"]]
+        try:
+            created = create_repository(request, namespace, form.api_data())
+        except APIValidationError as e:
+            form.add_api_errors(e.detail)
+        else:
+            messages.success(request, f"Created {created.full_name}.")
+            return redirect("ui:repository", namespace=namespace.name, repository=created.name)
+    return render(request, "ui/new_repository.html", {"form": form},
+                  status=400 if request.method == "POST" else 200)
+
+
+@login_required
 @require_POST
 def repository_tag_rules(request, namespace, repository):
     found = repository_for(request.user, namespace, repository, ADMIN)

@@ -10,12 +10,13 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView, PasswordChangeView
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Count, Sum
+from django.db.models import Count, Q, Sum
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse_lazy
 from django.utils import timezone
 from django.views.decorators.http import require_POST
+from rest_framework.exceptions import ValidationError as APIValidationError
 
 from accounts import services as account_services
 from accounts.models import AccessToken, DirectorySync, Namespace, Team, User
@@ -24,10 +25,11 @@ from accounts.permissions import ADMIN, DELETE, readable_repositories, repositor
 from accounts.services import set_team_access
 from msr import services
 from msr.access import (
-    is_org_member, is_org_owner, organization_or_404, repository_for, team_access_levels, team_or_404,
+    is_org_member, is_org_owner, may_create_in, organization_or_404, repository_for, team_access_levels,
+    team_or_404,
 )
 from msr.api.accounts import TeamSyncSerializer, bind_team, queue_directory_sync
-from msr.api.repositories import describe_tag
+from msr.api.repositories import create_repository, describe_tag, record_tag_rules
 from msr.events import client_ip, record
 from msr.exceptions import DomainError, NotFound
 from msr.models import Blob, Event, Repository
@@ -88,12 +90,6 @@ def repository(request, namespace, repository):
 
 @login_required
 def new_repository(request):
-    from django.db.models import Q
-    from rest_framework.exceptions import ValidationError as APIValidationError
-
-    from msr.access import may_create_in
-    from msr.api.repositories import create_repository
-
     candidates = Namespace.objects.order_by("is_org", "name")  # their own first
     if not request.user.is_superuser:
         candidates = candidates.filter(Q(user=request.user) | Q(is_org=True, memberships__user=request.user))
@@ -119,8 +115,6 @@ def repository_tag_rules(request, namespace, repository):
     form = forms.TagRulesForm(request.POST)
     if not form.is_valid():
         return _repository_page(request, found, status=400, rules_form=form)
-    from msr.api.repositories import record_tag_rules
-
     with transaction.atomic():
         for field, value in form.cleaned_data.items():
             setattr(found, field, value)

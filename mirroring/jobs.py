@@ -273,6 +273,10 @@ def perform(job: Job, run: Run) -> list[dict]:
                 if destination.manifest_digest(tag) == remote_digest:
                     run.log(f"{tag}: up to date ({remote_digest})")
                     continue
+                try:  # before copying a byte: an immutable tag here fails the job cleanly
+                    services.refuse_tag_move(destination.repository, tag, remote_digest)
+                except DomainError as e:
+                    raise Permanent(f"{destination.name}: {e.message}") from None
                 reference = remote_digest
             digest = copy_image(source, destination, reference, target_tag, run.progress, run.log, run.check)
             results.append({"tag": tag, "targetTag": target_tag, "digest": digest})

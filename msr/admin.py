@@ -6,8 +6,8 @@ from msr.models import Manifest, Repository, Tag
 
 @admin.register(Repository)
 class RepositoryAdmin(GuardedModelAdmin):
-    list_display = ("__str__", "visibility", "created_at")
-    list_filter = ("visibility",)
+    list_display = ("__str__", "visibility", "immutable_tags", "tag_limit", "created_at")
+    list_filter = ("visibility", "immutable_tags")
     search_fields = ("name", "namespace__name")
 
 

@@ -141,11 +141,11 @@ def on_manifest_pushed(sender, repository, manifest, tag, user, **kwargs):
 
 
 @receiver(signals.manifest_deleted)
-def on_manifest_deleted(sender, repository, digest, tag, user, **kwargs):
+def on_manifest_deleted(sender, repository, digest, tag, user, reason=None, **kwargs):
     actor = user.username if user else ""
-    record(Event.DELETE, actor, repository.full_name, tag or "", digest or "")
+    record(Event.DELETE, actor, repository.full_name, tag or "", digest or "", reason)
     base = {"namespace": repository.namespace.name, "repository": repository.name, "author": actor,
-            "deletedAt": timezone.now().isoformat()}
+            "deletedAt": timezone.now().isoformat(), **(reason or {})}
     if tag:
         enqueue_deliveries(repository, Webhook.TAG_DELETE,
                            {**base, "tag": tag, "imageName": f"{repository.full_name}:{tag}"})

@@ -145,3 +145,38 @@ class UploadLost(Conflict):
 
     message = "the blob was removed while it was uploaded; upload it again"
     about = ("digest",)
+
+
+class Refused(DomainError):
+    """A rule of the repository forbids the change (an immutable tag, the tag limit):
+    the same request is refused again until an admin changes the rule."""
+
+    message = "refused by a rule of the repository"
+
+
+class ImmutableTag(Refused):
+    """The tag exists and may not point elsewhere or go: the repository makes every tag
+    immutable (`rule` "repository") or the tag matches the immutable tag pattern `rule`."""
+
+    def __init__(self, where: str, tag: str, rule: str, action: str = "overwritten", digest: str = ""):
+        if rule == "repository":
+            why = f"{where} is an immutable repository"
+        else:
+            why = f"it matches the immutable tag rule {rule} of {where}"
+        message = f"tag={tag} cannot be {action} because {why}"
+        detail = {"tag": tag, "rule": rule, "repository": where}
+        if digest:  # a delete by digest would take the tag with the manifest
+            message = f"manifest {digest} cannot be deleted: {message}"
+            detail["digest"] = digest
+        super().__init__(message=message, detail=detail)
+
+
+class TagLimitReached(Refused):
+    """A new tag would exceed the repository's tag limit and the tags that could make
+    room are all immutable."""
+
+    def __init__(self, where: str, tag: str, limit: int, protected: int):
+        super().__init__(
+            message=(f"tag={tag} cannot be added because {where} keeps at most {limit} tags and "
+                     f"{protected} of its tags are immutable, so none can be removed to make room"),
+            detail={"tag": tag, "tagLimit": limit, "immutableTags": protected, "repository": where})

@@ -5,6 +5,9 @@ did wrong or that is not there, and never return half a result.
 """
 
 
+from urllib.parse import urlsplit
+
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -13,8 +16,8 @@ from accounts.permissions import repository_actions
 from msr import signals
 from msr.manifests import MAX_REFERRER_DEPTH, ParsedManifest
 from msr.exceptions import (
-    BlobNotFound, DigestMismatch, InvalidDigest, InvalidTag, ManifestNotFound,
-    ManifestReferencesUnknown, RepositoryNotFound, UploadLost,
+    BlobNotFound, DigestMismatch, ImmutableTag, InvalidDigest, InvalidTag, ManifestNotFound,
+    ManifestReferencesUnknown, RepositoryNotFound, TagLimitReached, UploadLost,
 )
 from msr.models import Blob, Manifest, Repository, RepositoryBlob, Tag
 from msr.prepared import prepared
@@ -176,10 +179,7 @@ def put_manifest(repository: Repository, reference: str, body: bytes, content_ty
         tag = None
         if not by_digest:
             tag = reference
-            Tag.objects.update_or_create(
-                repository=repository, name=reference,
-                defaults={"manifest": manifest, "pushed_by": user, "updated_at": timezone.now()},
-            )
+            write_tag(repository, tag, manifest, user, again=True)
         signals.manifest_pushed.send(
             sender=Manifest, repository=repository, manifest=manifest, tag=tag, user=user)
     return manifest
@@ -192,11 +192,20 @@ def delete_manifest(name: str, reference: str, user: User | None) -> None:
         if ":" in reference:
             if not is_valid_digest(reference):
                 raise InvalidDigest(reference)
+            # The manifest before the repository, in put_manifest's order (no deadlock).
+            manifest = Manifest.objects.select_for_update().filter(repository=repository, digest=reference).first()
+            rules = _lock_rules(repository)
+            if manifest is not None and not _is_system_admin(user):
+                for tag_name in manifest.tags.order_by("name").values_list("name", flat=True):
+                    _refuse_if_immutable(rules, tag_name, "deleted", digest=reference)
             deleted, _ = Manifest.objects.filter(repository=repository, digest=reference).delete()
             tag = None
         else:
             if not is_valid_tag(reference):
                 raise InvalidTag(reference)
+            rules = _lock_rules(repository)
+            if not _is_system_admin(user) and Tag.objects.filter(repository=repository, name=reference).exists():
+                _refuse_if_immutable(rules, reference, "deleted")
             deleted, _ = Tag.objects.filter(repository=repository, name=reference).delete()
             tag = reference
         if not deleted:
@@ -204,6 +213,88 @@ def delete_manifest(name: str, reference: str, user: User | None) -> None:
         signals.manifest_deleted.send(
             sender=Manifest, repository=repository, digest=reference if tag is None else None,
             tag=tag, user=user)
+
+
+# -- tag rules: immutable tags and the tag limit ---------------------------------------
+#
+# Every write of a tag goes through `write_tag`, inside the caller's transaction, after
+# it locked the manifests and blobs it uses; `write_tag` then locks the repository row
+# (on SQLite the transaction already is the lock). Two pushes of one tag, or two new
+# tags racing for the last places under the limit, are thus decided one after the
+# other, each seeing what the other wrote, and each against the rules as they are now.
+
+
+def display_name(repository: Repository) -> str:
+    """How the repository is called in a refusal: `<host>/<ns>/<repo>` as users pull it."""
+    host = urlsplit(settings.PUBLIC_URL).netloc if settings.PUBLIC_URL else ""
+    return f"{host}/{repository.full_name}" if host else repository.full_name
+
+
+def _lock_rules(repository: Repository) -> Repository:
+    """The repository's row, locked until the transaction ends, with its current rules."""
+    return Repository.objects.select_for_update().select_related("namespace").get(pk=repository.pk)
+
+
+def _is_system_admin(user) -> bool:
+    return bool(user is not None and getattr(user, "is_superuser", False))
+
+
+def _refuse_if_immutable(rules: Repository, tag: str, action: str, digest: str = "") -> None:
+    rule = rules.immutability_rule(tag)
+    if rule is not None:
+        raise ImmutableTag(display_name(rules), tag, rule, action, digest)
+
+
+def write_tag(repository: Repository, tag: str, manifest: Manifest, user: User | None,
+              again: bool = False) -> bool:
+    """Point `tag` at `manifest` under the repository's rules; False if it already did
+    (then, with `again`, only its push time and pusher are renewed: a re-push).
+
+    An immutable tag that exists never moves (the same digest again is not a move: a
+    client retrying or a CI re-run must still succeed). A new tag beyond the tag limit
+    removes the tags pushed longest ago that no rule protects, each announced as a tag
+    deletion; if too few may go, the push is refused and nothing is written."""
+    rules = _lock_rules(repository)
+    current = Tag.objects.filter(repository=repository, name=tag).first()
+    now = timezone.now()
+    if current is not None and current.manifest_id == manifest.pk:
+        if again:
+            Tag.objects.filter(pk=current.pk).update(pushed_by=user, updated_at=now)
+        return False
+    if current is not None:
+        _refuse_if_immutable(rules, tag, "overwritten")
+        Tag.objects.filter(pk=current.pk).update(manifest=manifest, pushed_by=user, updated_at=now)
+        return True
+    if rules.tag_limit:
+        _make_room(rules, tag, user)
+    Tag.objects.create(repository=repository, name=tag, manifest=manifest, pushed_by=user, updated_at=now)
+    return True
+
+
+def refuse_tag_move(repository: Repository, tag: str, digest: str) -> None:
+    """ImmutableTag if pointing `tag` at `digest` would move an immutable tag. For copies
+    that check before moving any byte (poll mirroring); `write_tag` decides again under
+    the lock."""
+    current = Tag.objects.filter(repository=repository, name=tag).values_list("manifest__digest", flat=True).first()
+    if current is not None and current != digest:
+        _refuse_if_immutable(Repository.objects.select_related("namespace").get(pk=repository.pk), tag,
+                             "overwritten")
+
+
+def _make_room(rules: Repository, tag: str, user: User | None) -> None:
+    """Delete the oldest unprotected tags so that `tag` fits under the tag limit."""
+    others = list(Tag.objects.filter(repository=rules).order_by("updated_at", "pk").values_list("pk", "name"))
+    excess = len(others) + 1 - rules.tag_limit
+    if excess <= 0:
+        return
+    movable = [(pk, name) for pk, name in others if rules.immutability_rule(name) is None]
+    if len(movable) < excess:
+        raise TagLimitReached(display_name(rules), tag, rules.tag_limit, len(others) - len(movable))
+    for pk, name in movable[:excess]:
+        Tag.objects.filter(pk=pk).delete()
+        signals.manifest_deleted.send(sender=Manifest, repository=rules, digest=None, tag=name, user=user,
+                                      reason={"reason": "tag limit", "tagLimit": rules.tag_limit,
+                                              "pushedTag": tag})
 
 
 # -- blobs -----------------------------------------------------------------------------
@@ -379,13 +470,8 @@ def link_manifest(source: Repository, digest: str, target: Repository, tag: str 
                                    if c in copies])
             copies[manifest.digest] = copy
         manifest = copies[digest]
-        if tag is not None:
-            current = Tag.objects.filter(repository=target, name=tag).values_list("manifest_id", flat=True).first()
-            if current != manifest.pk:
-                changed = True
-                Tag.objects.update_or_create(
-                    repository=target, name=tag,
-                    defaults={"manifest": manifest, "pushed_by": user, "updated_at": timezone.now()})
+        if tag is not None and write_tag(target, tag, manifest, user):
+            changed = True
         if changed:
             signals.manifest_pushed.send(sender=Manifest, repository=target, manifest=manifest, tag=tag,
                                          user=user, depth=depth)

@@ -10,5 +10,6 @@ from django.dispatch import Signal
 
 # kwargs: repository, manifest, tag (name or None), user
 manifest_pushed = Signal()
-# kwargs: repository, digest, tag (name or None), user
+# kwargs: repository, digest, tag (name or None), user; optional reason (a dict: why a
+# rule, not a person, removed it, e.g. the tag limit)
 manifest_deleted = Signal()

@@ -50,12 +50,19 @@ CASES = [
      {"message": "another request is writing to this upload", "detail": {"uuid": UUID}}),
     (exceptions.UploadLost(DIGEST), "BLOB_UPLOAD_INVALID", 400, 409,
      {"message": "the blob was removed while it was uploaded; upload it again", "detail": {"digest": DIGEST}}),
+    (exceptions.ImmutableTag("acme/x", "v1", "release-*"), "DENIED", 403, 403,
+     {"message": "tag=v1 cannot be overwritten because it matches the immutable tag rule release-* of acme/x",
+      "detail": {"tag": "v1", "rule": "release-*", "repository": "acme/x"}}),
+    (exceptions.TagLimitReached("acme/x", "v3", 2, 2), "DENIED", 403, 403,
+     {"message": "tag=v3 cannot be added because acme/x keeps at most 2 tags and 2 of its tags are "
+                 "immutable, so none can be removed to make room",
+      "detail": {"tag": "v3", "tagLimit": 2, "immutableTags": 2, "repository": "acme/x"}}),
 ]
 
 
 def _concrete_errors(cls=exceptions.DomainError):
     for sub in cls.__subclasses__():
-        if sub not in (exceptions.NotFound, exceptions.Invalid, exceptions.Conflict):
+        if sub not in (exceptions.NotFound, exceptions.Invalid, exceptions.Conflict, exceptions.Refused):
             yield sub
         yield from _concrete_errors(sub)
 

@@ -12,6 +12,7 @@ STATUS_BY_KIND: list[tuple[type[exceptions.DomainError], int, str]] = [
     (exceptions.NotFound, 404, "not_found"),
     (exceptions.Invalid, 400, "invalid"),
     (exceptions.Conflict, 409, "conflict"),
+    (exceptions.Refused, 403, "refused"),
     (exceptions.DomainError, 400, "invalid"),
 ]
 

@@ -25,7 +25,26 @@ from msr.storage import STORAGE_ERRORS, get_storage
 REPOSITORY_NAME = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*"
 
 
-class RepositorySerializer(serializers.ModelSerializer):
+TAG_PATTERN = r"\A[A-Za-z0-9_.*?\[\]!-]{1,128}\Z"
+MAX_TAG_PATTERNS = 50
+
+
+class TagRulesFields(serializers.Serializer):
+    """Immutable tags and the tag limit (see Repository): on creation and in PATCH."""
+
+    immutableTags = serializers.BooleanField(source="immutable_tags", required=False)
+    immutableTagPatterns = serializers.ListField(
+        source="immutable_tag_patterns", required=False, max_length=MAX_TAG_PATTERNS,
+        child=serializers.RegexField(TAG_PATTERN, error_messages={
+            "invalid": "A pattern is a tag with * and ? wildcards, e.g. release-*."}))
+    tagLimit = serializers.IntegerField(source="tag_limit", required=False, min_value=0, max_value=100_000,
+                                        help_text="0: no limit")
+
+    def validate_immutableTagPatterns(self, value):
+        return list(dict.fromkeys(value))  # in order, once each
+
+
+class RepositorySerializer(TagRulesFields, serializers.ModelSerializer):
     namespace = serializers.CharField(source="namespace.name", read_only=True)
     name = serializers.RegexField(REPOSITORY_NAME, max_length=200)
     shortDescription = serializers.CharField(source="short_description", max_length=140, required=False,
@@ -36,14 +55,27 @@ class RepositorySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Repository
-        fields = ["id", "namespace", "name", "visibility", "shortDescription", "longDescription", "createdAt"]
+        fields = ["id", "namespace", "name", "visibility", "shortDescription", "longDescription", "createdAt",
+                  "immutableTags", "immutableTagPatterns", "tagLimit"]
 
 
-class RepositoryUpdateSerializer(serializers.Serializer):
+class RepositoryUpdateSerializer(TagRulesFields):
     shortDescription = serializers.CharField(source="short_description", max_length=140, required=False,
                                              allow_blank=True)
     longDescription = serializers.CharField(source="long_description", required=False, allow_blank=True)
     visibility = serializers.ChoiceField(choices=["public", "private"], required=False)
+
+
+TAG_RULES = ("immutable_tags", "immutable_tag_patterns", "tag_limit")
+
+
+def record_tag_rules(request, repository: Repository, changed) -> None:
+    """An audit event when a change touches the tag rules (in the change's transaction)."""
+    if any(field in TAG_RULES for field in changed):
+        record(Event.REPOSITORY, request.user.username, repository.full_name, request=request,
+               detail={"action": "tag rules", "immutableTags": repository.immutable_tags,
+                       "immutableTagPatterns": repository.immutable_tag_patterns,
+                       "tagLimit": repository.tag_limit})
 
 
 def _repositories():
@@ -83,19 +115,27 @@ class NamespaceRepositories(generics.ListCreateAPIView):
         found = namespace_or_404(namespace)
         if not may_create_in(request.user, found):
             raise PermissionDenied(f"You may not create repositories in {namespace!r}.")
-        form = RepositorySerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        name = form.validated_data["name"]
-        if not is_valid_name(f"{namespace}/{name}"):
-            raise serializers.ValidationError({"name": ["Not a valid repository name."]})
-        if Repository.objects.filter(namespace=found, name=name).exists():
-            raise serializers.ValidationError({"name": ["A repository with this name exists."]})
-        with transaction.atomic():
-            repository = form.save(namespace=found,
-                                   visibility=form.validated_data.get("visibility", found.default_visibility))
-            record(Event.REPOSITORY, request.user.username, repository.full_name,
-                   detail={"action": "create"}, request=request)
+        repository = create_repository(request, found, request.data)
         return Response(RepositorySerializer(repository).data, status=status.HTTP_201_CREATED)
+
+
+def create_repository(request, namespace: Namespace, data) -> Repository:
+    """Create a repository from the API's fields (the API and the page's form); the
+    caller has checked that the user may create in `namespace`. ValidationError per field."""
+    form = RepositorySerializer(data=data)
+    form.is_valid(raise_exception=True)
+    name = form.validated_data["name"]
+    if not is_valid_name(f"{namespace.name}/{name}"):
+        raise serializers.ValidationError({"name": ["Not a valid repository name."]})
+    if Repository.objects.filter(namespace=namespace, name=name).exists():
+        raise serializers.ValidationError({"name": ["A repository with this name exists."]})
+    with transaction.atomic():
+        repository = form.save(namespace=namespace,
+                               visibility=form.validated_data.get("visibility", namespace.default_visibility))
+        record(Event.REPOSITORY, request.user.username, repository.full_name,
+               detail={"action": "create"}, request=request)
+        record_tag_rules(request, repository, form.validated_data)
+    return repository
 
 
 class RepositoryDetail(APIView):
@@ -118,6 +158,7 @@ class RepositoryDetail(APIView):
             if "visibility" in form.validated_data:
                 record(Event.PERMISSION, request.user.username, found.full_name,
                        detail={"action": "visibility", "visibility": found.visibility}, request=request)
+            record_tag_rules(request, found, form.validated_data)
         return Response(RepositorySerializer(found).data)
 
     def delete(self, request, namespace, repository):
@@ -232,6 +273,7 @@ class TagSerializer(serializers.Serializer):
     platforms = PlatformSerializer(many=True)
     pushedAt = serializers.DateTimeField()
     pushedBy = serializers.CharField(allow_blank=True)
+    immutable = serializers.BooleanField(help_text="a tag rule of the repository makes this tag immutable")
 
 
 def _config_platform(digest: str) -> list[dict]:
@@ -282,6 +324,7 @@ def describe_tag(tag: Tag) -> dict:
         "name": tag.name, "digest": manifest.digest, "mediaType": manifest.media_type, "size": size,
         "platforms": platforms, "pushedAt": tag.updated_at,
         "pushedBy": tag.pushed_by.username if tag.pushed_by else "",
+        "immutable": tag.repository.immutability_rule(tag.name) is not None,
     }
 
 

@@ -11,6 +11,7 @@ byte for byte, with their digest; a tag points at one manifest of its repository
 """
 
 import uuid
+from fnmatch import fnmatchcase
 
 from django.conf import settings
 from django.db import models
@@ -20,6 +21,15 @@ from accounts.models import REPOSITORY_PERMISSIONS, Namespace
 
 
 class Repository(models.Model):
+    """A named collection of manifests and tags in a namespace.
+
+    Tag rules (issue 17): a tag is *immutable* when `immutable_tags` is set (every tag)
+    or when its name matches one of `immutable_tag_patterns` (shell globs, `release-*`):
+    once it exists it never points at another digest and only a system admin deletes
+    it. The rules add up: a pattern makes tags immutable, it never exempts one. With
+    `tag_limit` > 0, a push that adds a tag beyond the limit removes the tags pushed
+    longest ago that no rule protects (msr/services.py)."""
+
     PUBLIC, PRIVATE = "public", "private"
     VISIBILITIES = [(PUBLIC, "Public"), (PRIVATE, "Private")]
 
@@ -30,6 +40,9 @@ class Repository(models.Model):
     short_description = models.CharField(max_length=140, blank=True)
     long_description = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    immutable_tags = models.BooleanField(default=False)
+    immutable_tag_patterns = models.JSONField(default=list, blank=True)
+    tag_limit = models.PositiveIntegerField(default=0)  # 0: no limit
 
     class Meta:
         verbose_name_plural = "repositories"
@@ -44,6 +57,13 @@ class Repository(models.Model):
     @property
     def full_name(self) -> str:
         return f"{self.namespace.name}/{self.name}"
+
+    def immutability_rule(self, tag: str) -> str | None:
+        """What makes `tag` immutable here: "repository", the first matching pattern, or
+        None when the tag may move."""
+        if self.immutable_tags:
+            return "repository"
+        return next((p for p in self.immutable_tag_patterns if fnmatchcase(tag, p)), None)
 
 
 class Blob(models.Model):

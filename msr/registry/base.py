@@ -54,6 +54,11 @@ DOMAIN_ERRORS: dict[type[domain.DomainError], type[errors.RegistryError]] = {
     domain.LengthMismatch: errors.SizeInvalid,
     domain.UploadBusy: errors.Busy,
     domain.UploadLost: errors.BlobUploadInvalid,
+    # A repository's rule, not the caller's mistake or rights: DENIED (403) is the spec's
+    # code for a refused operation, and docker, podman and skopeo print its message
+    # ("denied: tag=v1 cannot be overwritten because …") and do not retry it.
+    domain.ImmutableTag: errors.Denied,
+    domain.TagLimitReached: errors.Denied,
 }
 
 

@@ -105,3 +105,58 @@ class TeamForm(forms.Form):
 
 class TeamMemberForm(forms.Form):
     username = forms.CharField(max_length=150, label="Username")
+
+
+class TagRulesForm(forms.Form):
+    """A repository's tag rules (see Repository): the same fields and limits as the API."""
+
+    immutable_tags = forms.BooleanField(required=False, label="Every tag is immutable")
+    immutable_tag_patterns = forms.CharField(
+        required=False, label="Immutable tag patterns", widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One per line, with * and ? wildcards (release-*). Matching tags are immutable "
+                  "even when not every tag is.")
+    tag_limit = forms.IntegerField(min_value=0, max_value=100_000, label="Tag limit",
+                                   help_text="0: no limit. A new tag beyond the limit removes the oldest "
+                                             "tags that are not immutable.")
+
+    def clean_immutable_tag_patterns(self):
+        import re
+
+        from msr.api.repositories import MAX_TAG_PATTERNS, TAG_PATTERN
+
+        patterns = list(dict.fromkeys(line.strip() for line in self.cleaned_data["immutable_tag_patterns"].splitlines()
+                                      if line.strip()))
+        bad = [p for p in patterns if not re.match(TAG_PATTERN, p)]
+        if bad:
+            raise ValidationError(f"Not a tag pattern: {', '.join(bad)}. Use tag characters "
+                                  "(letters, digits, _ . -) with * and ? wildcards.")
+        if len(patterns) > MAX_TAG_PATTERNS:
+            raise ValidationError(f"At most {MAX_TAG_PATTERNS} patterns.")
+        return patterns
+
+
+class NewRepositoryForm(TagRulesForm):
+    """A new repository: where, its name and visibility, and its tag rules from the start.
+    The API's serializer validates it (msr.api.repositories.create_repository)."""
+
+    field_order = ["namespace", "name", "visibility", "short_description"]
+    namespace = forms.ChoiceField(label="Namespace")
+    name = forms.CharField(max_length=200, label="Name", help_text="Lowercase: app, team/app, my-app.")
+    visibility = forms.ChoiceField(choices=[("private", "Private"), ("public", "Public")], label="Visibility")
+    short_description = forms.CharField(max_length=140, required=False, label="Short description")
+    # The API's names of the fields, for its errors.
+    API_FIELDS = {"name": "name", "visibility": "visibility", "shortDescription": "short_description",
+                  "immutableTags": "immutable_tags", "immutableTagPatterns": "immutable_tag_patterns",
+                  "tagLimit": "tag_limit"}
+
+    def __init__(self, *args, namespaces=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["namespace"].choices = [(n, n) for n in namespaces]
+
+    def api_data(self) -> dict:
+        return {api: self.cleaned_data[field] for api, field in self.API_FIELDS.items()}
+
+    def add_api_errors(self, errors: dict) -> None:
+        for api, messages in errors.items():
+            for message in messages if isinstance(messages, list) else [messages]:
+                self.add_error(self.API_FIELDS.get(api), str(message))

@@ -10,12 +10,13 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView, LogoutView, PasswordChangeView
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Count, Sum
+from django.db.models import Count, Q, Sum
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse_lazy
 from django.utils import timezone
 from django.views.decorators.http import require_POST
+from rest_framework.exceptions import ValidationError as APIValidationError
 
 from accounts import services as account_services
 from accounts.models import AccessToken, DirectorySync, Namespace, Team, User
@@ -24,10 +25,11 @@ from accounts.permissions import ADMIN, DELETE, readable_repositories, repositor
 from accounts.services import set_team_access
 from msr import readonly, services
 from msr.access import (
-    is_org_member, is_org_owner, organization_or_404, repository_for, team_access_levels, team_or_404,
+    is_org_member, is_org_owner, may_create_in, organization_or_404, repository_for, team_access_levels,
+    team_or_404,
 )
 from msr.api.accounts import TeamSyncSerializer, bind_team, queue_directory_sync
-from msr.api.repositories import describe_tag
+from msr.api.repositories import create_repository, describe_tag, record_tag_rules
 from msr.events import record
 from msr.signin import note_session
 from msr.exceptions import DomainError, NotFound
@@ -62,20 +64,65 @@ def repositories(request):
     return render(request, template, {"repositories": found, "q": query, "visibility": visibility})
 
 
-def repository(request, namespace, repository):
-    found = repository_for(request.user, namespace, repository)
+def _repository_page(request, found, status=200, **extra):
+    """The repository page; `extra` replaces a form with the one that was just sent."""
     actions = repository_actions(request.user, found.namespace, found)
     tags = [describe_tag(t) for t in found.tags.select_related("manifest", "pushed_by").order_by("-updated_at")[:200]]
     context = {
         "repository": found, "tags": tags, "host": public_host(request),
         "can_admin": ADMIN in actions, "can_delete": DELETE in actions,
-        "can_push": "push" in actions,
+        "can_push": "push" in actions, "is_system_admin": request.user.is_superuser,
     }
+    if ADMIN in actions:
+        context["rules_form"] = forms.TagRulesForm(initial={
+            "immutable_tags": found.immutable_tags, "tag_limit": found.tag_limit,
+            "immutable_tag_patterns": "\n".join(found.immutable_tag_patterns)})
     if found.namespace.is_org:
         context["team_access"] = team_access_levels(found.namespace, found)
         if ADMIN in actions:
             context["access_form"] = forms.TeamAccessForm(teams=found.namespace.teams.order_by("name"))
-    return render(request, "ui/repository.html", context)
+    context.update(extra)
+    return render(request, "ui/repository.html", context, status=status)
+
+
+def repository(request, namespace, repository):
+    return _repository_page(request, repository_for(request.user, namespace, repository))
+
+
+@login_required
+def new_repository(request):
+    candidates = Namespace.objects.order_by("is_org", "name")  # their own first
+    if not request.user.is_superuser:
+        candidates = candidates.filter(Q(user=request.user) | Q(is_org=True, memberships__user=request.user))
+    namespaces = {n.name: n for n in candidates.distinct() if may_create_in(request.user, n)}
+    form = forms.NewRepositoryForm(request.POST or None, namespaces=namespaces, initial={"tag_limit": 0})
+    if request.method == "POST" and form.is_valid():
+        namespace = namespaces[form.cleaned_data["namespace"]]
+        try:
+            created = create_repository(request, namespace, form.api_data())
+        except APIValidationError as e:
+            form.add_api_errors(e.detail)
+        else:
+            messages.success(request, f"Created {created.full_name}.")
+            return redirect("ui:repository", namespace=namespace.name, repository=created.name)
+    return render(request, "ui/new_repository.html", {"form": form},
+                  status=400 if request.method == "POST" else 200)
+
+
+@login_required
+@require_POST
+def repository_tag_rules(request, namespace, repository):
+    found = repository_for(request.user, namespace, repository, ADMIN)
+    form = forms.TagRulesForm(request.POST)
+    if not form.is_valid():
+        return _repository_page(request, found, status=400, rules_form=form)
+    with transaction.atomic():
+        for field, value in form.cleaned_data.items():
+            setattr(found, field, value)
+        found.save(update_fields=list(form.cleaned_data))
+        record_tag_rules(request, found, form.cleaned_data)
+    messages.success(request, "Saved the tag rules.")
+    return redirect("ui:repository", namespace=namespace, repository=repository)
 
 
 @login_required
@@ -92,11 +139,7 @@ def repository_access(request, namespace, repository):
     else:
         form = forms.TeamAccessForm(request.POST, teams=teams)
         if not form.is_valid():
-            tags = [describe_tag(t) for t in found.tags.select_related("manifest", "pushed_by")[:200]]
-            return render(request, "ui/repository.html", {
-                "repository": found, "tags": tags, "host": public_host(request), "can_admin": True,
-                "can_delete": True, "team_access": team_access_levels(found.namespace, found),
-                "access_form": form}, status=400)
+            return _repository_page(request, found, status=400, access_form=form)
         team = team_or_404(found.namespace, form.cleaned_data["team"])
         with transaction.atomic():
             set_team_access(team, found, form.cleaned_data["access_level"])

@@ -39,6 +39,8 @@ ALLOWED_WRITES = re.compile("|".join([
     r"console/jobs/[0-9]+/cancel/", r"repositories/.+/policies/[0-9]+/run/",
     r"login/", r"logout/", r"admin/login/", r"admin/logout/",
     r"console/read-only/",                           # the console's switch
+    # A directory sync locks leavers out: it changes accounts, not the registry's content.
+    r"api/v0/directory/syncs", r"console/directory-syncs/",
     r"tokens/[0-9]+/revoke/", r"settings/sign-ins/[^/]+/[^/]+/end/",
 ]))
 # Of the allowed API token routes, only DELETE (revocation) goes on.

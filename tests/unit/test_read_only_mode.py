@@ -28,6 +28,8 @@ from msr.project.readonly_middleware import allowed
     ("POST", "/tokens/", False),
     ("POST", "/repositories/team/app/tags/v1/delete/", False),
     ("POST", "/admin/accounts/user/add/", False),
+    ("POST", "/api/v0/directory/syncs", True),             # locks leavers out; no registry content
+    ("PATCH", "/api/v0/accounts/acme/teams/devs", False),  # a team's binding is a change
 ])
 def test_it_lets_reads_and_the_listed_writes_through(method, path, passes):
     assert allowed(method, path) is passes

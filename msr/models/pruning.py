@@ -4,6 +4,7 @@ collection frees the bytes later."""
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from msr.models.registry import Repository
@@ -65,4 +66,5 @@ class PruningRun(models.Model):
     def append_log(self, message: str) -> None:
         line = f"{timezone.now():%Y-%m-%d %H:%M:%S} {message}\n"
         self.log += line
-        PruningRun.objects.filter(pk=self.pk).update(log=models.F("log") + line)
+        PruningRun.objects.filter(pk=self.pk).update(
+            log=Concat(models.F("log"), models.Value(line), output_field=models.TextField()))

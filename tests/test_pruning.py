@@ -284,3 +284,63 @@ def test_bad_rules_are_refused_with_a_json_400(deployment, client, rules, messag
         response = deployment.api("POST", f"repositories/{name}/{path}", json={"rules": rules})
         assert response.status_code == 400, response.text
         assert message in json.dumps(response.json()["rules"]), response.json()
+
+
+# -- in process: the repository page's Pruning section (fast tier) --------------------------
+
+
+@pytest.fixture
+def repository(personas, unique):
+    from accounts.models import Namespace
+    from msr.models import Repository
+
+    found = Repository.objects.create(namespace=Namespace.objects.get(name="acme"), name=f"pruned-{unique}")
+    yield found
+    found.delete()
+
+
+def _page_client(persona):
+    from django.test import Client
+
+    web = Client()
+    web.force_login(persona.user)
+    return web
+
+
+def test_a_repository_admin_adds_a_policy_and_sees_its_dry_run_on_the_page(repository, personas):
+    from msr import services
+    from msr.models import PruningPolicy
+
+    for tag in ("dev-1", "dev-2", "release-1"):
+        services.put_manifest(repository, tag, index(tag), OCI_INDEX, None)
+    repository.immutable_tag_patterns = ["dev-2"]
+    repository.save()
+    web = _page_client(personas["alice"])
+    page = f"/repositories/{repository.full_name}/"
+    assert "New pruning policy" in web.get(page).content.decode()
+    response = web.post(f"{page}pruning/", {"field_0": "tag", "operator_0": "sw", "values_0": "dev-",
+                                            "enabled": ""})
+    assert response.status_code == 302, response.content.decode()
+    policy = PruningPolicy.objects.get(repository=repository)
+    assert policy.rules == [{"field": "tag", "operator": "sw", "values": ["dev-"]}] and not policy.enabled
+    preview = web.post(f"{page}pruning/{policy.pk}/preview/").content.decode()
+    assert "1 tag(s) would be pruned: <code>dev-1</code>" in preview
+    assert "<code>dev-2</code>: immutable" in preview
+    assert set(repository.tags.values_list("name", flat=True)) == {"dev-1", "dev-2", "release-1"}
+
+
+def test_a_bad_rule_in_the_form_answers_400_with_the_reason(repository, personas):
+    web = _page_client(personas["alice"])
+    response = web.post(f"/repositories/{repository.full_name}/pruning/",
+                        {"field_0": "last_pushed", "operator_0": "sw", "values_0": "x"})
+    assert response.status_code == 400
+    assert "does not apply to last_pushed" in response.content.decode()
+
+
+@pytest.mark.parametrize("who, status", [("bob", 403), ("wanda", 403), ("adam", 200), ("alice", 200)])
+def test_only_repository_admins_manage_pruning(personas, who, status):
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_authenticate(personas[who].user)
+    assert api.get("/api/v0/repositories/acme/private-app/pruningPolicies").status_code == status

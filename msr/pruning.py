@@ -30,11 +30,12 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone as dt_timezone
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from msr import extensions, readonly, signals
+from msr import extensions, readonly, services, signals
 from msr.models import Manifest, PruningPolicy, PruningRun, Repository, Tag, Webhook
 
 log = logging.getLogger(__name__)
@@ -276,16 +277,9 @@ def _perform(run: PruningRun) -> None:
 
 def prune_tag(repository: Repository, name: str, manifest_id: int, pushed_at: datetime, began: datetime,
               run: PruningRun) -> bool:
-    """Delete the tag if it still is what the run selected; True if deleted."""
-    from msr.services import _lock_rules
-
+    """Delete the tag if it still is what the run selected, recorded; True if deleted."""
     with transaction.atomic():
-        rules = _lock_rules(repository)  # the lock write_tag takes: no push interleaves
-        deleted, _ = Tag.objects.filter(repository=repository, name=name, manifest_id=manifest_id,
-                                        updated_at=pushed_at, updated_at__lt=began).delete()
-        if not deleted or rules.immutability_rule(name) is not None:
-            if deleted:  # made immutable since the selection: keep it
-                transaction.set_rollback(True)
+        if not services.remove_tag_if_unchanged(repository, name, manifest_id, pushed_at, began):
             return False
         digest = Manifest.objects.filter(pk=manifest_id).values_list("digest", flat=True).first()
         signals.manifest_deleted.send(
@@ -308,6 +302,13 @@ def _audit(run: PruningRun, status: str) -> None:
 def due_runs() -> list[int]:
     """Scheduled: one real run per enabled policy of every repository, unless one is
     already waiting or running for it."""
+    # A run still waiting or running after a whole interval was abandoned (its worker
+    # died mid-run, or read-only mode lasted that long): it gives way to a new one.
+    now = timezone.now()
+    PruningRun.objects.filter(
+        status__in=(PruningRun.WAITING, PruningRun.RUNNING),
+        created_at__lt=now - timedelta(seconds=max(settings.PRUNING_INTERVAL_SECONDS, 600)),
+    ).update(status=PruningRun.FAILED, error="abandoned: not finished within an interval", finished_at=now)
     busy = set(PruningRun.objects.filter(status__in=(PruningRun.WAITING, PruningRun.RUNNING), dry_run=False)
                .values_list("policy_id", flat=True))
     ids = []

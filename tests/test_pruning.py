@@ -344,3 +344,23 @@ def test_only_repository_admins_manage_pruning(personas, who, status):
     api = APIClient()
     api.force_authenticate(personas[who].user)
     assert api.get("/api/v0/repositories/acme/private-app/pruningPolicies").status_code == status
+
+
+def test_a_tag_moved_or_pushed_again_after_the_selection_is_not_pruned(repository):
+    from django.utils import timezone
+
+    from msr import pruning, services
+    from msr.models import PruningRun
+
+    for tag in ("dev-1", "dev-2", "dev-3"):
+        services.put_manifest(repository, tag, index(tag), OCI_INDEX, None)
+    rules = [{"field": "tag", "operator": "sw", "values": ["dev-"]}]
+    run_row = PruningRun.objects.create(repository=repository, rules=rules, started_at=timezone.now())
+    selection = pruning.select(repository, [rules], run_row.started_at)
+    assert names(selection.candidates) == {"dev-1", "dev-2", "dev-3"}
+    services.put_manifest(repository, "dev-1", index("moved"), OCI_INDEX, None)  # moved
+    services.put_manifest(repository, "dev-2", index("dev-2"), OCI_INDEX, None)  # the same image again
+    pruned = {tag for tag, (manifest_id, pushed) in selection.seen.items()
+              if pruning.prune_tag(repository, tag, manifest_id, pushed, run_row.started_at, run_row)}
+    assert pruned == {"dev-3"}
+    assert set(repository.tags.values_list("name", flat=True)) == {"dev-1", "dev-2"}

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from msr import signals
 from msr.addresses import client_address
-from msr.models import Event, Webhook, WebhookDelivery
+from msr.models import Event, Tag, Webhook, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,27 @@ class _PullRecorder:
             rows = [(*row[:-1], ops.adapt_datetimefield_value(row[-1])) for row in batch]
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.executemany(sql, rows)
+                _record_tag_pulls(batch)
         except Exception:  # the audit must never take the registry down
             log.exception("could not write %d pull events", len(batch))
             connection.close()
+
+
+def _record_tag_pulls(batch) -> None:
+    """Tags' last pull times (for pruning's `last_pulled` rule), in the flush of the pull
+    events: at most one UPDATE per pulled tag and batch. A pull by tag counts for that
+    tag; a pull by digest counts for no tag (clients resolve a tag first, and an image's
+    layers or an index's children are pulled by digest without meaning every tag on
+    them)."""
+    latest: dict[tuple[str, str], object] = {}
+    for row in batch:
+        repository, tag, at = row[2], row[3], row[-1]
+        if tag:
+            latest[(repository, tag)] = max(at, latest.get((repository, tag), at))
+    for (repository, tag), at in latest.items():
+        namespace, _, name = repository.partition("/")
+        Tag.objects.filter(repository__namespace__name=namespace, repository__name=name, name=tag).update(
+            last_pulled_at=at)
 
 
 _pulls = _PullRecorder()
@@ -141,14 +159,19 @@ def on_manifest_pushed(sender, repository, manifest, tag, user, **kwargs):
 
 
 @receiver(signals.manifest_deleted)
-def on_manifest_deleted(sender, repository, digest, tag, user, reason=None, **kwargs):
-    actor = user.username if user else ""
+def on_manifest_deleted(sender, repository, digest, tag, user, reason=None, also_notify=(), actor="",
+                        **kwargs):
+    """`also_notify`: webhook types sent besides TAG_DELETE (TAG_PRUNED for pruning);
+    `actor`: who to name when no user acts (a pruning run's trigger)."""
+    actor = user.username if user else actor
     record(Event.DELETE, actor, repository.full_name, tag or "", digest or "", reason)
     base = {"namespace": repository.namespace.name, "repository": repository.name, "author": actor,
             "deletedAt": timezone.now().isoformat(), **(reason or {})}
     if tag:
-        enqueue_deliveries(repository, Webhook.TAG_DELETE,
-                           {**base, "tag": tag, "imageName": f"{repository.full_name}:{tag}"})
+        contents = {**base, "tag": tag, "imageName": f"{repository.full_name}:{tag}",
+                    **({"digest": digest} if digest else {})}
+        for event_type in (Webhook.TAG_DELETE, *also_notify):
+            enqueue_deliveries(repository, event_type, contents)
     else:
         enqueue_deliveries(repository, Webhook.MANIFEST_DELETE,
                            {**base, "digest": digest, "imageName": f"{repository.full_name}@{digest}"})

@@ -8,6 +8,7 @@ needs of it, and the core reads these lists when it acts.
 | retention_kinds     | `kind -> (setting days default, queryset(cutoff))`    | msr/retention.py             |
 | encrypted_fields    | `("app.Model", "field")` holding msr.crypto tokens    | `msr manage reencrypt`       |
 | account_settings    | an AccountSetting (a user's setting an app owns)      | settings API and page        |
+| tag_protectors      | `(repository) -> {tag: reason}`: tags pruning keeps   | msr/pruning.py               |
 """
 
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ metric_collectors: list[Any] = []
 retention_kinds: dict[str, Callable] = {}
 encrypted_fields: list[tuple[str, str]] = []
 account_settings: list["AccountSetting"] = []
+tag_protectors: list[Callable[[Any], dict[str, str]]] = []
 
 
 @dataclass

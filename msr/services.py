@@ -297,6 +297,19 @@ def _make_room(rules: Repository, tag: str, user: User | None) -> None:
                                               "pushedTag": tag})
 
 
+def remove_tag_if_unchanged(repository: Repository, tag: str, manifest_id: int, pushed_at, before) -> bool:
+    """Delete `tag` (in the caller's transaction, under the tag-write lock) only if it
+    still points at `manifest_id`, its last push is `pushed_at` and came `before` that
+    moment, and no rule makes it immutable: a tag pushed or moved since stays. For pruning,
+    which records the deletion itself."""
+    rules = _lock_rules(repository)
+    if rules.immutability_rule(tag) is not None:
+        return False
+    deleted, _ = Tag.objects.filter(repository=repository, name=tag, manifest_id=manifest_id,
+                                    updated_at=pushed_at, updated_at__lt=before).delete()
+    return bool(deleted)
+
+
 # -- blobs -----------------------------------------------------------------------------
 
 

@@ -208,3 +208,28 @@ def sync_directory(run_id: int | None = None) -> dict:
         "trigger": "api" if done.triggered_by else "schedule", **done.summary,
         **({"error": done.error} if done.error else {})})
     return {"sync": done.pk, "status": done.status, **done.summary}
+
+
+@shared_task(acks_late=True)
+def run_pruning(run_id: int) -> str:
+    """Run one pruning run (msr/pruning.py). While the registry is read-only a real run
+    stays waiting and is looked at again every READ_ONLY_JOB_WAIT_SECONDS."""
+    from msr import outbox, pruning, readonly
+    from msr.models import PruningRun
+
+    result = pruning.execute(run_id)
+    if result == "read-only":
+        run = PruningRun.objects.get(pk=run_id)
+        if not run.error:  # one log line per wait, not one per look
+            run.append_log(f"{readonly.MESSAGE}: the run waits and starts when it ends")
+            PruningRun.objects.filter(pk=run_id).update(error="waiting: the registry is in read-only mode")
+        outbox.send(run_pruning, run_id, countdown=settings.READ_ONLY_JOB_WAIT_SECONDS)
+    return result
+
+
+@shared_task
+def schedule_pruning() -> dict:
+    """Beat, every PRUNING_INTERVAL_SECONDS: a real run of every enabled pruning policy."""
+    from msr import pruning
+
+    return {"runs": pruning.due_runs()}

@@ -7,7 +7,7 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from msr.api import accounts, events, meta, repositories, tokens, webhooks
+from msr.api import accounts, events, meta, pruning, repositories, tokens, webhooks
 
 
 @csrf_exempt
@@ -22,6 +22,12 @@ REPO = r"(?P<repository>.+?)"
 AFTER_REPOSITORY = {
     "/teamAccess": repositories.RepositoryTeamAccessList,
     "/teamAccess/(?P<team>[^/]+)": repositories.RepositoryTeamAccess,
+    "/pruningPolicies": pruning.PruningPolicyList,
+    "/pruningPolicies/test": pruning.PruningPolicyTest,
+    r"/pruningPolicies/(?P<policy_id>\d+)": pruning.PruningPolicyDetail,
+    r"/pruningPolicies/(?P<policy_id>\d+)/run": pruning.PruningPolicyRun,
+    "/pruningRuns": pruning.PruningRunList,
+    r"/pruningRuns/(?P<run_id>\d+)": pruning.PruningRunDetail,
     "/tags": repositories.TagList,
     "/tags/(?P<tag>[^/]+)": repositories.TagDetail,
     "": repositories.RepositoryDetail,

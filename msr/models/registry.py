@@ -139,6 +139,8 @@ class Tag(_Pushed):
     name = models.CharField(max_length=128)
     manifest = models.ForeignKey(Manifest, on_delete=models.CASCADE, related_name="tags")
     updated_at = models.DateTimeField(default=timezone.now)
+    # Written in batches with the pull events (msr/events.py): at most a second late.
+    last_pulled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = _Pushed.unique_in_repository("name", "unique_tag_name")

@@ -10,10 +10,10 @@ class Webhook(models.Model):
     """A subscription: POST events of one type, for one repository or a whole namespace,
     to an endpoint, signed with an HMAC of the subscription's secret."""
 
-    TAG_PUSH, TAG_DELETE = "TAG_PUSH", "TAG_DELETE"
+    TAG_PUSH, TAG_DELETE, TAG_PRUNED = "TAG_PUSH", "TAG_DELETE", "TAG_PRUNED"
     MANIFEST_PUSH, MANIFEST_DELETE = "MANIFEST_PUSH", "MANIFEST_DELETE"
     PROMOTION, PUSH_MIRRORING, POLL_MIRRORING = "PROMOTION", "PUSH_MIRRORING", "POLL_MIRRORING"
-    TYPES = [(t, t) for t in (TAG_PUSH, TAG_DELETE, MANIFEST_PUSH, MANIFEST_DELETE,
+    TYPES = [(t, t) for t in (TAG_PUSH, TAG_DELETE, TAG_PRUNED, MANIFEST_PUSH, MANIFEST_DELETE,
                               PROMOTION, PUSH_MIRRORING, POLL_MIRRORING)]
 
     event_type = models.CharField(max_length=20, choices=TYPES)

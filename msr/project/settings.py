@@ -340,6 +340,15 @@ if GC_INTERVAL_SECONDS:
     CELERY_BEAT_SCHEDULE["collect-garbage"] = {"task": "msr.tasks.collect_garbage",
                                                "schedule": GC_INTERVAL_SECONDS}
 
+# Tag pruning (msr/pruning.py): beat runs every enabled pruning policy every
+# MSR_PRUNING_INTERVAL seconds (0: off; runs on demand still work).
+PRUNING_INTERVAL_SECONDS = env_int("MSR_PRUNING_INTERVAL", 24 * 3600)
+if PRUNING_INTERVAL_SECONDS < 0:
+    raise ImproperlyConfigured("MSR_PRUNING_INTERVAL must be 0 (off) or a number of seconds")
+if PRUNING_INTERVAL_SECONDS:
+    CELERY_BEAT_SCHEDULE["schedule-pruning"] = {"task": "msr.tasks.schedule_pruning",
+                                                "schedule": PRUNING_INTERVAL_SECONDS}
+
 # Retention (msr/retention.py): rows older than this many days are deleted by beat every
 # MSR_RETENTION_INTERVAL seconds (0: off) and by `msr manage prune`; 0 days keeps them.
 RETENTION_DAYS = {

@@ -1,7 +1,7 @@
 from django.contrib.auth.decorators import login_required
 from django.urls import path, re_path
 
-from msr.ui import views
+from msr.ui import pruning, views
 
 app_name = "ui"
 
@@ -16,6 +16,9 @@ urlpatterns = [
     re_path(rf"^repositories/{REPO}/tags/(?P<tag>[^/]+)/delete/$", views.delete_tag, name="delete-tag"),
     re_path(rf"^repositories/{REPO}/access/$", views.repository_access, name="repository-access"),
     re_path(rf"^repositories/{REPO}/tag-rules/$", views.repository_tag_rules, name="repository-tag-rules"),
+    re_path(rf"^repositories/{REPO}/pruning/$", pruning.add_policy, name="repository-pruning"),
+    re_path(rf"^repositories/{REPO}/pruning/(?P<policy_id>[0-9]+)/(?P<action>preview|dry-run|run|delete)/$",
+            pruning.policy_action, name="repository-pruning-policy"),
     re_path(rf"^repositories/{REPO}/$", views.repository, name="repository"),
     path("orgs/", views.organizations, name="organizations"),
     path("orgs/<str:org>/", views.organization, name="organization"),

@@ -35,6 +35,7 @@ from msr.signin import note_session
 from msr.exceptions import DomainError, NotFound
 from msr.models import Blob, Event, Repository
 from msr.ui import forms
+from msr.ui import pruning as pruning_section
 
 
 def public_host(request) -> str:
@@ -77,6 +78,7 @@ def _repository_page(request, found, status=200, **extra):
         context["rules_form"] = forms.TagRulesForm(initial={
             "immutable_tags": found.immutable_tags, "tag_limit": found.tag_limit,
             "immutable_tag_patterns": "\n".join(found.immutable_tag_patterns)})
+        context.update(pruning_section.context(found))
     if found.namespace.is_org:
         context["team_access"] = team_access_levels(found.namespace, found)
         if ADMIN in actions:

@@ -213,7 +213,7 @@ def start(policy: PruningPolicy, dry_run: bool, trigger: str, triggered_by: str 
 def _claim(run_id: int) -> PruningRun | None:
     now = timezone.now()
     if not PruningRun.objects.filter(pk=run_id, status=PruningRun.WAITING).update(
-            status=PruningRun.RUNNING, started_at=now):
+            status=PruningRun.RUNNING, started_at=now, error=""):
         return None
     return PruningRun.objects.select_related("repository__namespace", "policy").get(pk=run_id)
 
@@ -237,6 +237,8 @@ def execute(run_id: int) -> str:
         return "skipped"
     try:
         _perform(run)
+    except _Paused:
+        return "read-only"
     except Exception as e:  # the run records its failure; the worker goes on
         log.exception("pruning run %s failed", run.pk)
         run.append_log(f"failed: {e}")
@@ -248,6 +250,10 @@ def execute(run_id: int) -> str:
     return PruningRun.DONE
 
 
+class _Paused(Exception):
+    """Read-only mode began during a real run: it goes back to waiting."""
+
+
 def _perform(run: PruningRun) -> None:
     repository, began = run.repository, run.started_at
     run.append_log(f"{'dry run' if run.dry_run else 'run'} of {run.policy or 'a deleted policy'} "
@@ -256,22 +262,26 @@ def _perform(run: PruningRun) -> None:
     for item in selection.protected:
         run.append_log(f"keeps {item['tag']}: {item['reason']}")
     PruningRun.objects.filter(pk=run.pk).update(candidates=selection.candidates, protected=selection.protected)
-    pruned = []
+    pruned = list(run.pruned or [])  # a run paused by read-only mode goes on where it stopped
     if run.dry_run:
         run.append_log(f"would prune {len(selection.candidates)} tag(s): "
                        + ", ".join(c["tag"] for c in selection.candidates))
     else:
         for item in selection.candidates:
             if readonly.is_read_only():
-                run.append_log(f"{readonly.MESSAGE}: stopped before {item['tag']}")
-                raise RuntimeError("read-only mode began during the run; the next run prunes the rest")
+                # Back to waiting, like a mirroring job: selected again (with a new start
+                # time) when read-only mode ends; what it pruned so far stays counted.
+                run.append_log(f"{readonly.MESSAGE}: paused before {item['tag']}; the run waits")
+                PruningRun.objects.filter(pk=run.pk).update(status=PruningRun.WAITING, started_at=None,
+                                                            pruned=pruned)
+                raise _Paused()
             manifest_id, pushed = selection.seen[item["tag"]]
             if prune_tag(repository, item["tag"], manifest_id, pushed, began, run):
                 pruned.append(item)
                 run.append_log(f"pruned {item['tag']} ({item['digest']})")
             else:
                 run.append_log(f"kept {item['tag']}: pushed, moved or deleted since the run began")
-        run.append_log(f"pruned {len(pruned)} of {len(selection.candidates)} candidate(s)")
+        run.append_log(f"pruned {len(pruned)} tag(s) in all; {len(selection.candidates)} candidate(s) this time")
     PruningRun.objects.filter(pk=run.pk).update(status=PruningRun.DONE, pruned=pruned, finished_at=timezone.now())
 
 

@@ -364,3 +364,26 @@ def test_a_tag_moved_or_pushed_again_after_the_selection_is_not_pruned(repositor
               if pruning.prune_tag(repository, tag, manifest_id, pushed, run_row.started_at, run_row)}
     assert pruned == {"dev-3"}
     assert set(repository.tags.values_list("name", flat=True)) == {"dev-1", "dev-2"}
+
+
+def test_read_only_mode_beginning_during_a_run_pauses_it_and_it_goes_on_after(repository, monkeypatch):
+    from msr import pruning, readonly, services
+    from msr.models import PruningRun
+
+    for tag in ("dev-1", "dev-2", "dev-3"):
+        services.put_manifest(repository, tag, index(tag), OCI_INDEX, None)
+    rules = [{"field": "tag", "operator": "sw", "values": ["dev-"]}]
+    run_row = PruningRun.objects.create(repository=repository, rules=rules)
+    looks = iter([False, False, True])  # before the run, before dev-1, before dev-2: read-only began
+    monkeypatch.setattr(readonly, "is_read_only", lambda: next(looks, False))
+
+    assert pruning.execute(run_row.pk) == "read-only"
+    paused = PruningRun.objects.get(pk=run_row.pk)
+    assert paused.status == PruningRun.WAITING and paused.started_at is None
+    assert names(paused.pruned) == {"dev-1"} and "paused before dev-2" in paused.log
+    assert set(repository.tags.values_list("name", flat=True)) == {"dev-2", "dev-3"}
+
+    assert pruning.execute(run_row.pk) == PruningRun.DONE  # read-only mode ended
+    done = PruningRun.objects.get(pk=run_row.pk)
+    assert names(done.pruned) == {"dev-1", "dev-2", "dev-3"} and not done.error
+    assert not repository.tags.exists()

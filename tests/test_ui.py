@@ -5,6 +5,7 @@ Screenshots of each main page are written to the folder printed at the end of th
 
 import requests
 
+from tests.client import Registry
 from tests.fixtures.ui import browser, check_accessibility_basics, password_sign_in, shot, sign_in  # noqa: F401  (fixtures)
 from tests.images import make_image_layout
 from tests.processes import need, run
@@ -239,3 +240,38 @@ def test_console_says_why_a_cache_is_down_in_a_sentence_and_its_table_fits_the_p
     finally:
         down.delete()
         far.delete()
+
+
+def test_a_repository_admin_adds_a_pruning_policy_and_sees_its_dry_run(sign_in, msr, personas, unique):
+    """The repository page's Pruning section in a browser: a policy from the form, its dry
+    run listing what would go and what is protected, nothing deleted by it."""
+    from msr.models import Repository
+
+    name = f"acme/prune-{unique}"
+    client = Registry(msr, "alice", personas["alice"].token)
+    for tag in ("dev-1", "dev-2", "release-1"):
+        assert client.push_image(name, tag, layers=(f"{tag}-{unique}".encode(),))[1].status_code == 201
+    repository = Repository.objects.get(namespace__name="acme", name=f"prune-{unique}")
+    repository.immutable_tag_patterns = ["dev-2"]
+    repository.save()
+
+    page = sign_in("alice")
+    page.goto(f"/repositories/{name}/")
+    page.get_by_text("New pruning policy").click()
+    page.get_by_label("Rule 1: field").select_option("tag")
+    page.get_by_label("Rule 1: operator").select_option("sw")
+    page.get_by_label("Rule 1: values").fill("dev-")
+    page.get_by_label("Run on the schedule").uncheck()
+    page.get_by_role("button", name="Add pruning policy").click()
+    policies = page.get_by_role("table", name="Pruning policies")
+    policies.get_by_text("tag sw dev-").wait_for()
+    assert "on demand only" in policies.inner_text()
+
+    policies.get_by_role("button", name="Dry run").click()
+    preview = page.get_by_role("status").filter(has_text="Dry run of policy")
+    preview.wait_for()
+    assert "1 tag(s) would be pruned: dev-1" in preview.inner_text(), preview.inner_text()
+    assert "dev-2: immutable" in preview.inner_text(), preview.inner_text()
+    check_accessibility_basics(page)
+    shot(page, "pruning-dry-run")
+    assert set(repository.tags.values_list("name", flat=True)) == {"dev-1", "dev-2", "release-1"}

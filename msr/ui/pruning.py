@@ -33,8 +33,8 @@ class PruningPolicyForm(forms.Form):
             self.fields[f"field_{i}"] = forms.ChoiceField(choices=FIELD_CHOICES, required=False,
                                                           label=f"Rule {i + 1}: field")
             self.fields[f"operator_{i}"] = forms.ChoiceField(choices=OPERATOR_CHOICES, required=False,
-                                                             label="operator")
-            self.fields[f"values_{i}"] = forms.CharField(required=False, label="values",
+                                                             label=f"Rule {i + 1}: operator")
+            self.fields[f"values_{i}"] = forms.CharField(required=False, label=f"Rule {i + 1}: values",
                                                          help_text="comma-separated; ages like 30d or dates")
 
     def clean(self):

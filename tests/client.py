@@ -78,3 +78,15 @@ class Registry:
             document["artifactType"] = artifact_type
         body = json.dumps(document).encode()
         return sha256(body), self.push_manifest(name, reference, body)
+
+
+def signed_in_page_client(user):
+    """Django's test client signed in as `user` as the database has it now: other tests
+    change passwords, and a session made from a stale password hash is signed out at once
+    (the request then redirects to the sign-in page)."""
+    from django.test import Client
+
+    user.refresh_from_db()
+    client = Client()
+    client.force_login(user)
+    return client

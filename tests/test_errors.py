@@ -6,7 +6,7 @@ import json
 
 import pytest
 from django.db import DatabaseError
-from django.test import Client, RequestFactory
+from django.test import RequestFactory
 from rest_framework.test import APIClient
 
 from msr import exceptions, services
@@ -14,6 +14,7 @@ from msr.api.errors import exception_handler
 from msr.manifests import OCI_INDEX
 from msr.registry.base import DOMAIN_ERRORS, RegistryView, registry_error
 from protocol.errors import error_body
+from tests.client import signed_in_page_client
 
 DIGEST = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64
@@ -107,13 +108,6 @@ def test_the_rest_api_handler_leaves_other_errors_to_drf():
     assert exception_handler(ValueError("a bug"), {}) is None  # a 500, as before
 
 
-def _fresh(user):
-    """The persona as the database has it now: other tests change passwords, and a session
-    made from a stale password hash is signed out at once."""
-    user.refresh_from_db()
-    return user
-
-
 @pytest.fixture
 def tagged(personas, unique):
     """acme/errors-<unique> with tag v1 on an empty index (no blobs to upload)."""
@@ -151,9 +145,7 @@ def admin_page(personas, unique):
     from caches.models import ContentCache
 
     cache = ContentCache.objects.create(name=f"errors{unique}", region="Nowhere", url="http://127.0.0.1:9")
-    client = Client()
-    client.force_login(_fresh(personas["admin"].user))
-    yield client, cache
+    yield signed_in_page_client(personas["admin"].user), cache
     cache.delete()
 
 
@@ -189,8 +181,7 @@ def test_the_page_deleting_a_tag_another_request_deleted_meanwhile_says_so(perso
         return delete_manifest(name, reference, user)
 
     monkeypatch.setattr(services, "delete_manifest", after_another_request)
-    client = Client()
-    client.force_login(_fresh(personas["alice"].user))
+    client = signed_in_page_client(personas["alice"].user)
     response = client.post(f"/repositories/{tagged.full_name}/tags/v1/delete/", follow=True)
     assert response.status_code == 200
     assert "Tag v1 was already deleted." in response.content.decode()

@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from msr import services
 from msr.exceptions import ImmutableTag, TagLimitReached
 from msr.manifests import OCI_INDEX
-from tests.client import Registry
+from tests.client import Registry, signed_in_page_client
 from tests.deployments import wait_for
 from tests.fixtures.webhooks import msr_on_redis  # noqa: F401  (fixture)
 from tests.images import make_image_layout
@@ -279,11 +279,7 @@ def test_the_api_refuses_to_delete_an_immutable_tag_except_for_a_system_admin(re
 
 
 def _page(user):
-    from django.test import Client
-
-    client = Client()
-    client.force_login(user)
-    return client
+    return signed_in_page_client(user)
 
 
 def test_the_settings_page_saves_the_tag_rules_and_shows_them(repository, personas):

@@ -15,7 +15,7 @@ from datetime import datetime
 import pytest
 
 from msr.manifests import OCI_INDEX
-from tests.client import Registry
+from tests.client import Registry, signed_in_page_client
 from tests.deployments import Deployment, wait_for
 
 REDIS = os.environ.get("MSR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11").rpartition("/")[0] + "/6"
@@ -300,11 +300,7 @@ def repository(personas, unique):
 
 
 def _page_client(persona):
-    from django.test import Client
-
-    web = Client()
-    web.force_login(persona.user)
-    return web
+    return signed_in_page_client(persona.user)
 
 
 def test_a_repository_admin_adds_a_policy_and_sees_its_dry_run_on_the_page(repository, personas):

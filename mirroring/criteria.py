@@ -3,7 +3,7 @@
 import re
 from datetime import datetime
 
-from msr.references import is_valid_tag
+from msr.references import bad_pattern, is_valid_tag, tag_rule_holds
 
 OPERATORS = {
     "eq": "equals", "sw": "starts with", "ew": "ends with", "c": "contains",
@@ -33,36 +33,15 @@ def validate_rules(rules) -> list[dict]:
         if (not isinstance(values, list) or not values
                 or not all(isinstance(v, str) and v for v in values)):
             raise ValueError(f"rule {i}: values must be a non-empty list of non-empty strings")
-        if operator == "matches":
-            for v in values:
-                try:
-                    re.compile(v)
-                except re.error as e:
-                    raise ValueError(f"rule {i}: {v!r} is not a regular expression: {e}") from None
+        if operator == "matches" and (problem := bad_pattern(values)):
+            raise ValueError(f"rule {i}: {problem}")
         clean.append({"field": field, "operator": operator, "values": list(values)})
     return clean
 
 
-def _holds(rule: dict, tag: str) -> bool:
-    operator, values = rule["operator"], rule["values"]
-    if operator == "eq" or operator == "oneof":
-        return tag in values
-    if operator == "noneof":
-        return tag not in values
-    if operator == "sw":
-        return any(tag.startswith(v) for v in values)
-    if operator == "ew":
-        return any(tag.endswith(v) for v in values)
-    if operator == "c":
-        return any(v in tag for v in values)
-    if operator == "matches":  # like grep: anchor with ^ and $ to match the whole tag
-        return any(re.search(v, tag) for v in values)
-    return False
-
-
 def matches(rules: list[dict], tag: str) -> bool:
     """True if every rule holds for `tag` (no rules: every tag)."""
-    return all(_holds(rule, tag) for rule in rules)
+    return all(tag_rule_holds(rule["operator"], rule["values"], tag) for rule in rules)
 
 
 def validate_template(template: str) -> str:

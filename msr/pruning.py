@@ -37,6 +37,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from msr import extensions, readonly, services, signals
 from msr.models import Manifest, PruningPolicy, PruningRun, Repository, Tag, Webhook
+from msr.references import bad_pattern, tag_rule_holds
 
 log = logging.getLogger(__name__)
 
@@ -96,28 +97,10 @@ def validate_rules(rules) -> list[dict]:
             if len(values) != 1 or _parse_moment(values[0]) is None:
                 raise InvalidRules(f"rule {i}: {name} takes one value, an age like 30d, 12h, 2w "
                                    f"or a date like 2026-01-31")
-        elif operator == "matches":
-            for v in values:
-                try:
-                    re.compile(v)
-                except re.error as e:
-                    raise InvalidRules(f"rule {i}: {v!r} is not a regular expression: {e}") from None
+        elif operator == "matches" and (problem := bad_pattern(values)):
+            raise InvalidRules(f"rule {i}: {problem}")
         clean.append({"field": name, "operator": operator, "values": list(values)})
     return clean
-
-
-def _tag_holds(operator: str, values: list[str], tag: str) -> bool:
-    if operator in ("eq", "oneof"):
-        return tag in values
-    if operator in ("neq", "noneof"):
-        return tag not in values
-    if operator == "sw":
-        return any(tag.startswith(v) for v in values)
-    if operator == "ew":
-        return any(tag.endswith(v) for v in values)
-    if operator == "c":
-        return any(v in tag for v in values)
-    return any(re.search(v, tag) for v in values)  # matches
 
 
 def _time_holds(operator: str, value: str, moment: datetime | None, now: datetime) -> bool:
@@ -135,7 +118,7 @@ def holds(rules: list[dict], tag: str, pushed_at: datetime | None, pulled_at: da
     for rule in rules:
         operator, values = rule["operator"], rule["values"]
         if rule["field"] == "tag":
-            ok = _tag_holds(operator, values, tag)
+            ok = tag_rule_holds(operator, values, tag)
         else:
             ok = _time_holds(operator, values[0], pushed_at if rule["field"] == "last_pushed" else pulled_at, now)
         if not ok:

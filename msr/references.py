@@ -48,3 +48,32 @@ def new_hasher(digest_or_algorithm: str = "sha256"):
 
 def digest_of(data: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def tag_rule_holds(operator: str, values: list[str], tag: str) -> bool:
+    """One rule on a tag name (MSR's rule engine), shared by mirroring and promotion
+    policies (mirroring/criteria.py) and pruning policies (msr/pruning.py); each validates
+    which operators it accepts. `matches` is a search, like grep: anchor with ^ and $."""
+    if operator in ("eq", "oneof"):
+        return tag in values
+    if operator in ("neq", "noneof"):
+        return tag not in values
+    if operator == "sw":
+        return any(tag.startswith(v) for v in values)
+    if operator == "ew":
+        return any(tag.endswith(v) for v in values)
+    if operator == "c":
+        return any(v in tag for v in values)
+    if operator == "matches":
+        return any(re.search(v, tag) for v in values)
+    return False  # an operator the policy's validation never lets through
+
+
+def bad_pattern(values: list[str]) -> str | None:
+    """Why one of these regular expressions (a `matches` rule's values) does not compile."""
+    for value in values:
+        try:
+            re.compile(value)
+        except re.error as e:
+            return f"{value!r} is not a regular expression: {e}"
+    return None

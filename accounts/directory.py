@@ -40,16 +40,10 @@ class DirectoryBackend(LDAPBackend):
         names = ldap_user.attrs.get(settings.LDAP_ATTR_USERNAME) or [username]
         name = names[0].lower()
         user = User.objects.filter(username=name).first()
+        if reason := why_no_account(name, user):
+            raise _refused(reason)
         if user is not None:
-            if user.source != User.DIRECTORY:
-                raise _refused(f"{name!r} is a local account")
             return user, False
-        if Namespace.objects.filter(name=name).exists():
-            raise _refused(f"the name {name!r} is taken by an organization")
-        try:
-            Namespace._meta.get_field("name").run_validators(name)
-        except ValidationError:
-            raise _refused(f"{name!r} is not a valid MSR user name (a namespace name)") from None
         return User(username=name, source=User.DIRECTORY), True
 
     def authenticate_ldap_user(self, ldap_user, password):
@@ -57,6 +51,27 @@ class DirectoryBackend(LDAPBackend):
         if user is not None and not Namespace.objects.filter(user=user).exists():
             Namespace.objects.create(name=user.username, user=user, full_name=user.full_name)
         return user
+
+
+def why_no_account(name: str, user: User | None) -> str | None:
+    """Why the directory's `name` cannot be (or become) a directory user's account in MSR,
+    `user` being the account of that name if any; None when it can. The sign-in and the
+    team sync (accounts/directory_sync.py) follow the same rules."""
+    if user is not None:
+        return None if user.source == User.DIRECTORY else f"{name!r} is a local account"
+    if Namespace.objects.filter(name=name).exists():
+        return f"the name {name!r} is taken by an organization"
+    try:
+        Namespace._meta.get_field("name").run_validators(name)
+    except ValidationError:
+        return f"{name!r} is not a valid MSR user name (a namespace name)"
+    return None
+
+
+def describe(error: ldap.LDAPError) -> str:
+    """libldap's reason for an LDAPError (never a password)."""
+    reason = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+    return "; ".join(str(reason[k]) for k in ("desc", "info") if reason.get(k)) or type(error).__name__
 
 
 def _refused(reason: str) -> Exception:
@@ -79,8 +94,7 @@ def _refuse_when_unreachable(sender, context, exception, **kwargs):
     reason (no connection, certificate not trusted, MSR's bind refused), never a password."""
     if context not in _SIGN_IN_CONTEXTS:
         return
-    reason = exception.args[0] if exception.args and isinstance(exception.args[0], dict) else {}
-    detail = "; ".join(str(reason[k]) for k in ("desc", "info") if reason.get(k)) or type(exception).__name__
+    detail = describe(exception)
     if isinstance(exception, ldap.SERVER_DOWN) and _uses_tls():
         # libldap reports a certificate it does not trust as "Can't contact LDAP server".
         detail += " (or its TLS certificate is not trusted: check MSR_LDAP_CA_FILE and the host name in MSR_LDAP_URL)"

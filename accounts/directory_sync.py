@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 import ldap
 import ldap.dn
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from ldap.cidict import cidict
@@ -34,6 +33,7 @@ from ldap.controls import SimplePagedResultsControl
 from ldap.filter import escape_filter_chars
 
 from accounts import services, teamsync
+from accounts.directory import describe, why_no_account
 from accounts.models import DirectorySync, Namespace, Team, User
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,6 @@ class Plan:
     admins: set[str] | None = None  # None: no admin group configured
 
 
-def _describe(error: ldap.LDAPError) -> str:
-    info = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
-    return "; ".join(str(info[k]) for k in ("desc", "info") if info.get(k)) or type(error).__name__
-
-
 class _Directory:
     def __init__(self):
         try:
@@ -83,7 +78,7 @@ class _Directory:
                 self.connection.start_tls_s()
             self.connection.simple_bind_s(settings.AUTH_LDAP_BIND_DN, settings.AUTH_LDAP_BIND_PASSWORD)
         except ldap.LDAPError as e:
-            raise Unreachable(_describe(e)) from None
+            raise Unreachable(describe(e)) from None
         search = settings.AUTH_LDAP_USER_SEARCH
         self.user_base, self.user_scope, self.user_filter = search.base_dn, search.scope, search.filterstr
         self.name_attribute = settings.LDAP_ATTR_USERNAME
@@ -207,7 +202,7 @@ def read(run_log) -> Plan:
                 plan.teams[team.pk] = names
                 run_log(f"team {team}: {len(names)} member(s) in the directory")
             except (ldap.NO_SUCH_OBJECT, ldap.FILTER_ERROR, ldap.INVALID_DN_SYNTAX) as e:
-                reason = "the group is not in the directory" if isinstance(e, ldap.NO_SUCH_OBJECT) else _describe(e)
+                reason = "the group is not in the directory" if isinstance(e, ldap.NO_SUCH_OBJECT) else describe(e)
                 plan.team_errors[team.pk] = reason
                 run_log(f"team {team}: not synced, {reason}; its members stay as they are")
         admin_group = settings.LDAP_ADMIN_GROUP
@@ -220,7 +215,7 @@ def read(run_log) -> Plan:
             raise Unreachable(f"the user search finds none of MSR's {len(known)} directory users (check "
                               "MSR_LDAP_USER_SEARCH_BASE and MSR_LDAP_USER_FILTER); nobody is deactivated on that")
     except ldap.LDAPError as e:
-        raise Unreachable(_describe(e)) from None
+        raise Unreachable(describe(e)) from None
     finally:
         directory.close()
     return plan
@@ -229,23 +224,15 @@ def read(run_log) -> Plan:
 def _account(person: Person, run_log) -> User | None:
     """The directory user's account, created on first sight as a directory sign-in would."""
     user = User.objects.filter(username=person.name).first()
+    if reason := why_no_account(person.name, user):
+        run_log(f"{person.name}: {reason}; not added")
+        return None
     if user is not None:
-        if user.source != User.DIRECTORY:
-            run_log(f"{person.name}: a {user.get_source_display()} account has this name; not added")
-            return None
         changed = [f for f, v in (("full_name", person.full_name), ("email", person.email)) if getattr(user, f) != v]
         if changed:
             user.full_name, user.email = person.full_name, person.email
             user.save(update_fields=changed)
         return user
-    try:
-        Namespace._meta.get_field("name").run_validators(person.name)
-    except ValidationError:
-        run_log(f"{person.name}: not a valid MSR user name (a namespace name); not added")
-        return None
-    if Namespace.objects.filter(name=person.name).exists():
-        run_log(f"{person.name}: the name is taken by an organization; not added")
-        return None
     user = User(username=person.name, source=User.DIRECTORY, full_name=person.full_name, email=person.email)
     user.set_unusable_password()
     user.save()

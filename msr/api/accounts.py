@@ -329,16 +329,29 @@ class TeamSyncSerializer(serializers.Serializer):
             return {"sync_kind": "", "sync_value": ""}
         if not value:
             raise serializers.ValidationError({"value": ["Say which group (or filter) the members come from."]})
+        if problem := unconfigured(kind):
+            raise serializers.ValidationError({"kind": [problem]})
         if kind in (Team.LDAP_GROUP, Team.LDAP_FILTER):
-            if not settings.LDAP_URL:
-                raise serializers.ValidationError({"kind": ["No company directory is configured (MSR_LDAP_URL)."]})
             from accounts.directory_sync import valid_binding
 
             if problem := valid_binding(kind, value):
                 raise serializers.ValidationError({"value": [problem]})
-        if kind == Team.SSO_GROUP and not settings.OIDC_ISSUER:
-            raise serializers.ValidationError({"kind": ["Single sign-on is not configured (MSR_OIDC_ISSUER)."]})
         return data
+
+
+def unconfigured(kind: str) -> str | None:
+    """Why this deployment cannot serve a team binding of `kind` (None: it can)."""
+    if kind in (Team.LDAP_GROUP, Team.LDAP_FILTER) and not settings.LDAP_URL:
+        return "No company directory is configured (MSR_LDAP_URL)."
+    if kind == Team.SSO_GROUP and not settings.OIDC_ISSUER:
+        return "Single sign-on is not configured (MSR_OIDC_ISSUER)."
+    return None
+
+
+def usable_binding_kinds() -> list[tuple[str, str]]:
+    """The bindings the organization page offers: none without a directory or single sign-on."""
+    bound = [(kind, label) for kind, label in Team.SYNC_KINDS if kind and not unconfigured(kind)]
+    return [Team.SYNC_KINDS[0], *bound] if bound else []  # SYNC_KINDS[0]: managed in MSR
 
 
 class TeamSerializer(serializers.Serializer):

@@ -28,7 +28,7 @@ from msr.access import (
     is_org_member, is_org_owner, may_create_in, organization_or_404, repository_for, team_access_levels,
     team_or_404,
 )
-from msr.api.accounts import TeamSyncSerializer, bind_team, queue_directory_sync
+from msr.api.accounts import TeamSyncSerializer, bind_team, queue_directory_sync, usable_binding_kinds
 from msr.api.repositories import create_repository, describe_tag, record_tag_rules
 from msr.events import record
 from msr.signin import note_session
@@ -203,20 +203,12 @@ def organization(request, org):
     }
     if owner:
         context.update(
-            binding_kinds=_binding_kinds(),
+            binding_kinds=usable_binding_kinds(),
             member_form=forms.MemberForm(prefix="member"), team_form=forms.TeamForm(prefix="team"),
             access_form=forms.RepositoryTeamAccessForm(prefix="access", teams=found.teams.order_by("name"),
                                                        repositories=repositories_),
         )
     return render(request, "ui/organization.html", context)
-
-
-def _binding_kinds() -> list[tuple[str, str]]:
-    """The team bindings this deployment can serve; none without a directory or single sign-on."""
-    usable = {Team.LDAP_GROUP, Team.LDAP_FILTER} if settings.LDAP_URL else set()
-    if settings.OIDC_ISSUER:
-        usable.add(Team.SSO_GROUP)
-    return [(k, label) for k, label in Team.SYNC_KINDS if k in usable or (usable and k == Team.MANUAL)]
 
 
 @login_required

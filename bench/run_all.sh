@@ -1,30 +1,34 @@
 #!/usr/bin/env bash
-# Run the three benchmarks one after the other and write the results as markdown to
+# Run the four benchmarks one after the other and write the results as markdown to
 # bench/results/<UTC timestamp>.md (the scripts' progress log goes next to it as .log).
 #
 #   push_pull.sh        skopeo push/pull, 1 GiB single-layer and 10 x 50 MiB images, peak RSS
 #   blob_throughput.sh  200 MiB blob GET, 1/4/8 curl clients, nginx as the ceiling
 #   manifest_rps.sh     wrk on GET manifest by tag, 1 and 16 connections
+#   region.sh           cache node on local disk / on a shared S3 store (moto) / a region of
+#                       two nodes behind nginx: hit MiB/s, first-byte times, a herd's upstream bytes
 #
-# Usage: ./run_all.sh [--quick] [--pp 'ARGS'] [--blob 'ARGS'] [--manifest 'ARGS']
+# Usage: ./run_all.sh [--quick] [--pp 'ARGS'] [--blob 'ARGS'] [--manifest 'ARGS'] [--region 'ARGS']
 #          [--out DIR] [common options, passed to every script]
 #   --quick        small sizes and short runs (a smoke test, ~1 min)
-#   --pp/--blob/--manifest  extra arguments for one script, e.g. --manifest '--conns "1 16 64"'
+#   --pp/--blob/--manifest/--region  extra arguments for one script, e.g. --manifest '--conns "1 16 64"'
 #   --out DIR      where results go (default bench/results)
 # Common options (--msr-bin, --msr-url/--msr-creds/--msr-pid, --db, --pg-url, ...) are
 # described in each script's --help. Every script starts (and stops) its own MSR and
-# docker-registry unless --msr-url is given. Default run: about 5-8 minutes on 2 cores.
+# docker-registry unless --msr-url is given (region.sh always starts its own MSR and is
+# skipped with --msr-url). Default run: about 9-12 minutes on 2 cores.
 set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
 ORIG_ARGS="$*"
-QUICK=0; PP_ARGS=""; BLOB_ARGS=""; MAN_ARGS=""; OUT="$BENCH_DIR/results"; COMMON=()
+QUICK=0; PP_ARGS=""; BLOB_ARGS=""; MAN_ARGS=""; REGION_ARGS=""; OUT="$BENCH_DIR/results"; COMMON=()
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1; shift;;
     --pp) PP_ARGS=$2; shift 2;;
     --blob) BLOB_ARGS=$2; shift 2;;
     --manifest) MAN_ARGS=$2; shift 2;;
+    --region) REGION_ARGS=$2; shift 2;;
     --out) OUT=$2; shift 2;;
     -h|--help) usage; exit 0;;
     *) common_opt "$@" || die "unknown argument $1 (see --help)"; COMMON+=("${@:1:$COMMON_SHIFT}"); shift "$COMMON_SHIFT";;
@@ -35,6 +39,7 @@ if [ "$QUICK" = 1 ]; then
   PP_ARGS="--size-mb 64 --layers 3 --layer-mb 8 --rounds 1 $PP_ARGS"
   BLOB_ARGS="--size-mb 32 --rounds 2 $BLOB_ARGS"
   MAN_ARGS="--duration 3 $MAN_ARGS"
+  REGION_ARGS="--layer-mb 8 --runs 2 --herd 8 --cold 1 --ttfb-reps 2 $REGION_ARGS"
 fi
 
 mkdir -p "$OUT"
@@ -75,6 +80,11 @@ run() {  # run NAME SCRIPT ARGSTRING
 run push_pull push_pull.sh "$PP_ARGS"
 run blob_throughput blob_throughput.sh "$BLOB_ARGS"
 run manifest_rps manifest_rps.sh "$MAN_ARGS"
+if [ -n "$MSR_URL_ARG" ]; then
+  { echo "## region: skipped"; echo; echo "region.sh starts its own MSR (it registers the nodes' cache there); not run with --msr-url."; echo; } >>"$RES"
+else
+  run region region.sh "--no-save $REGION_ARGS"
+fi
 
 log "results: $RES"
 cat "$RES"

@@ -91,12 +91,13 @@ class Nginx:
 
     def access(self) -> list[dict]:
         """The requests nginx answered, one dict a request (request, status, bytes,
-        upstream: the node(s) asked, upstream_status)."""
+        upstream: the node(s) asked, upstream_status). Clients of an insecure registry try
+        TLS first: nginx logs their ClientHello as a request line of raw bytes."""
         try:
-            lines = (self.prefix / "access.log").read_text().splitlines()
+            text = (self.prefix / "access.log").read_text(errors="replace")
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in lines if line.strip()]
+        return [json.loads(line) for line in text.split("\n")[:-1]]  # the last: empty, or being written
 
     def stop(self) -> None:
         self.process.stop()

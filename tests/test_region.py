@@ -76,9 +76,15 @@ def blob_url(base: str, digest: str) -> str:
     return f"{base}/v2/{REPO}/blobs/{digest}"
 
 
+def crossed(upstream: FaultProxy, since: int) -> list:
+    """What reached MSR from the region since `since` (without the grants in the query)."""
+    return [(method, path.split("?")[0], status) for method, path, status in upstream.seen[since:]]
+
+
 def fetched(upstream: FaultProxy, since: int, digest: str) -> list:
     """The blob GETs of `digest` that reached MSR since `since`."""
-    return [entry for entry in upstream.seen[since:] if entry[0] == "GET" and f"/blobs/{digest}" in entry[1]]
+    return [(method, path, status) for method, path, status in crossed(upstream, since)
+            if method == "GET" and path.endswith(f"/blobs/{digest}")]
 
 
 def wait_for(predicate, seconds=20, step=0.2):
@@ -113,7 +119,7 @@ def test_fifty_cold_requests_spread_over_every_node_make_one_upstream_fetch(regi
         thread.join()
 
     assert results == [(200, digest[7:])] * 50
-    assert len(fetched(upstream, since, digest)) == 1, upstream.seen[since:]
+    assert len(fetched(upstream, since, digest)) == 1, crossed(upstream, since)
     served = Counter(entry["upstream"] for entry in region.nginx.access()[logged:] if digest in entry["request"])
     assert set(served) == {node.address for node in region.nodes}, served  # every node answered some
     assert region.blob_keys(digest) == [region.blob_key(digest)]
@@ -191,7 +197,7 @@ def test_a_filler_killed_mid_fill_publishes_nothing_and_another_node_takes_over(
         assert region.blob(digest) == data
         assert region.blob_keys(digest) == [region.blob_key(digest)]
         # The killed fill and the one that took over: nothing else crossed.
-        assert len(fetched(upstream, since, digest)) == 2, upstream.seen[since:]
+        assert len(fetched(upstream, since, digest)) == 2, crossed(upstream, since)
     finally:
         upstream.download_bytes_per_second = 0
         if filler.process.popen.poll() is not None:
@@ -211,9 +217,13 @@ def test_the_bucket_stays_within_the_regions_budget_whichever_node_fills(region,
     assert wait_for(lambda: region.blobs_size() <= BUDGET, 20), region.blobs_size()
     kept = [digest for digest in digests if region.blob_keys(digest)]
     assert digests[-1] in kept and len(kept) < len(digests), kept  # the least recently used went
-    stats = requests.get(f"{region.url}/stats", timeout=5).json()
-    assert stats["store"] == region.store and stats["region"]["budget"] == BUDGET
-    assert stats["disk_used"] <= BUDGET
+    # What MSR's health check reads through the one address: the region's bytes and budget
+    # (the nodes' view of the bucket may trail it by a heartbeat).
+    def stats():
+        return requests.get(f"{region.url}/stats", timeout=5).json()
+
+    assert stats()["store"] == region.store and stats()["region"]["budget"] == BUDGET
+    assert wait_for(lambda: stats()["disk_used"] <= BUDGET, 15), stats()
 
 
 def test_a_purge_through_the_regions_address_removes_the_blob_for_every_node(region, upstream, msr, personas):
@@ -287,7 +297,7 @@ def _image(msr, personas, unique, tmp_path, mode) -> dict:
 
 def _assert_filled_once_through_the_region(region, upstream, since, logged, image):
     for digest in image["blobs"]:
-        assert len(fetched(upstream, since, digest)) == 1, (digest, upstream.seen[since:])
+        assert len(fetched(upstream, since, digest)) == 1, (digest, crossed(upstream, since))
         assert region.blob_keys(digest) == [region.blob_key(digest)]
         answered = [entry for entry in region.nginx.access()[logged:]
                     if f"/blobs/{digest}" in entry["request"] and entry["request"].startswith("GET ")]

@@ -6,6 +6,7 @@ the test gives (a FaultProxy in front of MSR, which counts and can slow the fill
 Every process is started here and stopped by its process id."""
 
 import grp
+import hashlib
 import json
 import os
 import pwd
@@ -200,6 +201,11 @@ class Region:
 
     def blob(self, digest: str) -> bytes | None:
         return self._get(self.blob_key(digest))
+
+    def stored(self, digest: str) -> str | None:
+        """The digest of the bytes the bucket holds for `digest` (None: no object)."""
+        data = self.blob(digest)
+        return None if data is None else "sha256:" + hashlib.sha256(data).hexdigest()
 
     def lease(self, digest: str) -> dict | None:
         """The digest's fill lease ({"owner", "node", "url", "expires", "length"}), if held."""

@@ -209,6 +209,9 @@ def test_a_filler_killed_mid_fill_publishes_nothing_and_another_node_takes_over(
 
 
 def test_the_bucket_stays_within_the_regions_budget_whichever_node_fills(region, msr, personas):
+    from caches.models import ContentCache
+    from caches.tasks import check_cache
+
     layers = [os.urandom(3 << 20) for _ in range(5)]  # 15 MiB for a 12 MiB region
     digests = [push(msr, personas, data) for data in layers]
     for data, digest in zip(layers, digests):  # round robin: through different nodes
@@ -225,6 +228,9 @@ def test_the_bucket_stays_within_the_regions_budget_whichever_node_fills(region,
 
     assert stats()["store"] == region.store and stats()["region"]["budget"] == BUDGET
     assert wait_for(lambda: stats()["disk_used"] <= BUDGET, 15), stats()
+    cache = ContentCache.objects.get(name=NAME)
+    assert check_cache(cache), ContentCache.objects.get(name=NAME).last_error
+    assert 0 < cache.metrics.latest("at").disk_used <= BUDGET
 
 
 def test_a_purge_through_the_regions_address_removes_the_blob_for_every_node(region, upstream, msr, personas):

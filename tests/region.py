@@ -207,6 +207,14 @@ class Region:
         data = self.blob(digest)
         return None if data is None else "sha256:" + hashlib.sha256(data).hexdigest()
 
+    def wait_stored(self, digest: str, timeout=15) -> str | None:
+        """`stored`, once the object is there: a filler writes it to the bucket after its
+        clients got their (verified) bodies from its local copy, so it lands a moment later."""
+        deadline = time.monotonic() + timeout
+        while (found := self.stored(digest)) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return found
+
     def lease(self, digest: str) -> dict | None:
         """The digest's fill lease ({"owner", "node", "url", "expires", "length"}), if held."""
         document = self._get(f"{self.prefix}/leases/{digest.replace(':', '-')}.json")

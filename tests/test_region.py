@@ -122,8 +122,8 @@ def test_fifty_cold_requests_spread_over_every_node_make_one_upstream_fetch(regi
     assert len(fetched(upstream, since, digest)) == 1, crossed(upstream, since)
     served = Counter(entry["upstream"] for entry in region.nginx.access()[logged:] if digest in entry["request"])
     assert set(served) == {node.address for node in region.nodes}, served  # every node answered some
+    assert region.wait_stored(digest) == digest
     assert region.blob_keys(digest) == [region.blob_key(digest)]
-    assert region.stored(digest) == digest
     # The nodes' own account agrees: one of them fetched, once.
     assert wait_for(lambda: region.own_upstream_fetches() - own_before == 1, 5)
     assert region.own_upstream_fetches() - own_before == 1
@@ -195,7 +195,7 @@ def test_a_filler_killed_mid_fill_publishes_nothing_and_another_node_takes_over(
             return response.status_code == 200 and whole
 
         assert wait_for(pull_succeeds, 30, 0.5), attempts
-        assert region.stored(digest) == digest
+        assert region.wait_stored(digest) == digest
         assert region.blob_keys(digest) == [region.blob_key(digest)]
         # The killed fill and the one that took over: nothing else crossed.
         assert len(fetched(upstream, since, digest)) == 2, crossed(upstream, since)
@@ -218,6 +218,7 @@ def test_the_bucket_stays_within_the_regions_budget_whichever_node_fills(region,
         response = requests.get(blob_url(region.url, digest), timeout=60,
                                 params={"grant": blob_grant(cache=NAME, repo=REPO, digest=digest)})
         assert response.status_code == 200 and sha256(response.content) == digest
+        assert region.wait_stored(digest) == digest
     assert wait_for(lambda: region.blobs_size() <= BUDGET, 20), region.blobs_size()
     kept = [digest for digest in digests if region.blob_keys(digest)]
     assert digests[-1] in kept and len(kept) < len(digests), kept  # the least recently used went
@@ -241,7 +242,7 @@ def test_a_purge_through_the_regions_address_removes_the_blob_for_every_node(reg
     grant = {"grant": blob_grant(cache=NAME, repo=REPO, digest=digest)}
     logged = len(region.nginx.access())
     assert sha256(requests.get(blob_url(region.url, digest), params=grant, timeout=60).content) == digest
-    assert region.stored(digest) == digest
+    assert region.wait_stored(digest) == digest
     filled_by = next(entry["upstream"] for entry in region.nginx.access()[logged:] if digest in entry["request"])
 
     admin = requests.Session()
@@ -261,7 +262,7 @@ def test_a_purge_through_the_regions_address_removes_the_blob_for_every_node(reg
         response = requests.get(blob_url(node.url, digest), params=grant, timeout=60)
         assert (response.status_code, sha256(response.content)) == (200, digest), node
     assert len(fetched(upstream, since, digest)) == 1
-    assert region.stored(digest) == digest
+    assert region.wait_stored(digest) == digest
 
 
 # -- registry clients, both ways ---------------------------------------------------------------
@@ -305,6 +306,7 @@ def _image(msr, personas, unique, tmp_path, mode) -> dict:
 def _assert_filled_once_through_the_region(region, upstream, since, logged, image):
     for digest in image["blobs"]:
         assert len(fetched(upstream, since, digest)) == 1, (digest, crossed(upstream, since))
+        assert region.wait_stored(digest) == digest
         assert region.blob_keys(digest) == [region.blob_key(digest)]
         answered = [entry for entry in region.nginx.access()[logged:]
                     if f"/blobs/{digest}" in entry["request"] and entry["request"].startswith("GET ")]

@@ -147,6 +147,9 @@ class Region:
 
     def start(self, node: Node) -> None:
         """Start (or start again, on its data dir and port) one node of the region."""
+        if node.process is not None:  # again: the log of the previous run stays beside it
+            log = node.process.log_path
+            log.rename(log.with_name(f"{log.stem}.{time.time_ns()}.log"))
         env = {"MSR_CACHE_S3_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
                "MSR_CACHE_S3_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
                "MSR_CACHE_EVICT_INTERVAL": str(self.evict_interval)}

@@ -155,6 +155,18 @@ def test_a_filler_killed_mid_fill_publishes_nothing_and_another_node_takes_over(
         finally:
             bodies[label] = bytes(body)
 
+    # Whatever the bucket holds for the digest at any moment is the right bytes (or nothing).
+    watching, wrong = threading.Event(), []
+
+    def watch():
+        while not watching.is_set():
+            found = region.stored(digest)
+            if found not in (None, digest):
+                wrong.append(found)
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     upstream.download_bytes_per_second = 1 << 20  # four seconds for the layer
     try:
         readers = [threading.Thread(target=read, args=("filler", blob_url(filler.url, digest)))]
@@ -199,7 +211,11 @@ def test_a_filler_killed_mid_fill_publishes_nothing_and_another_node_takes_over(
         assert region.blob_keys(digest) == [region.blob_key(digest)]
         # The killed fill and the one that took over: nothing else crossed.
         assert len(fetched(upstream, since, digest)) == 2, crossed(upstream, since)
+        watching.set()
+        watcher.join()
+        assert wrong == []
     finally:
+        watching.set()
         upstream.download_bytes_per_second = 0
         if filler.process.popen.poll() is not None:
             region.start(filler)  # back on its data dir and port, for the tests that follow
@@ -214,11 +230,14 @@ def test_the_bucket_stays_within_the_regions_budget_whichever_node_fills(region,
 
     layers = [os.urandom(3 << 20) for _ in range(5)]  # 15 MiB for a 12 MiB region
     digests = [push(msr, personas, data) for data in layers]
+    logged = len(region.nginx.access())
     for data, digest in zip(layers, digests):  # round robin: through different nodes
         response = requests.get(blob_url(region.url, digest), timeout=60,
                                 params={"grant": blob_grant(cache=NAME, repo=REPO, digest=digest)})
         assert response.status_code == 200 and sha256(response.content) == digest
         assert region.wait_stored(digest) == digest
+    fillers = {entry["upstream"] for entry in region.nginx.access()[logged:] if "/blobs/" in entry["request"]}
+    assert len(fillers) > 1, fillers
     assert wait_for(lambda: region.blobs_size() <= BUDGET, 20), region.blobs_size()
     kept = [digest for digest in digests if region.blob_keys(digest)]
     assert digests[-1] in kept and len(kept) < len(digests), kept  # the least recently used went

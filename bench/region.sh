@@ -10,8 +10,8 @@
 #            nodes); hits streamed
 #   regionr  the same with --s3-redirect (its own prefix)
 # Each setup has its own store (data dir or prefix), so every setup starts cold. The bucket
-# is moto's standalone S3 emulator (moto_server from <checkout>/.venv/bin), one for all
-# setups. All nodes share one --name, registered in MSR; their --upstream is a counting
+# is moto's S3 emulator (from <checkout>/.venv), one for all setups, with atomic
+# conditional writes (see --plain-moto). All nodes share one --name, registered in MSR; their --upstream is a counting
 # proxy in front of MSR (latency_proxy.py, no delay, no cap): it counts the bytes and the
 # blob GETs the nodes fetch from MSR.
 #
@@ -33,12 +33,15 @@
 # size and the number of redirects checked); aggregate MiB/s = bytes / wall time of the
 # batch; min / median / max over the rounds, after one uncounted batch per setup. With an
 # S3 setup, "moto alone" joins the rotation: the same object fetched from moto directly
-# (no node, no redirect), the ceiling of the S3 setups on this machine.
+# (presigned GET, no node), the ceiling of the S3 setups on this machine.
 #
 # Usage: ./region.sh [--layer-mb 64] [--clients 8] [--reps 1] [--runs 5] [--herd 32]
 #          [--cold 2] [--ttfb-reps 5] [--setups "local s3 s3r region regionr"]
-#          [--out DIR | --no-save] [common options, see below]
+#          [--plain-moto] [--out DIR | --no-save] [common options, see below]
 #   --out DIR   results go to DIR/<UTC time>-region.md (+ .log); default bench/results
+#   --plain-moto  moto_server as it is, instead of moto's app behind the checkout's
+#               tests/fixtures/moto_atomic.py (atomic conditional writes, as on a real store;
+#               moto_server's are not, and two nodes may both win a fill's lease there)
 # Defaults: about 3-4 minutes on 2 cores. Smoke test (~1 min):
 #   ./region.sh --layer-mb 8 --runs 2 --herd 8 --cold 1 --ttfb-reps 2 --no-save
 # Needs: bash, python3, curl, skopeo, nginx, msr and moto_server (pip install -e '.[test]'
@@ -51,7 +54,7 @@ set -euo pipefail
 ORIG_ARGS="$*"
 LAYER_MB=64; CLIENTS=8; REPS=1; RUNS=5; HERD=32; COLD=2; TTFB_REPS=5
 SETUPS="local s3 s3r region regionr"
-OUT="$BENCH_DIR/results"; SAVE=1
+OUT="$BENCH_DIR/results"; SAVE=1; PLAIN_MOTO=0
 while [ $# -gt 0 ]; do
   case $1 in
     --layer-mb) LAYER_MB=$2; shift 2;;
@@ -64,6 +67,7 @@ while [ $# -gt 0 ]; do
     --setups) SETUPS=$2; shift 2;;
     --out) OUT=$2; shift 2;;
     --no-save) SAVE=0; shift;;
+    --plain-moto) PLAIN_MOTO=1; shift;;
     -h|--help) usage; exit 0;;
     *) common_opt "$@" || die "unknown argument $1 (see --help)"; shift "$COMMON_SHIFT";;
   esac
@@ -182,6 +186,32 @@ upstream_settle() {  # until the proxy has carried nothing new for 1 s (max 60 s
   log "upstream still busy after 60 s"
 }
 
+# -- the bucket: moto ---------------------------------------------------------------------
+# start_store -> MOTO_URL, MOTO_PID, MOTO_PY. By default moto's S3 app behind the checkout's
+# tests/fixtures/moto_atomic.py, which serializes writes: the nodes take a fill's lease with
+# a conditional PUT (If-None-Match: *), atomic on S3, MinIO or Ceph, while moto_server checks
+# the condition and then writes without a lock, so two nodes racing for a lease can both
+# win there and both fetch upstream, for the emulator's reasons. --plain-moto: moto_server.
+start_store() {
+  if [ "$PLAIN_MOTO" = 1 ]; then
+    start_moto "$BENCH_TMP/moto"
+  else
+    [ -n "$MOTO_BIN" ] || MOTO_BIN="$REPO_ROOT/.venv/bin/moto_server"
+    [ -x "$MOTO_BIN" ] || die "moto_server not found: pip install -e '$REPO_ROOT[test]' into $REPO_ROOT/.venv (or MOTO_BIN=PATH)"
+    [ -f "$REPO_ROOT/tests/fixtures/moto_atomic.py" ] || die "no $REPO_ROOT/tests/fixtures/moto_atomic.py (--plain-moto runs moto_server as it is)"
+    local dir="$BENCH_TMP/moto" port py
+    py=$(head -n 1 "$MOTO_BIN" | sed -n 's/^#! *//p' | awk '{print $1}')
+    mkdir -p "$dir/tmp"; port=$(free_port)
+    (cd "$dir" && exec env TMPDIR="$dir/tmp" PYTHONPATH="$REPO_ROOT" "$py" -m tests.fixtures.moto_atomic -H 127.0.0.1 -p "$port") \
+      >"$dir/moto.log" 2>&1 &
+    MOTO_PID=$!; MOTO_URL="http://127.0.0.1:$port"
+    BENCH_PIDS+=("$MOTO_PID")
+    wait_http "$MOTO_URL/" 60 "$MOTO_PID" "$dir/moto.log"
+  fi
+  MOTO_PY=$(head -n 1 "$MOTO_BIN" | sed -n 's/^#! *//p' | awk '{print $1}')
+  "$MOTO_PY" -c 'import boto3' 2>/dev/null || die "no boto3 next to $MOTO_BIN ($MOTO_PY)"
+}
+
 # -- cache nodes ---------------------------------------------------------------------------
 BUCKET=msr-region
 CACHE_NAME=bench-region
@@ -191,7 +221,9 @@ start_node() {
   local setup=$1 idx=$2 port=$3 url data; shift 3
   url="http://127.0.0.1:$port"; data="$BENCH_TMP/node-$setup-$idx"
   msr_env_unset
-  local envs=("${MSR_ENV_UNSET[@]}" MSR_CACHE_S3_ACCESS_KEY_ID=bench MSR_CACHE_S3_SECRET_ACCESS_KEY=bench-secret)
+  # the bucket's credentials (moto checks none)
+  local envs=("${MSR_ENV_UNSET[@]}")
+  [ -z "${MOTO_URL:-}" ] || envs+=(MSR_CACHE_S3_ACCESS_KEY_ID=bench MSR_CACHE_S3_SECRET_ACCESS_KEY=bench-secret)
   (cd "$BENCH_TMP" && exec env "${envs[@]}" "$MSR_BIN" cache --name "$CACHE_NAME" --msr "$MSR_URL" \
      --upstream "$UPSTREAM_URL" --data "$data" --bind "127.0.0.1:$port" "$@") >"$BENCH_TMP/node-$setup-$idx.log" 2>&1 &
   local pid=$!
@@ -209,10 +241,10 @@ start_setup() {
     local) LABEL[$s]="1 node, local disk"
       start_node "$s" 1 "$(free_port)"; BASE[$s]=${NODES[$s]# };;
     s3|s3r) PREFIX[$s]=$s; s3_opts "$s"
-      if [ "$s" = s3 ]; then LABEL[$s]="1 node, S3, streamed"; else LABEL[$s]="1 node, S3, --s3-redirect"; S3OPTS+=(--s3-redirect); fi
+      if [ "$s" = s3 ]; then LABEL[$s]="1 node, S3, streamed"; else LABEL[$s]="1 node, S3, --s3-redirect"; S3OPTS+=(--s3-redirect --s3-public-endpoint "$MOTO_URL"); fi
       start_node "$s" 1 "$(free_port)" "${S3OPTS[@]}"; BASE[$s]=${NODES[$s]# };;
     region|regionr) PREFIX[$s]=$s; s3_opts "$s"
-      if [ "$s" = region ]; then LABEL[$s]="2 nodes + nginx, S3, streamed"; else LABEL[$s]="2 nodes + nginx, S3, --s3-redirect"; S3OPTS+=(--s3-redirect); fi
+      if [ "$s" = region ]; then LABEL[$s]="2 nodes + nginx, S3, streamed"; else LABEL[$s]="2 nodes + nginx, S3, --s3-redirect"; S3OPTS+=(--s3-redirect --s3-public-endpoint "$MOTO_URL"); fi
       for i in 1 2; do
         port=$(free_port)   # --node-url: where the other node reaches this one
         start_node "$s" "$i" "$port" "${S3OPTS[@]}" --node-url "http://127.0.0.1:$port"
@@ -261,16 +293,42 @@ EOF
   log "nginx (pid $NGINX_PID): $(for s in $SETUPS; do case $s in region*) printf '%s %s -> %s; ' "$s" "${BASE[$s]}" "${NODES[$s]}";; esac; done)"
 }
 
+# presign KEY METHOD [KEY METHOD...] -> one presigned URL per line (boto3 from moto's
+# virtualenv; moto answers an unsigned GET or HEAD of an object with 403)
+presign() {
+  "$MOTO_PY" - "$MOTO_URL" "$BUCKET" "$@" <<'PY' || die "presigning URLs with boto3 ($MOTO_PY) failed"
+import sys
+import boto3
+from botocore.config import Config
+endpoint, bucket, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                  aws_secret_access_key="bench-secret", config=Config(s3={"addressing_style": "path"}))
+for key, method in zip(rest[::2], rest[1::2]):
+    print(s3.generate_presigned_url(method, Params={"Bucket": bucket, "Key": key}, ExpiresIn=3600))
+PY
+}
+blob_key() { echo "${PREFIX[$1]}/blobs/sha256/${2:0:2}/$2"; }   # blob_key SETUP HEX
+declare -A HEAD_URL=()
 # published SETUP HEX: the blob is in the setup's store (a local file, or the bucket's key)
 published() {
   local s=$1 hex=$2
-  if [ "$s" = local ]; then [ -f "${DATA[$s]}/blobs/sha256/${hex:0:2}/$hex" ]
-  else [ "$(curl -s -o /dev/null -w '%{http_code}' -I "$MOTO_URL/$BUCKET/${PREFIX[$s]}/blobs/sha256/${hex:0:2}/$hex")" = 200 ]; fi
+  if [ "$s" = local ]; then [ -f "${DATA[$s]}/blobs/sha256/${hex:0:2}/$hex" ]; return; fi
+  [ -n "${HEAD_URL[$s,$hex]:-}" ] || HEAD_URL[$s,$hex]=$(presign "$(blob_key "$s" "$hex")" head_object)
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -I "${HEAD_URL[$s,$hex]}")" = 200 ]
 }
 wait_published() {  # wait_published SETUP HEX (max 120 s): the fill's upload to the bucket is done
   local i
   for i in $(seq 600); do published "$1" "$2" && return 0; sleep 0.2; done
-  die "$1: sha256:$2 not in its store 120 s after its fill"
+  [ "$1" = local ] || "$MOTO_PY" - "$MOTO_URL" "$BUCKET" "${PREFIX[$1]}/" <<'PY' >&2 || true
+import sys
+import boto3
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="bench",
+                  aws_secret_access_key="bench-secret", config=Config(s3={"addressing_style": "path"}))
+keys = s3.list_objects_v2(Bucket=sys.argv[2], Prefix=sys.argv[3]).get("Contents", [])
+print("keys under %s: %s" % (sys.argv[3], ", ".join("%s (%d)" % (k["Key"], k["Size"]) for k in keys[:30]) or "none"))
+PY
+  die "$1: sha256:$2 not in its store 120 s after its fill (expected key $([ "$1" = local ] && echo "blobs/..." || blob_key "$1" "$2"))"
 }
 node_counters() {  # node_counters SETUP -> JSON {"nodes": ..., "sum": ...} of the nodes' own counters
   "$PYTHON" "$BENCH_DIR/region_client.py" stats ${NODES[$1]} || die "$1: GET /stats failed"
@@ -295,7 +353,8 @@ rm -rf "$BENCH_TMP/img"
 api PATCH repositories/admin/region '{"visibility":"public"}' >/dev/null
 start_counter
 if [ "$NEED_S3" = 1 ]; then
-  start_moto "$BENCH_TMP/moto"; s3_create_bucket "$MOTO_URL" "$BUCKET"
+  start_store
+  s3_create_bucket "$MOTO_URL" "$BUCKET"
   log "moto_server at $MOTO_URL (pid $MOTO_PID), bucket $BUCKET"
 fi
 for s in $SETUPS; do start_setup "$s"; done
@@ -374,13 +433,13 @@ batch() {  # batch URL REDIRECTS -> aggregate MiB/s (fails on a wrong status, si
     END { if (bad || k != n) { printf "bad answers (%d of %d not 200 with %d bytes after %d redirects) from %s\n", bad, k, want, r, url > "/dev/stderr"; exit 1 }
           printf "%.1f\n", b / (t1 - t0) / 1048576 }' "$out"
 }
-# the bucket alone: the same object fetched from moto without a node (moto checks no
-# signature), the ceiling of every S3 setup on this machine
+# the bucket alone: the same object fetched from moto without a node (a presigned GET),
+# the ceiling of every S3 setup on this machine
 TP_SETUPS=$SETUPS
 for s in $SETUPS; do
   case $s in s3|s3r|region|regionr)
-    TP_SETUPS+=" bucket"; LABEL[bucket]="moto alone (GET of the object, no node)"; HIT_REDIR[bucket]=0
-    BUCKET_URL="$MOTO_URL/$BUCKET/${PREFIX[$s]}/blobs/sha256/${DIGESTS[$WARM]:7:2}/${DIGESTS[$WARM]#sha256:}"
+    TP_SETUPS+=" bucket"; LABEL[bucket]="moto alone (presigned GET of the object, no node)"; HIT_REDIR[bucket]=0
+    BUCKET_URL=$(presign "$(blob_key "$s" "${DIGESTS[$WARM]#sha256:}")" get_object)
     break;;
   esac
 done
@@ -403,8 +462,7 @@ done
 LAYER_BYTES=${SIZES[$WARM]}
 VERSIONS=""
 if [ "$NEED_S3" = 1 ]; then
-  VENV_PY=$(head -n 1 "$MOTO_BIN" | sed -n 's/^#! *//p' | awk '{print $1}')
-  VERSIONS=$("$VENV_PY" -c 'import moto, boto3; print(f"moto {moto.__version__}, boto3 {boto3.__version__}")' 2>/dev/null || echo "moto ?")
+  VERSIONS=$("$MOTO_PY" -c 'import moto, boto3; print(f"moto {moto.__version__}, boto3 {boto3.__version__}")' 2>/dev/null || echo "moto ?")
 fi
 TREE="$(cd "$REPO_ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
 DIRTY=$(cd "$REPO_ROOT" && git status --porcelain -- msr caches protocol 2>/dev/null | wc -l)
@@ -415,7 +473,7 @@ REPORT="$BENCH_TMP/report.md"
   echo
   echo "- machine: $(host_summary); load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; tree $TREE"
   echo "- nodes: \`msr cache\` (2 workers x 16 threads), one --name; upstream: MSR (\`msr serve\`, SQLite, filesystem store) through a counting proxy"
-  [ "$NEED_S3" = 0 ] || echo "- S3: $VERSIONS; one moto_server on 127.0.0.1 (an emulator in Python: its speed bounds every S3 figure), a prefix per setup, path-style"
+  [ "$NEED_S3" = 0 ] || echo "- S3: $VERSIONS; one moto on 127.0.0.1, $([ "$PLAIN_MOTO" = 1 ] && echo "moto_server as it is" || echo "writes serialized by tests/fixtures/moto_atomic.py (atomic conditional writes)") (an emulator in Python: its speed bounds every S3 figure), a prefix per setup, path-style"
   [ "$NEED_NGINX" = 0 ] || echo "- load balancer: $("$NGINX_BIN" -v 2>&1 | sed 's|.*: ||'), round robin over the region's 2 nodes, proxy_buffering off, HTTP/1.1 kept alive"
   echo "- layers: $LAYER_MB MiB of random data ($LAYER_BYTES bytes); command: \`bench/region.sh${ORIG_ARGS:+ $ORIG_ARGS}\`"
   echo

@@ -35,7 +35,7 @@
 # S3 setup, "moto alone" joins the rotation: the same object fetched from moto directly
 # (presigned GET, no node), the ceiling of the S3 setups on this machine.
 #
-# Usage: ./region.sh [--layer-mb 64] [--clients 8] [--reps 1] [--runs 5] [--herd 32]
+# Usage: ./region.sh [--layer-mb 64] [--clients 8] [--reps 1] [--runs 7] [--herd 32]
 #          [--cold 2] [--ttfb-reps 5] [--setups "local s3 s3r region regionr"]
 #          [--plain-moto] [--out DIR | --no-save] [common options, see below]
 #   --out DIR   results go to DIR/<UTC time>-region.md (+ .log); default bench/results
@@ -52,7 +52,7 @@ set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
 ORIG_ARGS="$*"
-LAYER_MB=64; CLIENTS=8; REPS=1; RUNS=5; HERD=32; COLD=2; TTFB_REPS=5
+LAYER_MB=64; CLIENTS=8; REPS=1; RUNS=7; HERD=32; COLD=2; TTFB_REPS=5
 SETUPS="local s3 s3r region regionr"
 OUT="$BENCH_DIR/results"; SAVE=1; PLAIN_MOTO=0
 while [ $# -gt 0 ]; do
@@ -215,7 +215,7 @@ start_store() {
 # -- cache nodes ---------------------------------------------------------------------------
 BUCKET=msr-region
 CACHE_NAME=bench-region
-declare -A BASE=() NODES=() PREFIX=() LABEL=() DATA=()
+declare -A BASE=() NODES=() NPIDS=() PREFIX=() LABEL=() DATA=()
 # start_node SETUP INDEX PORT [msr cache options...] -> appends the node's URL to NODES[SETUP]
 start_node() {
   local setup=$1 idx=$2 port=$3 url data; shift 3
@@ -229,7 +229,7 @@ start_node() {
   local pid=$!
   NODE_PIDS+=("$pid")
   wait_http "$url/healthz" 60 "$pid" "$BENCH_TMP/node-$setup-$idx.log"
-  NODES[$setup]="${NODES[$setup]:-} $url"; DATA[$setup]=$data
+  NODES[$setup]="${NODES[$setup]:-} $url"; DATA[$setup]=$data; NPIDS[$setup]="${NPIDS[$setup]:-} $pid"
   log "$setup: node $idx up at $url (pid $pid)${*:+: $*}"
 }
 s3_opts() {  # s3_opts PREFIX -> S3OPTS
@@ -449,14 +449,36 @@ read -ra ORDER <<<"$TP_SETUPS"
 for s in "${ORDER[@]}"; do   # one batch each, not counted: connection pools, page cache
   batch "$(tp_url "$s")" "${HIT_REDIR[$s]}" >/dev/null || die "$s: warm-up batch failed"
 done
+# CPU seconds during the counted batches, per setup: its nodes, moto, nginx, the curl
+# clients, and the whole machine (the rest is other work: samplers, other users)
+declare -A CPU=()
+cpu_of() { if [ -n "${1// /}" ]; then tree_cpu $1; else echo 0; fi; }
+cpu_snap() {  # cpu_snap SETUP -> "nodes moto nginx"
+  local n=""; [ "$1" = bucket ] || n=${NPIDS[$1]}
+  echo "$(cpu_of "$n") $(cpu_of "${MOTO_PID:-}") $(cpu_of "${NGINX_PID:-}")"
+}
+cpu_add() {  # cpu_add SETUP "BEFORE" "AFTER" K0 K1 M0 M1
+  CPU[$1]=$(awk -v acc="${CPU[$1]:-0 0 0 0 0}" -v a="$2" -v b="$3" -v k0="$4" -v k1="$5" -v m0="$6" -v m1="$7" 'BEGIN{
+    split(acc, c, " "); split(a, x, " "); split(b, y, " ")
+    printf "%.2f %.2f %.2f %.2f %.2f\n", c[1] + y[1] - x[1], c[2] + y[2] - x[2], c[3] + y[3] - x[3], c[4] + k1 - k0, c[5] + m1 - m0 }')
+}
+BUSY0=$(machine_busy_cpu); sleep 5; BUSY1=$(machine_busy_cpu)
+BUSY_START=$(awk -v a="$BUSY0" -v b="$BUSY1" -v n="$(nproc)" 'BEGIN{ printf "%.0f\n", 100 * (b - a) / (5 * n) }')
+log "machine $BUSY_START % busy over 5 s before the throughput rounds"
+T_TP=$SECONDS
 for r in $(seq "$RUNS"); do
   for k in "${!ORDER[@]}"; do
     s=${ORDER[$(((k + r - 1) % ${#ORDER[@]}))]}
-    v=$(batch "$(tp_url "$s")" "${HIT_REDIR[$s]}") || die "$s: throughput batch failed"
+    u=$(tp_url "$s"); c0=$(cpu_snap "$s"); children_cpu k0; m0=$(machine_busy_cpu)
+    v=$(batch "$u" "${HIT_REDIR[$s]}") || die "$s: throughput batch failed"
+    m1=$(machine_busy_cpu); children_cpu k1; c1=$(cpu_snap "$s")
+    cpu_add "$s" "$c0" "$c1" "$k0" "$k1" "$m0" "$m1"
     TPV[$s]+=" $v"
   done
   log "throughput round $r/$RUNS: $(for s in $TP_SETUPS; do printf '%s %s; ' "$s" "${TPV[$s]##* }"; done)MiB/s"
 done
+
+TP_S=$((SECONDS - T_TP))
 
 # -- report ---------------------------------------------------------------------------------
 LAYER_BYTES=${SIZES[$WARM]}
@@ -504,6 +526,19 @@ print("%.2f" % (h["proxy_bytes"] / h["size"]), h["proxy_gets"], h["node_fetches"
     [ -n "${TP[$1]:-}" ] && [ -n "${TP[$2]:-}" ] || continue
     echo "- hit MiB/s, ${LABEL[$2]} / ${LABEL[$1]}: $(ratio "${TP[$2]}" "${TP[$1]}")"
   done
+  echo "CPU seconds per GiB of hits served (all counted batches of a setup: $((RUNS * CLIENTS * REPS)) GETs of $LAYER_MB MiB), from /proc:"
+  echo "the setup's nodes (every process), moto, nginx, the curl clients, and what the rest of the machine used meanwhile."
+  echo "The machine was $BUSY_START % busy over 5 s before the rounds; the rounds took $TP_S s."
+  echo
+  echo "| setup | nodes | moto | nginx | curl clients | rest of the machine |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  GIB=$(awk -v n=$((RUNS * CLIENTS * REPS)) -v b="$LAYER_BYTES" 'BEGIN{ printf "%.6f\n", n * b / 1073741824 }')
+  for s in $TP_SETUPS; do
+    awk -v c="${CPU[$s]}" -v g="$GIB" -v l="${LABEL[$s]}" 'BEGIN{ split(c, x, " ")
+      rest = x[5] - x[1] - x[2] - x[3] - x[4]; if (rest < 0) rest = 0
+      printf "| %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n", l, x[1] / g, x[2] / g, x[3] / g, x[4] / g, rest / g }'
+  done
+  echo
   echo "- per round (MiB/s), after one uncounted batch each: $(for s in $TP_SETUPS; do printf '%s:%s; ' "$s" "${TPV[$s]}"; done)"
   for s in $SETUPS; do
     echo "- $s herd: $("$PYTHON" -c 'import json,sys; h=json.loads(sys.argv[1])

@@ -11,32 +11,36 @@
 #   regionr  the same with --s3-redirect (its own prefix)
 # Each setup has its own store (data dir or prefix), so every setup starts cold. The bucket
 # is moto's S3 emulator (from <checkout>/.venv), one for all setups, with atomic
-# conditional writes (see --plain-moto). All nodes share one --name, registered in MSR; their --upstream is a counting
-# proxy in front of MSR (latency_proxy.py, no delay, no cap): it counts the bytes and the
-# blob GETs the nodes fetch from MSR.
+# conditional writes (see --plain-moto). All nodes share one --name, registered in MSR;
+# their --upstream is a counting proxy in front of MSR (latency_proxy.py, no delay, no
+# cap): it counts the bytes and the blob GETs the nodes fetch from MSR.
 #
 # One image with 2 + --cold layers of --layer-mb MiB (random data) is pushed to a fresh
 # MSR (`msr serve`); a user whose default cache is the nodes' name gets one grant per layer
 # from MSR (the 307 Location of a blob GET, grant in the query), and the blob URLs of every
 # setup carry it (a grant names the cache, not a node). Per setup, in order:
-#   cold     the first GET of the warm layer and of each --cold layer: time to the first
-#            body byte (TTFB) and to the last (a miss, filled from MSR through the proxy)
+#   cold     the first GET of the warm layer and of each --cold layer, one at a time, each
+#            after the previous fill reached the store: time to the first body byte (TTFB)
+#            and to the last (a miss, filled from MSR through the proxy)
 #   herd     --herd clients connected beforehand GET one new layer at once (through nginx
 #            for a region: half on each node); every body checked (size, sha256). Upstream
 #            bytes = what came out of the counting proxy (vs the layer's size), the proxy's
 #            GETs of that layer, and the sum over the nodes of their own /stats counters
 #            ("self" in a region; asked of each node directly)
-#   hit TTFB --ttfb-reps GETs of the warm layer, one after another, each a new connection
-#            (and a second one for the 307's presigned URL)
+#   check    one GET of the warm layer: a hit (X-Cache: HIT, or a 307 to the bucket), body
+#            checked against the digest
 # Then hit throughput, --runs rounds, the setups' order rotating each round: --clients
 # concurrent curl clients x --reps GETs of the warm layer (redirects followed; status,
 # size and the number of redirects checked); aggregate MiB/s = bytes / wall time of the
-# batch; min / median / max over the rounds, after one uncounted batch per setup. With an
+# batch; min / median / max over the rounds, after one uncounted batch per setup; CPU
+# seconds of the nodes, moto, nginx and the clients during the counted batches. With an
 # S3 setup, "moto alone" joins the rotation: the same object fetched from moto directly
 # (presigned GET, no node), the ceiling of the S3 setups on this machine.
+# Last, hit TTFB: --ttfb-reps GETs of the warm layer per setup, one after another, each on
+# a new connection (and a second one for the 307's presigned URL), every node warm by then.
 #
 # Usage: ./region.sh [--layer-mb 64] [--clients 8] [--reps 1] [--runs 7] [--herd 32]
-#          [--cold 2] [--ttfb-reps 5] [--setups "local s3 s3r region regionr"]
+#          [--cold 4] [--ttfb-reps 5] [--setups "local s3 s3r region regionr"]
 #          [--plain-moto] [--out DIR | --no-save] [common options, see below]
 #   --out DIR   results go to DIR/<UTC time>-region.md (+ .log); default bench/results
 #   --plain-moto  moto_server as it is, instead of moto's app behind the checkout's
@@ -52,7 +56,7 @@ set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
 ORIG_ARGS="$*"
-LAYER_MB=64; CLIENTS=8; REPS=1; RUNS=7; HERD=32; COLD=2; TTFB_REPS=5
+LAYER_MB=64; CLIENTS=8; REPS=1; RUNS=7; HERD=32; COLD=4; TTFB_REPS=5
 SETUPS="local s3 s3r region regionr"
 OUT="$BENCH_DIR/results"; SAVE=1; PLAIN_MOTO=0
 while [ $# -gt 0 ]; do
@@ -376,6 +380,10 @@ done
 url() { echo "${BASE[$1]}/v2/admin/region/blobs/${DIGESTS[$2]}?${GRANTQ[$2]}"; }   # url SETUP LAYER
 log "grants for ${#DIGESTS[@]} layers from MSR"
 
+is_hit() {  # is_hit GET_JSON: every GET a hit (X-Cache: HIT from the node, or a 307 to the bucket), all alike
+  "$PYTHON" -c 'import json,sys; d=json.loads(sys.argv[1])
+sys.exit(not all(x == "HIT" or r > 0 for x, r in zip(d["x_cache"], d["redirects"])) or len(set(d["redirects"])) != 1)' "$1"
+}
 declare -A COLD_T=() COLD_TOT=() HIT_T=() HIT_REDIR=() HERDR=() TP=()
 for s in $SETUPS; do
   # cold: the first GET of the warm layer and of each cold-only layer
@@ -384,6 +392,9 @@ for s in $SETUPS; do
       || die "$s: cold GET of layer $i failed"
     COLD_T[$s]+=" $(jget ttfb 0 <<<"$out")"; COLD_TOT[$s]+=" $(jget total 0 <<<"$out")"
     log "$s cold layer $i: $out"
+    # the fill's upload to the store ends after the client's body: the next miss must not
+    # queue behind it (the emulator serializes writes)
+    wait_published "$s" "${DIGESTS[$i]#sha256:}"
   done
   # the herd: one new layer, --herd clients at once
   hex=${DIGESTS[$HERD_L]#sha256:}
@@ -402,17 +413,13 @@ print(json.dumps({"wall": h["wall"], "ttfb_median": h["ttfb_median"], "ttfb_max"
                   "node_bytes_per_node": list(per.values()), "node_fetches": fetches}))' \
     "$out" "$n0" "$n1" "$b0" "$b1" "$g0" "$g1" "${SIZES[$HERD_L]}")
   log "$s herd of $HERD: ${HERDR[$s]}"
-  # hits: the warm layer, once it is in the store
+  # the warm layer, once it is in the store: one checked GET (a hit; its body's digest), which
+  # also says whether hits here are redirected
   wait_published "$s" "${DIGESTS[$WARM]#sha256:}"
-  out=$("$PYTHON" "$BENCH_DIR/region_client.py" get "$(url "$s" "$WARM")" --reps "$TTFB_REPS" --size "${SIZES[$WARM]}") \
-    || die "$s: hit GETs failed"
-  # a hit: X-Cache HIT from the node, or (--s3-redirect) a 307 to the bucket, on every GET
-  "$PYTHON" -c 'import json,sys; d=json.loads(sys.argv[1])
-sys.exit(not all(x == "HIT" or r > 0 for x, r in zip(d["x_cache"], d["redirects"])) or len(set(d["redirects"])) != 1)' "$out" \
-    || die "$s: the warm layer's GETs are not all hits (or not all alike): $out"
-  HIT_T[$s]=$("$PYTHON" -c 'import json,sys; print(" ".join(str(x) for x in json.loads(sys.argv[1])["ttfb"]))' "$out")
+  out=$("$PYTHON" "$BENCH_DIR/region_client.py" get "$(url "$s" "$WARM")" --size "${SIZES[$WARM]}" --digest "${DIGESTS[$WARM]}") \
+    || die "$s: hit GET failed"
+  is_hit "$out" || die "$s: the warm layer's GET is not a hit: $out"
   HIT_REDIR[$s]=$(jget redirects 0 <<<"$out")
-  log "$s hit TTFB: ${HIT_T[$s]} s (redirects ${HIT_REDIR[$s]})"
 done
 
 # hit throughput: C curl clients x REPS GETs of the warm layer; the setups' order rotates
@@ -480,6 +487,16 @@ done
 
 TP_S=$((SECONDS - T_TP))
 
+# hit TTFB, after the rounds (every node process has its S3 clients by then): one GET after
+# another, each on new connections
+for s in $SETUPS; do
+  out=$("$PYTHON" "$BENCH_DIR/region_client.py" get "$(url "$s" "$WARM")" --reps "$TTFB_REPS" --size "${SIZES[$WARM]}") \
+    || die "$s: hit GETs failed"
+  is_hit "$out" && [ "$(jget redirects 0 <<<"$out")" = "${HIT_REDIR[$s]}" ] || die "$s: the warm layer's GETs are not all hits like the first: $out"
+  HIT_T[$s]=$("$PYTHON" -c 'import json,sys; print(" ".join(str(x) for x in json.loads(sys.argv[1])["ttfb"]))' "$out")
+  log "$s hit TTFB: ${HIT_T[$s]} s (redirects ${HIT_REDIR[$s]})"
+done
+
 # -- report ---------------------------------------------------------------------------------
 LAYER_BYTES=${SIZES[$WARM]}
 VERSIONS=""
@@ -495,7 +512,7 @@ REPORT="$BENCH_TMP/report.md"
   echo
   echo "- machine: $(host_summary); load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; tree $TREE"
   echo "- nodes: \`msr cache\` (2 workers x 16 threads), one --name; upstream: MSR (\`msr serve\`, SQLite, filesystem store) through a counting proxy"
-  [ "$NEED_S3" = 0 ] || echo "- S3: $VERSIONS; one moto on 127.0.0.1, $([ "$PLAIN_MOTO" = 1 ] && echo "moto_server as it is" || echo "writes serialized by tests/fixtures/moto_atomic.py (atomic conditional writes)") (an emulator in Python: its speed bounds every S3 figure), a prefix per setup, path-style"
+  [ "$NEED_S3" = 0 ] || echo "- S3: $VERSIONS; one moto on 127.0.0.1, $([ "$PLAIN_MOTO" = 1 ] && echo "moto_server as it is" || echo "writes serialized by tests/fixtures/moto_atomic.py (atomic conditional writes)"); an emulator in Python: its speed bounds every S3 figure, a prefix per setup, path-style"
   [ "$NEED_NGINX" = 0 ] || echo "- load balancer: $("$NGINX_BIN" -v 2>&1 | sed 's|.*: ||'), round robin over the region's 2 nodes, proxy_buffering off, HTTP/1.1 kept alive"
   echo "- layers: $LAYER_MB MiB of random data ($LAYER_BYTES bytes); command: \`bench/region.sh${ORIG_ARGS:+ $ORIG_ARGS}\`"
   echo
@@ -526,6 +543,7 @@ print("%.2f" % (h["proxy_bytes"] / h["size"]), h["proxy_gets"], h["node_fetches"
     [ -n "${TP[$1]:-}" ] && [ -n "${TP[$2]:-}" ] || continue
     echo "- hit MiB/s, ${LABEL[$2]} / ${LABEL[$1]}: $(ratio "${TP[$2]}" "${TP[$1]}")"
   done
+  echo
   echo "CPU seconds per GiB of hits served (all counted batches of a setup: $((RUNS * CLIENTS * REPS)) GETs of $LAYER_MB MiB), from /proc:"
   echo "the setup's nodes (every process), moto, nginx, the curl clients, and what the rest of the machine used meanwhile."
   echo "The machine was $BUSY_START % busy over 5 s before the rounds; the rounds took $TP_S s."

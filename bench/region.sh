@@ -48,6 +48,9 @@
 #               moto_server's are not, and two nodes may both win a fill's lease there)
 # Defaults: about 3-4 minutes on 2 cores. Smoke test (~1 min):
 #   ./region.sh --layer-mb 8 --runs 2 --herd 8 --cold 1 --ttfb-reps 2 --no-save
+# Env: NGINX_WORKERS (worker_processes, default auto), NGINX_PROXY_BUFFER_SIZE (nginx's
+# proxy_buffer_size, default nginx's own: with proxy_buffering off, the most it reads from a
+# node at a time).
 # Needs: bash, python3, curl, skopeo, nginx, msr and moto_server (pip install -e '.[test]'
 # into <checkout>/.venv; MOTO_BIN=PATH for another), a `msr cache` with --store (issue 18)
 # for the S3 setups. --msr-url is not supported (MSR, its cache registration and the
@@ -107,7 +110,7 @@ NODE_PIDS=()
 region_cleanup() {
   local rc=$? f pid
   if [ "$rc" != 0 ] && [ -n "$BENCH_TMP" ]; then
-    for f in "$BENCH_TMP"/node-*.log "$BENCH_TMP/msr.log" "$BENCH_TMP/nginx/logs/error.log"; do
+    for f in "$BENCH_TMP"/node-*.log "$BENCH_TMP/msr.log" "$BENCH_TMP"/nginx/logs/*.log; do
       [ -s "$f" ] || continue
       echo "--- last lines of $(basename "$f"):" >&2; tail -n 12 "$f" >&2
     done
@@ -284,7 +287,10 @@ http {
   proxy_set_header Host \$http_host;
   proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
   proxy_buffering off;
-  proxy_request_buffering off;
+  proxy_request_buffering off;${NGINX_PROXY_BUFFER_SIZE:+
+  proxy_buffer_size $NGINX_PROXY_BUFFER_SIZE;
+  proxy_buffers 4 $NGINX_PROXY_BUFFER_SIZE;
+  proxy_busy_buffers_size $NGINX_PROXY_BUFFER_SIZE;}
   proxy_read_timeout 300s;
 $conf}
 EOF
@@ -292,7 +298,8 @@ EOF
   NGINX_PID=$!
   BENCH_PIDS+=("$NGINX_PID")
   for s in $SETUPS; do
-    case $s in region|regionr) wait_http "${BASE[$s]}/healthz" 20 "$NGINX_PID" "$pfx/logs/error.log";; esac
+    # nginx tells a bad configuration on stderr, before it opens its error log
+    case $s in region|regionr) wait_http "${BASE[$s]}/healthz" 20 "$NGINX_PID" "$pfx/logs/stdout.log";; esac
   done
   log "nginx (pid $NGINX_PID): $(for s in $SETUPS; do case $s in region*) printf '%s %s -> %s; ' "$s" "${BASE[$s]}" "${NODES[$s]}";; esac; done)"
 }
@@ -496,6 +503,12 @@ for s in $SETUPS; do
   HIT_T[$s]=$("$PYTHON" -c 'import json,sys; print(" ".join(str(x) for x in json.loads(sys.argv[1])["ttfb"]))' "$out")
   log "$s hit TTFB: ${HIT_T[$s]} s (redirects ${HIT_REDIR[$s]})"
 done
+if [ -n "${BUCKET_URL:-}" ]; then   # moto's own first byte for the object
+  out=$("$PYTHON" "$BENCH_DIR/region_client.py" get "$BUCKET_URL" --reps "$TTFB_REPS" --size "${SIZES[$WARM]}") \
+    || die "moto: GETs of the object failed"
+  HIT_T[bucket]=$("$PYTHON" -c 'import json,sys; print(" ".join(str(x) for x in json.loads(sys.argv[1])["ttfb"]))' "$out")
+  log "moto alone TTFB: ${HIT_T[bucket]} s"
+fi
 
 # -- report ---------------------------------------------------------------------------------
 LAYER_BYTES=${SIZES[$WARM]}
@@ -513,7 +526,7 @@ REPORT="$BENCH_TMP/report.md"
   echo "- machine: $(host_summary); load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; tree $TREE"
   echo "- nodes: \`msr cache\` (2 workers x 16 threads), one --name; upstream: MSR (\`msr serve\`, SQLite, filesystem store) through a counting proxy"
   [ "$NEED_S3" = 0 ] || echo "- S3: $VERSIONS; one moto on 127.0.0.1, $([ "$PLAIN_MOTO" = 1 ] && echo "moto_server as it is" || echo "writes serialized by tests/fixtures/moto_atomic.py (atomic conditional writes)"); an emulator in Python: its speed bounds every S3 figure, a prefix per setup, path-style"
-  [ "$NEED_NGINX" = 0 ] || echo "- load balancer: $("$NGINX_BIN" -v 2>&1 | sed 's|.*: ||'), round robin over the region's 2 nodes, proxy_buffering off, HTTP/1.1 kept alive"
+  [ "$NEED_NGINX" = 0 ] || echo "- load balancer: $("$NGINX_BIN" -v 2>&1 | sed 's|.*: ||'), round robin over the region's 2 nodes, proxy_buffering off, HTTP/1.1 kept alive, proxy_buffer_size ${NGINX_PROXY_BUFFER_SIZE:-default (one page)}, worker_processes ${NGINX_WORKERS:-auto}"
   echo "- layers: $LAYER_MB MiB of random data ($LAYER_BYTES bytes); command: \`bench/region.sh${ORIG_ARGS:+ $ORIG_ARGS}\`"
   echo
   echo "| setup | hit MiB/s, $CLIENTS clients: min / median / max of $RUNS | hit TTFB ms (median of $TTFB_REPS) | cold miss TTFB ms (median of $((COLD + 1))) | cold miss, whole layer s | herd of $HERD: upstream bytes / layer | upstream GETs (proxy) | fetches / bytes (nodes' own /stats) | herd s |"
@@ -522,7 +535,8 @@ REPORT="$BENCH_TMP/report.md"
     read -r mn mx < <(printf '%s\n' ${TPV[$s]} | minmax)
     TP[$s]=$(printf '%s\n' ${TPV[$s]} | median)
     if [ "$s" = bucket ]; then
-      printf '| %s | %s / %s / %s | | | | | | | |\n' "${LABEL[$s]}" "$(fmt "$mn" 0)" "$(fmt "${TP[$s]}" 0)" "$(fmt "$mx" 0)"
+      printf '| %s | %s / %s / %s | %s | | | | | | |\n' "${LABEL[$s]}" "$(fmt "$mn" 0)" "$(fmt "${TP[$s]}" 0)" "$(fmt "$mx" 0)" \
+        "$(ms "$(printf '%s\n' ${HIT_T[$s]} | median)")"
       continue
     fi
     h=${HERDR[$s]}

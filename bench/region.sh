@@ -46,7 +46,7 @@
 #   --plain-moto  moto_server as it is, instead of moto's app behind the checkout's
 #               tests/fixtures/moto_atomic.py (atomic conditional writes, as on a real store;
 #               moto_server's are not, and two nodes may both win a fill's lease there)
-# Defaults: about 3-4 minutes on 2 cores. Smoke test (~1 min):
+# Defaults: about 2.5-3 minutes on 2 cores. Smoke test (~1 min):
 #   ./region.sh --layer-mb 8 --runs 2 --herd 8 --cold 1 --ttfb-reps 2 --no-save
 # Env: NGINX_WORKERS (worker_processes, default auto), NGINX_PROXY_BUFFER_SIZE (nginx's
 # proxy_buffer_size, default nginx's own: with proxy_buffering off, the most it reads from a

@@ -16,7 +16,7 @@
 # Common options (--msr-bin, --msr-url/--msr-creds/--msr-pid, --db, --pg-url, ...) are
 # described in each script's --help. Every script starts (and stops) its own MSR and
 # docker-registry unless --msr-url is given (region.sh always starts its own MSR and is
-# skipped with --msr-url). Default run: about 9-12 minutes on 2 cores.
+# skipped with --msr-url). Default run: about 8-11 minutes on 2 cores.
 set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 

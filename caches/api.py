@@ -16,13 +16,15 @@ from msr.references import is_valid_name
 
 
 class RegionNodeSerializer(serializers.Serializer):
-    """One node of a region, from its heartbeat in the shared store."""
+    """One node of a region, from its heartbeat in the shared store (read-only: the
+    region reports it)."""
 
-    node = serializers.CharField(help_text="the node's id")
-    url = serializers.CharField(help_text="where the region's other nodes reach it")
-    healthy = serializers.BooleanField(help_text="its heartbeat is recent (15 s)")
-    age = serializers.FloatField(allow_null=True, help_text="seconds since its last heartbeat, at the report")
-    seen = serializers.DateTimeField(allow_null=True, help_text="its last heartbeat")
+    node = serializers.CharField(read_only=True, help_text="the node's id")
+    url = serializers.CharField(read_only=True, help_text="where the region's other nodes reach it")
+    healthy = serializers.BooleanField(read_only=True, help_text="its heartbeat is recent (15 s)")
+    age = serializers.FloatField(read_only=True, allow_null=True,
+                                 help_text="seconds since its last heartbeat, at the report")
+    seen = serializers.DateTimeField(read_only=True, allow_null=True, help_text="its last heartbeat")
 
 
 class ContentCacheSerializer(serializers.ModelSerializer):

@@ -522,7 +522,7 @@ class RegionalEndpoint:
         claims, refusal = self.authenticate(environ, start_response, name)
         if claims is None:
             return refusal
-        if environ["REQUEST_METHOD"] == "HEAD" and not self.node.blob_path(digest).exists():
+        if environ["REQUEST_METHOD"] == "HEAD" and not self.node.has_blob(digest):
             # MSR's own answer: a HEAD asks whether the blob exists (a push checks each
             # layer so), which is no reason to fetch it whole.
             return self._ask_membership(environ, start_response, name, digest, answer_head=True)
@@ -531,6 +531,8 @@ class RegionalEndpoint:
             if refusal is not None:
                 return refusal
         environ["msr.fill"] = ({}, {"Authorization": environ["HTTP_AUTHORIZATION"], "X-MSR-Cache": self.config.name})
+        if environ.get("HTTP_X_MSR_REGION_FOLLOW") and self.node.region is not None:
+            return self.node.follow(environ, start_response, digest)  # a node of the region asks
         return self.node._blob(environ, start_response, name, digest)
 
     def _ask_membership(self, environ, start_response, name, digest, answer_head=False):

@@ -45,7 +45,9 @@ from gunicorn import glogging
 
 from caches.endpoint import (MANIFEST_PATH_RE, MANIFEST_ROUTE, RegionalEndpoint, error_response as _error,
                              kept_alive_session, write_atomically)
-from protocol import grants, requestids
+from caches.region import (DEFAULT_PEER_NETWORKS, HEARTBEAT_SECONDS, RegionStore, lease_name, node_id,
+                           parse_networks, peer_allowed, stats_document as region_stats)
+from protocol import blobstore, grants, requestids
 from protocol.errors import error_body
 from protocol.logformat import FORMATTERS, JsonFormatter, resolve_format
 from protocol.ranges import LimitedFile, RangeNotSatisfiable, parse_range
@@ -57,7 +59,10 @@ BLOB_PATH_RE = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>(?:sha256:[a-f0-9
 BLOB_ROUTE = "/v2/<name>/blobs/<digest>"
 OTHER_ROUTES = frozenset({"/healthz", "/stats", "/metrics", "/purge"})
 COUNTERS = ("hits", "misses", "bytes_from_disk", "bytes_from_upstream", "upstream_fetches",
-            "upstream_failures", "refused")
+            "upstream_failures", "refused", "peer_fetches", "bytes_from_peers")
+# A request from another node of the region for a fill in progress here: answered from
+# the partial file (or the store), never the start of a fill.
+FOLLOW_HEADER = "HTTP_X_MSR_REGION_FOLLOW"
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -119,6 +124,20 @@ class Config:
         self.token_service = env.get("MSR_CACHE_TOKEN_SERVICE") or None  # else read from MSR's challenge
         self.public_url = (env.get("MSR_CACHE_PUBLIC_URL") or "").rstrip("/")
         self.membership_ttl = parse_duration(env.get("MSR_CACHE_MEMBERSHIP_TTL", "10m"))
+        # A region's shared store (caches/region.py): several nodes of one name, one bucket.
+        self.store = (env.get("MSR_CACHE_STORE") or "").strip()
+        self.s3 = {"endpoint_url": env.get("MSR_CACHE_S3_ENDPOINT_URL") or None,
+                   "public_endpoint_url": env.get("MSR_CACHE_S3_PUBLIC_ENDPOINT_URL") or None,
+                   "region": env.get("MSR_CACHE_S3_REGION") or None,
+                   "access_key": env.get("MSR_CACHE_S3_ACCESS_KEY_ID") or None,
+                   "secret_key": env.get("MSR_CACHE_S3_SECRET_ACCESS_KEY") or None,
+                   "addressing_style": env.get("MSR_CACHE_S3_ADDRESSING_STYLE") or "auto"}
+        self.s3_redirect = env.get("MSR_CACHE_S3_REDIRECT", "0").lower() in ("1", "true", "yes", "on")
+        self.s3_redirect_ttl = parse_duration(env.get("MSR_CACHE_S3_REDIRECT_TTL", "5m"))
+        self.node_url = (env.get("MSR_CACHE_NODE_URL") or "").rstrip("/")
+        self.node_id = env.get("MSR_CACHE_NODE_ID") or ""
+        self.lease_ttl = parse_duration(env.get("MSR_CACHE_LEASE_TTL", "30s"))
+        self.peer_networks = parse_networks(env.get("MSR_CACHE_PEER_NETWORKS") or DEFAULT_PEER_NETWORKS)
 
 
 class UpstreamError(Exception):
@@ -232,6 +251,8 @@ class CacheNode:
         for directory in (self.blobs, self.tmp, self.locks):
             directory.mkdir(parents=True, exist_ok=True)
         _configure_logging()
+        self.region = _region_store(config) if config.store else None
+        self._heartbeat_lock = None
         self.keys = Keys(config.msr_url, config.data_dir / "jwks.json")
         self.metrics = Metrics(config.data_dir / "metrics")
         self.session = kept_alive_session()  # fills: GETs, sent again once on a connection MSR just closed
@@ -292,10 +313,19 @@ class CacheNode:
 
     def _route(self, environ, start_response, path, method, match, manifest, query):
         if path == "/healthz":
-            return self._json(start_response, {"status": "ok", "name": self.config.name})
+            return self._json(start_response, {"status": "ok", "name": self.config.name,
+                                               **({"node": self.region.node} if self.region else {})})
         if path == "/stats":
             totals = self.metrics.total()
             del totals["requests"]
+            if self.region is not None:
+                try:
+                    document = region_stats(self.region, totals)
+                except Exception as e:  # the store is away: this node's own figures, said so
+                    log.warning("cannot read the region's store: %s", e)
+                    document = {**totals, **self.region.describe(), "region": {"error": str(e)[:300]}}
+                return self._json(start_response, {**document, "disk_used": document.get("region", {}).get(
+                    "used", 0), "name": self.config.name})
             return self._json(start_response, {**totals, "disk_used": self.disk_used(), "name": self.config.name})
         if path == "/metrics":
             return self._prometheus(start_response)
@@ -315,6 +345,8 @@ class CacheNode:
             if refusal:
                 self.metrics.add("refused")
                 return _error(start_response, *refusal)
+            if environ.get(FOLLOW_HEADER) and self.region is not None:
+                return self.follow(environ, start_response, digest)
             return self._blob(environ, start_response, name, digest)
         if path.startswith("/v2/"):
             return self.endpoint.passthrough(environ, start_response)
@@ -333,6 +365,7 @@ class CacheNode:
             lines += [f"# TYPE {metric} counter", f'{metric}{{cache="{self.config.name}"}} {totals[name]}']
         lines += ["# TYPE msr_cache_disk_used_bytes gauge",
                   f'msr_cache_disk_used_bytes{{cache="{self.config.name}"}} {self.disk_used()}',
+                  *self._region_metrics(),
                   "# HELP msr_cache_requests_total Requests answered, by route and status",
                   "# TYPE msr_cache_requests_total counter"]
         for key, count in sorted(totals["requests"].items()):
@@ -342,6 +375,26 @@ class CacheNode:
         body = ("\n".join(lines) + "\n").encode()
         start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4"), ("Content-Length", str(len(body)))])
         return [body]
+
+    def _region_metrics(self) -> list[str]:
+        """A region's node: the region's budget and its nodes by health (every node says
+        the same; the counters above are this node's own)."""
+        if self.region is None:
+            return []
+        try:
+            nodes = self.region.nodes()
+        except Exception as e:
+            log.warning("cannot read the region's store: %s", e)
+            return []
+        healthy = sum(1 for entry in nodes if entry["healthy"])
+        label = f'cache="{self.config.name}"'
+        return ["# HELP msr_cache_region_budget_bytes The region's size budget (--max-size)",
+                "# TYPE msr_cache_region_budget_bytes gauge",
+                f"msr_cache_region_budget_bytes{{{label}}} {self.region.max_size}",
+                "# HELP msr_cache_region_nodes The region's nodes by the age of their heartbeat",
+                "# TYPE msr_cache_region_nodes gauge",
+                f'msr_cache_region_nodes{{{label},state="healthy"}} {healthy}',
+                f'msr_cache_region_nodes{{{label},state="unhealthy"}} {len(nodes) - healthy}']
 
     # -- grants -------------------------------------------------------------------------
 
@@ -370,6 +423,19 @@ class CacheNode:
         stem = digest.replace(":", "-")
         return self.locks / f"{stem}.lock", self.tmp / f"{stem}.partial", self.tmp / f"{stem}.length"
 
+    def published_path(self, digest: str) -> Path:
+        """Where a fill's partial file goes once verified: the blob's place on a node's own
+        disk; in a region, a verified copy kept while it is written to the shared store
+        and the requests of the fill finish (then removed: the store is the region's)."""
+        if self.region is None:
+            return self.blob_path(digest)
+        return self.tmp / (digest.replace(":", "-") + ".verified")
+
+    def has_blob(self, digest: str) -> bool:
+        if self.region is None:
+            return self.blob_path(digest).exists()
+        return self.region.head(digest) is not None
+
     def _try_lock(self, digest: str) -> int | None:
         """The digest's fill lock (flock: exclusive across threads and processes), or None
         if someone is filling it."""
@@ -393,11 +459,15 @@ class CacheNode:
         target = self.blob_path(digest)
         whole = bool(environ.get("HTTP_RANGE")) or environ["REQUEST_METHOD"] == "HEAD"
         for _ in range(3):
-            if target.exists() and not self._expired(target):
+            if self.region is not None:
+                stored = self.region.head(digest)
+                if stored is not None:
+                    return self._serve_stored(environ, start_response, digest, stored)
+            elif target.exists() and not self._expired(target):
                 return self._serve(environ, start_response, target, digest)
             lock_fd = self._try_lock(digest)
             if lock_fd is not None:
-                if target.exists():  # published between the look and the lock
+                if self.region is None and target.exists():  # published between the look and the lock
                     os.close(lock_fd)
                     continue
                 return self._fill(environ, start_response, name, digest, lock_fd, whole)
@@ -434,7 +504,15 @@ class CacheNode:
                 return open(partial_path, "rb"), length
             except (FileNotFoundError, ValueError):
                 pass
-            if self.blob_path(digest).exists() or self._lock_free(lock_path):
+            if self.published_path(digest).exists():
+                if self.region is None:
+                    return None
+                try:  # verified, on its way to the region's store: served from here meanwhile
+                    reader = open(self.published_path(digest), "rb")
+                except FileNotFoundError:
+                    return None
+                return reader, os.fstat(reader.fileno()).st_size
+            if self._lock_free(lock_path):
                 return None
             time.sleep(0.01)
         return None
@@ -452,7 +530,7 @@ class CacheNode:
 
     def _wait_published(self, digest: str) -> None:
         lock_path = self._files(digest)[0]
-        while not self.blob_path(digest).exists() and not self._lock_free(lock_path):
+        while not self.published_path(digest).exists() and not self._lock_free(lock_path):
             time.sleep(0.02)
 
     def _serve(self, environ, start_response, path: Path, digest: str):
@@ -462,18 +540,11 @@ class CacheNode:
             return _error(start_response, "503 Service Unavailable", "UNAVAILABLE", "retry")
         size = os.fstat(blob.fileno()).st_size
         os.utime(path)  # last access, for LRU eviction
-        start, end, status = 0, size - 1, "200 OK"
-        headers = [("Content-Type", "application/octet-stream"), ("Docker-Content-Digest", digest),
-                   ("Accept-Ranges", "bytes"), ("X-Cache", "HIT")]
-        if environ.get("HTTP_RANGE"):
-            try:
-                start, end = parse_range(environ["HTTP_RANGE"], size)
-            except RangeNotSatisfiable:
-                blob.close()
-                return _error(start_response, "416 Range Not Satisfiable", "RANGE_INVALID",
-                              "requested range not satisfiable", [("Content-Range", f"bytes */{size}")])
-            status = "206 Partial Content"
-            headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
+        try:
+            status, headers, start, end = _hit_answer(environ, digest, size)
+        except RangeNotSatisfiable:
+            blob.close()
+            return _range_refused(start_response, size)
         length = end - start + 1
         headers.append(("Content-Length", str(length)))
         start_response(status, headers)
@@ -499,6 +570,12 @@ class CacheNode:
                                   args=(fill, name, environ["msr.fill"], environ["msr.request_id"], lock_fd))
         thread.start()
         fill.answered.wait()
+        if fill.stored:  # another node of the region stored it meanwhile
+            thread.join()
+            stored = self.region.head(digest)
+            if stored is None:
+                return _error(start_response, "503 Service Unavailable", "UNAVAILABLE", "retry")
+            return self._serve_stored(environ, start_response, digest, stored)
         if fill.refusal is not None:
             status, body = fill.refusal
             start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
@@ -509,24 +586,27 @@ class CacheNode:
             thread.join()
             if fill.failed:
                 return _error(start_response, "502 Bad Gateway", "UNAVAILABLE", fill.failed)
-            return self._serve(environ, start_response, self.blob_path(digest), digest)
+            return self._serve(environ, start_response, self.published_path(digest), digest)
         return self._stream_partial(environ, start_response, digest, fill.reader, fill.length, "MISS")
 
     def _run_fill(self, fill, name, credentials, request_id, lock_fd):
         """Fetch a blob from the upstream into the partial file, verify it and publish it;
-        remove the partial file if anything is wrong (cut, short, corrupt)."""
+        remove the partial file if anything is wrong (cut, short, corrupt). In a region,
+        the blob's lease decides: its holder fetches from the upstream and writes the
+        verified blob to the region's store; the other nodes stream it from the holder."""
         requestids.begin(request_id)
         lock_path, partial_path, length_path = self._files(fill.digest)
-        url = f"{self.config.upstream}/v2/{name}/blobs/{fill.digest}"
-        upstream = None
+        upstream = lease = None
         try:
             try:
-                params, headers = credentials  # the client's grant, or its access token
-                upstream = self.session.get(url, params=params, stream=True, timeout=(5, 60),
-                                            headers={"X-Request-ID": request_id, **headers}, allow_redirects=True)
+                upstream, lease = self._source(fill, name, credentials, request_id)
             except requests.RequestException as e:
                 self.metrics.add("upstream_failures")
                 fill.refuse("502 Bad Gateway", error_body("UNAVAILABLE", f"upstream unreachable: {e}"))
+                return
+            if upstream is None:
+                if not fill.answered.is_set():
+                    fill.stored = True
                 return
             if upstream.status_code != 200:
                 self.metrics.add("upstream_failures")
@@ -534,17 +614,21 @@ class CacheNode:
                     upstream.status_code, "502 Bad Gateway")
                 fill.refuse(status, upstream.content[:10000])
                 return
-            self.metrics.add("upstream_fetches")
+            from_peer = self.region is not None and lease is None
+            self.metrics.add("peer_fetches" if from_peer else "upstream_fetches")
             fill.length = int(upstream.headers.get("Content-Length", "-1"))
-            self.make_room(max(fill.length, 0))
+            if not from_peer:
+                if lease is not None:
+                    lease.say_length(fill.length)
+                self.make_room(max(fill.length, 0))
             partial_path.unlink(missing_ok=True)  # a dead filler's; its readers see it gone
             length_path.write_text(str(fill.length))
             out_fd = os.open(partial_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             fill.reader = open(partial_path, "rb")
             fill.answered.set()
             try:
-                self._download(upstream, fill, out_fd)
-                target = self.blob_path(fill.digest)
+                self._download(upstream, fill, out_fd, "bytes_from_peers" if from_peer else "bytes_from_upstream")
+                target = self.published_path(fill.digest)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(partial_path, target)
             except UpstreamError as e:
@@ -555,6 +639,11 @@ class CacheNode:
             finally:
                 os.close(out_fd)
                 length_path.unlink(missing_ok=True)
+            if lease is not None and not fill.failed:
+                try:  # the requests of this fill finish meanwhile, from the verified copy
+                    self.region.publish(fill.digest, target)
+                except Exception as e:  # the next miss fetches it again
+                    log.warning("cannot write %s to the region's store: %s", fill.digest, e)
         except Exception as e:  # a bug or a full disk: nobody may wait forever
             log.exception("fill of %s failed", fill.digest)
             fill.failed = f"fill failed: {type(e).__name__}"
@@ -564,13 +653,102 @@ class CacheNode:
         finally:
             if upstream is not None:
                 upstream.close()
+            if lease is not None:
+                lease.release()
             with self._fills_lock:
                 self._fills.pop(fill.digest, None)
             os.close(lock_fd)
             fill.finish()
             self.metrics.save()
 
-    def _download(self, upstream, fill, out_fd: int) -> None:
+    def _source(self, fill, name, credentials, request_id):
+        """Where a fill's bytes come from: (the upstream's answer, None) on a node of its
+        own; in a region, (the upstream's answer, the blob's lease) when this node won the
+        lease, (the holder's stream, None) while another node fills it, or (None, None)
+        when the blob is in the region's store by now. A holder that does not answer (it
+        died: its lease runs out) is waited for, then its lease is taken over."""
+        params, headers = credentials  # the client's grant, or its access token
+        headers = {"X-Request-ID": request_id, **headers}
+        url = f"{self.config.upstream}/v2/{name}/blobs/{fill.digest}"
+        if self.region is None:
+            return self.session.get(url, params=params, stream=True, timeout=(5, 60), headers=headers,
+                                    allow_redirects=True), None
+        deadline = time.monotonic() + 2 * self.region.lease_ttl + 10
+        while True:
+            if self.region.head(fill.digest) is not None:
+                return None, None
+            lease, holder = self.region.acquire(lease_name(fill.digest), stale_if_mine=True)
+            if lease is not None:
+                try:
+                    return self.session.get(url, params=params, stream=True, timeout=(5, 60), headers=headers,
+                                            allow_redirects=True), lease
+                except BaseException:
+                    lease.release()
+                    raise
+            peer = str((holder or {}).get("url") or "")
+            if peer and not peer_allowed(peer, self.config.peer_networks):
+                log.warning("not streaming %s from %r: not a region node's address (MSR_CACHE_PEER_NETWORKS)",
+                            fill.digest, peer[:200])
+            elif peer:
+                try:
+                    answer = self.session.get(f"{peer}/v2/{name}/blobs/{fill.digest}", params=params, stream=True,
+                                              timeout=(2, 60), allow_redirects=False,
+                                              headers={**headers, "X-MSR-Region-Follow": "1"})
+                except requests.RequestException as e:
+                    log.info("the node filling %s (%s) does not answer: %s", fill.digest, peer, e)
+                else:
+                    if answer.status_code in (200, 401, 403):  # 401/403: the client's credentials
+                        return answer, None
+                    answer.close()
+            if time.monotonic() > deadline:
+                raise requests.ConnectionError(f"the region's node filling {fill.digest} does not answer")
+            time.sleep(0.25)
+
+    def follow(self, environ, start_response, digest):
+        """Another node of the region streams a fill in progress here (it lost the race for
+        the blob's lease to this node): the partial file as it grows, or the stored blob;
+        404 if this node has neither (then the asking node looks at the lease again)."""
+        stored = self.region.head(digest)
+        if stored is not None:
+            return self._serve_stored(environ, start_response, digest, stored, redirect=False)
+        if not self._lock_free(self._files(digest)[0]):
+            partial = self._follow(digest)
+            if partial is not None:
+                return self._stream_partial(environ, start_response, digest, *partial, "HIT")
+        return _error(start_response, "404 Not Found", "BLOB_UNKNOWN", "this node is not filling the blob")
+
+    def _serve_stored(self, environ, start_response, digest, stored, redirect=None):
+        """A hit from the region's store: a redirect to a presigned GET (--s3-redirect), or
+        the object streamed through the node, with Range."""
+        size = stored["size"]
+        self.region.touch(digest)
+        self.metrics.add("hits")
+        if (self.config.s3_redirect if redirect is None else redirect) and environ["REQUEST_METHOD"] == "GET":
+            location = self.region.bucket.presigned_blob_url(digest, self.config.s3_redirect_ttl)
+            self.metrics.save()
+            start_response("307 Temporary Redirect", [("Location", location), ("Content-Length", "0"),
+                                                      ("Docker-Content-Digest", digest), ("X-Cache", "HIT")])
+            return []
+        try:
+            status, headers, start, end = _hit_answer(environ, digest, size)
+        except RangeNotSatisfiable:
+            return _range_refused(start_response, size)
+        length = end - start + 1
+        if environ["REQUEST_METHOD"] == "HEAD" or length <= 0:
+            start_response(status, [*headers, ("Content-Length", str(max(length, 0)))])
+            self.metrics.save()
+            return []
+        try:
+            body = self.region.open(digest, start, length)
+        except FileNotFoundError:  # evicted a moment ago
+            return _error(start_response, "503 Service Unavailable", "UNAVAILABLE", "retry")
+        start_response(status, [*headers, ("Content-Length", str(length))])
+        self.metrics.add("bytes_from_disk", length)
+        self.metrics.save()
+        chunks = _stored_chunks(body, length)
+        return _ClosingStream(chunks, body.close, chunks)
+
+    def _download(self, upstream, fill, out_fd: int, counter: str = "bytes_from_upstream") -> None:
         """Write the upstream body to the partial file, hashing it; raise UpstreamError
         unless it is complete and matches the digest."""
         algorithm = fill.digest.partition(":")[0]
@@ -583,7 +761,7 @@ class CacheNode:
                     view = view[os.write(out_fd, view):]
                 hasher.update(chunk)
                 written += len(chunk)
-                self.metrics.add("bytes_from_upstream", len(chunk))
+                self.metrics.add(counter, len(chunk))
                 fill.grew()
         except (requests.RequestException, OSError) as e:
             raise UpstreamError(f"upstream cut after {written} bytes: {e}") from None
@@ -621,12 +799,13 @@ class CacheNode:
 
     def _tail_bytes(self, reader, length: int, digest: str, count_disk: bool):
         fd = reader.fileno()
-        target = self.blob_path(digest)
+        target = self.published_path(digest)
         lock_path = self._files(digest)[0]
-        sent, idle_since = 0, time.monotonic()
+        sent, idle_since, published = 0, time.monotonic(), False
         while sent < length:
             status = os.fstat(fd)
-            published = status.st_nlink > 0 and _same_file(target, status)
+            # Once seen published, always: a region's verified copy is removed a while after.
+            published = published or (status.st_nlink > 0 and _same_file(target, status))
             if status.st_nlink == 0 and not published:
                 log.warning("serving %s: the fill failed after %d bytes", digest, sent)
                 raise UpstreamError("the fill failed")  # the partial file was removed
@@ -664,6 +843,16 @@ class CacheNode:
         if claims is None:
             return _error(start_response, "401 Unauthorized", "UNAUTHORIZED", reason)
         digest = claims.get(grants.DIGEST)
+        if self.region is not None:  # the region's store: gone for every node of the region
+            for path in ([self.published_path(digest)] if digest else list(self.tmp.glob("*.verified"))):
+                path.unlink(missing_ok=True)
+            try:
+                removed = self.region.purge(digest)
+            except Exception as e:
+                log.warning("purge of the region's store failed: %s", e)
+                return _error(start_response, "503 Service Unavailable", "UNAVAILABLE",
+                              f"the region's store did not answer: {type(e).__name__}")
+            return self._json(start_response, {"removed": removed})
         removed = 0
         for path in ([self.blob_path(digest)] if digest else list(self.blobs.glob("*/*/*"))):
             try:
@@ -674,6 +863,8 @@ class CacheNode:
         return self._json(start_response, {"removed": removed})
 
     def disk_used(self) -> int:
+        if self.region is not None:
+            return self.region.used()
         return sum(p.stat().st_size for p in self.blobs.glob("*/*/*") if p.is_file())
 
     def evict(self, incoming: int = 0) -> int:
@@ -713,6 +904,9 @@ class CacheNode:
     def make_room(self, incoming: int) -> None:
         """Evict before a fill of `incoming` bytes would take the store past its budget:
         the budget holds at every moment, not only at the next sweep."""
+        if self.region is not None:
+            self.region.make_room(incoming)
+            return
         lock = os.open(self.locks / "evict.lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -720,8 +914,41 @@ class CacheNode:
         finally:
             os.close(lock)
 
+    def _region_housekeeping(self, last_beat: float) -> float:
+        """A region's node: its heartbeat (one process of the node sends it: the one that
+        holds the heartbeat lock), its processes' last-use times, and the verified copies
+        of finished fills removed (the store has them)."""
+        if time.monotonic() - last_beat < HEARTBEAT_SECONDS:
+            return last_beat
+        if self._heartbeat_lock is None:
+            fd = os.open(self.locks / "heartbeat.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._heartbeat_lock = fd  # held for the process's life
+            except OSError:
+                os.close(fd)
+        try:
+            if self._heartbeat_lock is not None:
+                totals = self.metrics.total()
+                del totals["requests"]
+                self.region.heartbeat(totals)
+            self.region.save_use()
+        except Exception as e:
+            log.warning("cannot write to the region's store: %s", e)
+        for path in self.tmp.glob("*.verified"):
+            if _older_than(path, 300):
+                path.unlink(missing_ok=True)
+        return time.monotonic()
+
+    def _evict_region(self) -> None:
+        try:
+            self.region.evict()
+        except Exception as e:
+            log.warning("eviction of the region's store failed: %s", e)
+
     def _housekeeping(self) -> None:
         last_eviction = last_report = time.monotonic()
+        last_beat = 0.0
         while True:
             time.sleep(0.5)
             try:
@@ -729,8 +956,14 @@ class CacheNode:
                 if time.monotonic() - last_report >= 2:
                     last_report = time.monotonic()
                     self.endpoint.reports.send()
+                if self.region is not None:
+                    last_beat = self._region_housekeeping(last_beat)
                 if time.monotonic() - last_eviction >= self.config.evict_interval:
                     last_eviction = time.monotonic()
+                    if self.region is not None:
+                        self._evict_region()
+                        self.endpoint.forget_stale()
+                        continue
                     lock = os.open(self.locks / "evict.lock", os.O_CREAT | os.O_RDWR, 0o600)
                     try:
                         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -742,6 +975,66 @@ class CacheNode:
                         os.close(lock)
             except Exception:
                 log.exception("cache housekeeping failed")
+
+
+def _hit_answer(environ, digest: str, size: int) -> tuple[str, list, int, int]:
+    """The status, headers and byte span (first, last) of a hit of `size` bytes, as the
+    request's Range asks; RangeNotSatisfiable for a range outside it."""
+    start, end, status = 0, size - 1, "200 OK"
+    headers = [("Content-Type", "application/octet-stream"), ("Docker-Content-Digest", digest),
+               ("Accept-Ranges", "bytes"), ("X-Cache", "HIT")]
+    if environ.get("HTTP_RANGE"):
+        start, end = parse_range(environ["HTTP_RANGE"], size)
+        status = "206 Partial Content"
+        headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
+    return status, headers, start, end
+
+
+def _range_refused(start_response, size: int):
+    return _error(start_response, "416 Range Not Satisfiable", "RANGE_INVALID", "requested range not satisfiable",
+                  [("Content-Range", f"bytes */{size}")])
+
+
+def _stored_chunks(body, length: int):
+    """A stored object's bytes as the store sends them; a store that stops short ends
+    the response short (the client sees a cut, never a complete wrong body)."""
+    sent = 0
+    while sent < length:
+        try:
+            data = body.read(min(CHUNK, length - sent))
+        except Exception as e:
+            log.warning("reading from the region's store failed after %d bytes: %s", sent, e)
+            return
+        if not data:
+            log.warning("the region's store sent %d of %d bytes", sent, length)
+            return
+        sent += len(data)
+        yield data
+
+
+def _region_store(config: Config):
+    """The region's shared store of `msr cache --store s3://bucket/prefix`."""
+    bucket, prefix = blobstore.parse_url(config.store)
+    node_url = config.node_url or _default_node_url()
+    return RegionStore(blobstore.S3Bucket(bucket, prefix, **config.s3), config.name,
+                       config.node_id or node_id(node_url), node_url, config.lease_ttl, config.ttl, config.max_size)
+
+
+def _default_node_url() -> str:
+    """http://<bind>: gunicorn's first --bind (in GUNICORN_CMD_ARGS or the command line);
+    a wildcard host is replaced by this host's name."""
+    bind = os.environ.get("MSR_CACHE_BIND") or "127.0.0.1:5100"
+    host, _, port = bind.rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = socket.gethostname()
+    return f"http://{host}:{port}"
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
 
 
 def _same_file(path: Path, status) -> bool:
@@ -763,6 +1056,7 @@ class _Fill:
         self.length = -1
         self.reader = None
         self.failed = ""
+        self.stored = False  # in the region's store by now: nothing to fetch
         self._growth = threading.Condition()
 
     def refuse(self, status: str, body: bytes) -> None:

@@ -106,7 +106,7 @@ PROCESS_FIXTURES = frozenset({
 # Modules whose tests start processes in their bodies (Deployment(...), `msr up`,
 # docker-compose, skopeo, a built image) rather than through a fixture.
 PROCESS_MODULES = frozenset({"test_docker.py", "test_embedded.py", "test_hardening.py", "test_image.py",
-                             "test_s3.py"})
+                             "test_region.py", "test_s3.py"})
 
 
 def _starts_processes(item) -> bool:

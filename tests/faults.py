@@ -1,6 +1,6 @@
 """An HTTP forwarding proxy on 127.0.0.1 that misbehaves on request: answer 503 to the
-next N requests, or slow request bodies down (to have time to kill a worker in
-the middle of a copy). Everything else is passed through unchanged."""
+next N requests, or slow request bodies or answers down (to have time to kill a worker
+or a cache node in the middle of a copy or a fill). Everything else is passed through unchanged."""
 
 import threading
 import time
@@ -18,6 +18,7 @@ class FaultProxy:
         self.fail_next = 0
         self.refused = 0
         self.upload_bytes_per_second = 0  # 0: no limit
+        self.download_bytes_per_second = 0  # answers' bodies sent at this pace (0: no limit)
         self.seen: list[tuple[str, str, int]] = []  # (method, path, status) of every request
         self.connections = 0  # accepted, in all
         self.lock = threading.Lock()
@@ -99,8 +100,14 @@ class FaultProxy:
                 self.send_header("Content-Length", response.headers.get("Content-Length", str(len(content)))
                                  if self.command == "HEAD" else str(len(content)))
                 self.end_headers()
-                if content:
-                    self.wfile.write(content)
+                rate = proxy.download_bytes_per_second
+                for start in range(0, len(content), 65536 if rate else max(len(content), 1)):
+                    try:
+                        self.wfile.write(content[start:start + (65536 if rate else len(content))])
+                    except OSError:
+                        return  # the client went away (or was killed)
+                    if rate:
+                        time.sleep(65536 / rate)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 

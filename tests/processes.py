@@ -48,6 +48,14 @@ class Process:
                 time.sleep(0.1)
         raise RuntimeError(f"{url} did not answer in {timeout}s:\n{self.log()}")
 
+    def kill(self) -> None:
+        """SIGKILL the process and its children (its process group, which it leads): a crash,
+        nothing cleaned up."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+        self._log.close()
+
     def stop(self) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
@@ -117,9 +125,11 @@ def run(argv, timeout=300, check=True, **kwargs) -> subprocess.CompletedProcess:
 
 
 def start_cache(name: str, msr_url: str, data_dir: Path, log_dir: Path, upstream: str | None = None,
-                workers=2, extra_env=None, threads=None) -> tuple[Process, str]:
-    """Run `msr cache` (a cache node) on a free port; returns the process and its URL."""
-    port = free_port()
+                workers=2, extra_env=None, threads=None, extra_args=(), port: int | None = None
+                ) -> tuple[Process, str]:
+    """Run `msr cache` (a cache node) on `port` (default: a free one); returns the process
+    and its URL. `extra_args`: more of `msr cache`'s options (a region's --store, ...)."""
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "MSR_", "DATABASE_URL"))}
     env.update(extra_env or {})
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +139,7 @@ def start_cache(name: str, msr_url: str, data_dir: Path, log_dir: Path, upstream
         argv += ["--upstream", upstream]
     if threads:
         argv += ["--threads", str(threads)]
+    argv += list(extra_args)
     process = Process(argv, env, log_dir / f"cache-{name}-{port}.log")
     url = f"http://127.0.0.1:{port}"
     process.wait_http(f"{url}/healthz")

@@ -509,6 +509,17 @@ def _cache_argv(args) -> tuple[list[str], dict]:
         "MSR_CACHE_TOKEN_RELAY": "1" if args.token_relay else "0",
         "MSR_CACHE_PUBLIC_URL": args.public_url or "", "MSR_CACHE_TOKEN_SERVICE": args.token_service or "",
         "MSR_CACHE_MEMBERSHIP_TTL": args.membership_ttl,
+        # A region's shared store (caches/region.py). Empty: the node's own --data.
+        "MSR_CACHE_STORE": getattr(args, "store", None) or "", "MSR_CACHE_BIND": args.bind,
+        "MSR_CACHE_S3_ENDPOINT_URL": getattr(args, "s3_endpoint", None) or "",
+        "MSR_CACHE_S3_PUBLIC_ENDPOINT_URL": getattr(args, "s3_public_endpoint", None) or "",
+        "MSR_CACHE_S3_REGION": getattr(args, "s3_region", None) or "",
+        "MSR_CACHE_S3_ADDRESSING_STYLE": getattr(args, "s3_addressing_style", None) or "auto",
+        "MSR_CACHE_S3_REDIRECT": "1" if getattr(args, "s3_redirect", False) else "0",
+        "MSR_CACHE_NODE_URL": getattr(args, "node_url", None) or "",
+        "MSR_CACHE_NODE_ID": getattr(args, "node_id", None) or "",
+        "MSR_CACHE_LEASE_TTL": getattr(args, "lease_ttl", None) or "30s",
+        "MSR_CACHE_PEER_NETWORKS": getattr(args, "peer_networks", None) or "",
     }
     argv = [sys.executable, "-m", "gunicorn", "caches.node:application", "--bind", args.bind,
             "--workers", str(args.workers), "--worker-class", _worker_class(),
@@ -524,12 +535,29 @@ def cmd_cache(args) -> None:
     """A cache node: no database, only a data dir, its upstream and MSR's public keys."""
     from caches.node import parse_duration, parse_size
 
+    from caches.region import parse_networks
+    from protocol.blobstore import parse_url
+
     for value, parse in ((args.max_size, parse_size), (args.ttl, parse_duration),
-                         (args.membership_ttl, parse_duration)):
+                         (args.membership_ttl, parse_duration), (args.lease_ttl, parse_duration)):
         try:
             parse(value)
         except ValueError as e:
             sys.exit(f"msr cache: {e}")
+    if args.store:
+        try:
+            parse_url(args.store)
+        except ValueError as e:
+            sys.exit(f"msr cache: --store: {e}")
+        if parse_duration(args.lease_ttl) < 2:
+            sys.exit("msr cache: --lease-ttl must be at least 2s")
+        try:
+            parse_networks(args.peer_networks or "")
+        except ValueError as e:
+            sys.exit(f"msr cache: --peer-networks: {e}")
+    for flag, url in (("--node-url", args.node_url), ("--s3-endpoint", args.s3_endpoint)):
+        if url and not re.fullmatch(r"https?://[^/?#]+/?", url):
+            sys.exit(f"msr cache: {flag} {url!r}: expected http(s)://host[:port]")
     if args.public_url and not re.fullmatch(r"https?://[^/?#]+/?", args.public_url):
         sys.exit(f"msr cache: --public-url {args.public_url!r}: expected http(s)://host[:port]")
     if not args.name or not args.msr:
@@ -602,6 +630,34 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument("--membership-ttl", default=env("MSR_CACHE_MEMBERSHIP_TTL", "10m"),
                           help="how long the node trusts that a digest belongs to a repository "
                                "(default 10m, or MSR_CACHE_MEMBERSHIP_TTL)")
+    region = cache.add_argument_group(
+        "a region of several nodes (same --name, one --store, behind one address; docs/operations.md)")
+    region.add_argument("--store", default=env("MSR_CACHE_STORE"),
+                        help="s3://bucket/prefix: the region's shared store (default: the local --data); "
+                             "--max-size and --ttl are then the region's. Credentials: MSR_CACHE_S3_ACCESS_KEY_ID "
+                             "and MSR_CACHE_S3_SECRET_ACCESS_KEY, or the AWS SDK's own (AWS_*, instance role)")
+    region.add_argument("--s3-endpoint", default=env("MSR_CACHE_S3_ENDPOINT_URL"),
+                        help="the S3 API's URL (MinIO, Ceph RGW; default AWS)")
+    region.add_argument("--s3-region", default=env("MSR_CACHE_S3_REGION"))
+    region.add_argument("--s3-addressing-style", choices=("auto", "path", "virtual"),
+                        default=env("MSR_CACHE_S3_ADDRESSING_STYLE", "auto"))
+    region.add_argument("--s3-redirect", action=argparse.BooleanOptionalAction,
+                        default=_env_flag("MSR_CACHE_S3_REDIRECT", False),
+                        help="answer hits with a redirect to a presigned GET on the bucket instead of "
+                             "streaming them (clients must reach the bucket; default off)")
+    region.add_argument("--s3-public-endpoint", default=env("MSR_CACHE_S3_PUBLIC_ENDPOINT_URL"),
+                        help="the bucket's URL as clients reach it, for --s3-redirect")
+    region.add_argument("--node-url", default=env("MSR_CACHE_NODE_URL"),
+                        help="this node's URL as the region's other nodes reach it (default http://<--bind>, "
+                             "the host name for a wildcard bind)")
+    region.add_argument("--node-id", default=env("MSR_CACHE_NODE_ID"),
+                        help="this node's name in the region (default <host name>-<port>)")
+    region.add_argument("--peer-networks", default=env("MSR_CACHE_PEER_NETWORKS"),
+                        help="the networks of the region's nodes (comma-separated CIDRs): a node streams a fill "
+                             "in progress, with the client's credentials, only from a node there "
+                             "(default: private and loopback networks)")
+    region.add_argument("--lease-ttl", default=env("MSR_CACHE_LEASE_TTL", "30s"),
+                        help="a fill whose node stopped renewing its lease this long is taken over (default 30s)")
     cache.set_defaults(func=cmd_cache)
     worker = sub.add_parser("worker", help="run a Celery worker")
     worker.add_argument("--concurrency", type=int, default=int(os.environ.get("MSR_WORKER_CONCURRENCY", "2")))

@@ -38,21 +38,15 @@ import uuid
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import boto3
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from msr.storage.base import CHUNK_SIZE, DigestMismatch, HasherCache, UploadBusy
+from protocol.blobstore import S3Bucket, missing as _missing
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 LEASE_SECONDS = 60
 LEASE_RENEW_SECONDS = 15
-NOT_FOUND = ("404", "NoSuchKey", "NotFound", "NoSuchUpload")
-
-
-def _missing(error: ClientError) -> bool:
-    return error.response.get("Error", {}).get("Code") in NOT_FOUND
 
 
 class S3Upload:
@@ -71,7 +65,10 @@ class S3Upload:
         return self.state["size"]
 
 
-class S3Storage:
+class S3Storage(S3Bucket):
+    """MSR's blob store on a bucket: the layout and reads of protocol.blobstore (which a
+    region's cache nodes share), uploads as multipart uploads, redirects to presigned GETs."""
+
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
                  public_endpoint_url: str | None = None, region: str | None = None,
                  access_key: str | None = None, secret_key: str | None = None,
@@ -79,102 +76,33 @@ class S3Storage:
                  redirect: bool = True, redirect_ttl: int = 1200):
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part size {part_size}: S3 needs at least {MIN_PART_SIZE} bytes")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        super().__init__(bucket, prefix, endpoint_url=endpoint_url, public_endpoint_url=public_endpoint_url,
+                         region=region, access_key=access_key, secret_key=secret_key,
+                         addressing_style=addressing_style)
         self.part_size = part_size
         self.redirect, self.redirect_ttl = redirect, redirect_ttl
-        self._settings = dict(region_name=region or "us-east-1", aws_access_key_id=access_key or None,
-                              aws_secret_access_key=secret_key or None)
-        self._config = Config(s3={"addressing_style": addressing_style}, signature_version="s3v4",
-                              max_pool_connections=50, retries={"max_attempts": 5, "mode": "standard"})
-        self.endpoint_url, self.public_endpoint_url = endpoint_url, public_endpoint_url or endpoint_url
-        self._clients: dict = {}
-        self._clients_lock = threading.Lock()
         self._hashers = HasherCache()
         self._transfer = TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size,
                                         max_concurrency=4)
 
-    # botocore clients are thread-safe but must not cross a fork (gunicorn, Celery): one
-    # per process, made on first use.
-    def _client(self, public: bool = False):
-        import os
-
-        key = (os.getpid(), public)
-        client = self._clients.get(key)
-        if client is None:
-            with self._clients_lock:
-                client = self._clients.get(key)
-                if client is None:
-                    session = boto3.session.Session()
-                    client = session.client(
-                        "s3", endpoint_url=self.public_endpoint_url if public else self.endpoint_url,
-                        config=self._config, **self._settings)
-                    self._clients = {k: v for k, v in self._clients.items() if k[0] == os.getpid()}
-                    self._clients[key] = client
-        return client
-
-    @property
-    def s3(self):
-        return self._client()
-
     # -- keys --------------------------------------------------------------------------
-
-    def blob_key(self, digest: str) -> str:
-        algorithm, _, encoded = digest.partition(":")
-        return f"{self.prefix}blobs/{algorithm}/{encoded[:2]}/{encoded}"
 
     def _upload_key(self, upload_id: str, name: str) -> str:
         return f"{self.prefix}uploads/{upload_id}/{name}"
 
-    # -- blobs -------------------------------------------------------------------------
-
-    def blob_size(self, digest: str) -> int | None:
-        try:
-            return self.s3.head_object(Bucket=self.bucket, Key=self.blob_key(digest))["ContentLength"]
-        except ClientError as e:
-            if _missing(e):
-                return None
-            raise
-
-    def open_blob(self, digest: str, offset: int = 0, length: int | None = None):
-        """The blob's bytes from `offset` (`length` of them, or to the end) as a stream
-        (read(n), close())."""
-        extra = {}
-        if offset or length is not None:
-            extra["Range"] = f"bytes={offset}-{'' if length is None else offset + length - 1}"
-        try:
-            return self.s3.get_object(Bucket=self.bucket, Key=self.blob_key(digest), **extra)["Body"]
-        except ClientError as e:
-            if _missing(e):
-                raise FileNotFoundError(digest) from None
-            raise
+    # -- blobs (the rest: protocol.blobstore.S3Bucket) -----------------------------------
 
     def blob_url(self, digest: str) -> str | None:
         """A presigned GET (computed locally, no request to S3); None with redirects off."""
         if not self.redirect:
             return None
-        return self._client(public=True).generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self.blob_key(digest)},
-            ExpiresIn=self.redirect_ttl)
-
-    def delete_blob(self, digest: str) -> None:
-        self.s3.delete_object(Bucket=self.bucket, Key=self.blob_key(digest))
-
-    def iter_blobs(self):
-        for item in self._list(f"{self.prefix}blobs/"):
-            parts = item["Key"][len(self.prefix):].split("/")
-            if len(parts) == 4:
-                yield f"{parts[1]}:{parts[3]}", item["Size"]
+        return self.presigned_blob_url(digest, self.redirect_ttl)
 
     def store_blob(self, digest: str, source: Path) -> None:
-        self.s3.upload_file(str(source), self.bucket, self.blob_key(digest), Config=self._transfer)
-
-    def check(self) -> None:
-        self.s3.head_bucket(Bucket=self.bucket)
+        self.put_blob_file(digest, source, self._transfer)
 
     def _list(self, prefix: str):
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            yield from page.get("Contents", [])
+        return self.list(prefix)
 
     def _delete_prefix(self, prefix: str) -> None:
         keys = [{"Key": item["Key"]} for item in self._list(prefix)]

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.fresh_interpreter
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the gunicorn of `msr cache` loads of ours: the application and the worker class.
-NODE_MODULES = ("caches", "caches.node", "caches.httpserver", "caches.endpoint")
+NODE_MODULES = ("caches", "caches.node", "caches.httpserver", "caches.endpoint", "caches.region")
 
 
 def _loaded_after(statement: str) -> list[str]:

@@ -9,6 +9,7 @@ from celery import shared_task
 from django.utils import timezone
 
 from caches.models import CacheMetrics, ContentCache
+from caches.region import NODE_HEALTHY_SECONDS
 from msr import egress
 from msr.jsonsafe import loads
 from protocol.grants import purge_claims
@@ -40,9 +41,6 @@ STATS_MAX_BYTES = 1024 * 1024
 MAX_NODES = 200
 COUNTER_FIELDS = ("hits", "misses", "bytes_from_disk", "bytes_from_upstream", "upstream_fetches", "disk_used")
 _BIGINT_MAX = 2**63 - 1
-# A node whose heartbeat is older than this is unhealthy, when its entry does not say
-# (the node's own rule, caches/region.py).
-HEARTBEAT_HEALTHY_SECONDS = 15
 
 
 def check_cache(cache: ContentCache) -> bool:
@@ -140,7 +138,7 @@ def _node(entry) -> dict | None:
         else round(min(max(float(age), 0.0), 10 * 365 * 86400.0), 1)
     healthy = entry.get("healthy")
     if not isinstance(healthy, bool):
-        healthy = age is not None and age < HEARTBEAT_HEALTHY_SECONDS
+        healthy = age is not None and age < NODE_HEALTHY_SECONDS  # the node's own rule
     url = entry.get("url")
     return {"node": _clip(entry["node"].strip(), 100), "url": _clip(url, 500) if isinstance(url, str) else "",
             "healthy": healthy, "age": age, "seen": _instant(entry.get("seen"))}

@@ -15,6 +15,18 @@ from msr import egress
 from msr.references import is_valid_name
 
 
+class RegionNodeSerializer(serializers.Serializer):
+    """One node of a region, from its heartbeat in the shared store (read-only: the
+    region reports it)."""
+
+    node = serializers.CharField(read_only=True, help_text="the node's id")
+    url = serializers.CharField(read_only=True, help_text="where the region's other nodes reach it")
+    healthy = serializers.BooleanField(read_only=True, help_text="its heartbeat is recent (15 s)")
+    age = serializers.FloatField(read_only=True, allow_null=True,
+                                 help_text="seconds since its last heartbeat, at the report")
+    seen = serializers.DateTimeField(read_only=True, allow_null=True, help_text="its last heartbeat")
+
+
 class ContentCacheSerializer(serializers.ModelSerializer):
     parent = serializers.SlugRelatedField(slug_field="name", queryset=ContentCache.objects.all(),
                                           allow_null=True, required=False)
@@ -23,13 +35,27 @@ class ContentCacheSerializer(serializers.ModelSerializer):
                                       help_text="why the last health check failed, in a sentence")
     lastErrorDetail = serializers.CharField(source="last_error_detail", read_only=True,
                                             help_text="the raw error behind lastError")
+    store = serializers.CharField(read_only=True, help_text="a region's shared store (s3://bucket/prefix); "
+                                                            "empty: one node with its own disk")
+    nodes = RegionNodeSerializer(many=True, read_only=True,
+                                 help_text="a region's nodes at its last report, by node id; empty: one node")
+    nodesHealthy = serializers.SerializerMethodField(help_text="a region's nodes with a recent heartbeat; null: one node")
+    nodesTotal = serializers.SerializerMethodField(help_text="a region's nodes; null: one node")
+    nodesReportedAt = serializers.DateTimeField(source="nodes_reported_at", read_only=True, allow_null=True,
+                                                help_text="when the region last reported its nodes")
     metrics = serializers.SerializerMethodField()
 
     class Meta:
         model = ContentCache
         fields = ["id", "name", "region", "url", "enabled", "parent", "healthy", "lastCheckedAt", "lastError",
-                  "lastErrorDetail", "metrics"]
+                  "lastErrorDetail", "store", "nodes", "nodesHealthy", "nodesTotal", "nodesReportedAt", "metrics"]
         read_only_fields = ["healthy"]
+
+    def get_nodesHealthy(self, cache) -> int | None:
+        return cache.nodes_healthy if cache.is_region else None
+
+    def get_nodesTotal(self, cache) -> int | None:
+        return len(cache.nodes) if cache.is_region else None
 
     def get_metrics(self, cache) -> dict | None:
         latest = cache.metrics.order_by("-at").first()

@@ -10,9 +10,11 @@ cache_name_validator = RegexValidator(r"^[a-z0-9][a-z0-9-]{0,62}$", "Lowercase l
 
 
 class ContentCache(models.Model):
-    """A cache node in a region. MSR redirects layer pulls of users who chose it (or
-    whose network maps to it) to `url`, with a signed grant, while it is enabled and
-    healthy. A cache may fetch from a parent cache instead of from MSR."""
+    """A cache in a region: one node, or a region of several nodes behind one address
+    (a load balancer) sharing one object store. MSR redirects layer pulls of users who
+    chose it (or whose network maps to it) to `url`, with a signed grant, while it is
+    enabled and healthy: while that one address answers. A cache may fetch from a
+    parent cache instead of from MSR."""
 
     name = models.CharField(max_length=63, unique=True, validators=[cache_name_validator])
     region = models.CharField(max_length=100, blank=True)
@@ -25,10 +27,26 @@ class ContentCache(models.Model):
     # error as the HTTP library put it, for whoever debugs the network (the console's details).
     last_error = models.CharField(max_length=500, blank=True)
     last_error_detail = models.TextField(blank=True)
+    # A region of several nodes, as the node that answered the last health check reported
+    # it: the shared store (s3://bucket/prefix) and each node's heartbeat ({"node", "url",
+    # "healthy", "age", "seen"}, caches.tasks.region_of). A cache of one node with its own
+    # disk reports neither. Kept while the address does not answer, with the time of that
+    # report, so that the console can say which nodes were alive when it last did.
+    store = models.CharField(max_length=500, blank=True, help_text="the region's shared store; empty: one node's disk")
+    nodes = models.JSONField(default=list, blank=True)
+    nodes_reported_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self):
         return self.name
+
+    @property
+    def is_region(self) -> bool:
+        return bool(self.store)
+
+    @property
+    def nodes_healthy(self) -> int:
+        return sum(1 for node in self.nodes if node.get("healthy"))
 
     def chain(self) -> list["ContentCache"]:
         """This cache and its ancestors, nearest first (a cycle is cut)."""

@@ -1,6 +1,7 @@
 """The caches console (system admins): every cache's health (a sentence, with the raw
-error in a details element), hit ratio, bytes served, a traffic chart, how to point
-clients at each cache as their region's registry endpoint, and pre-warming by hand."""
+error in a details element), hit ratio, bytes served, a traffic chart, the nodes of a
+region of several nodes and their heartbeats, how to point clients at each cache as
+their region's registry endpoint, and pre-warming by hand."""
 
 from urllib.parse import urlsplit
 
@@ -46,6 +47,24 @@ def _chart(samples, width=320, height=60) -> str:
     return (f'<svg role="img" aria-label="bytes served per health check, peak {top} bytes" '
             f'class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
             f'<polyline fill="none" stroke="#1f5fbf" stroke-width="2" points="{coordinates}"/></svg>')
+
+
+def region_summary(cache: ContentCache) -> str:
+    """"region of 3 nodes, 2 healthy" for a region of several nodes, else ""."""
+    if not cache.is_region:
+        return ""
+    total = len(cache.nodes)
+    return f"region of {total} node{'' if total == 1 else 's'}, {cache.nodes_healthy} healthy"
+
+
+def heartbeat_age(seconds: float | None) -> str:
+    """How long ago a node's heartbeat was, at the report: "4 s ago", "3 min ago"."""
+    if seconds is None:
+        return "unknown"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f} {unit} ago"
+    return f"{int(seconds)} s ago"
 
 
 def endpoint_setup(cache_url: str, msr_url: str) -> dict:
@@ -103,6 +122,10 @@ def console_caches(request):
             "hit_ratio": f"{latest.hits / served:.0%}" if served else "—",
             "bytes_served": (latest.bytes_from_disk + latest.bytes_from_upstream) if latest else 0,
             "chart": mark_safe(_chart(samples)),
+            "region": region_summary(cache),
+            "degraded": cache.is_region and cache.nodes_healthy < len(cache.nodes),
+            "nodes": [{**node, "heartbeat": heartbeat_age(node.get("age"))} for node in cache.nodes]
+            if cache.is_region else [],
             "setup": endpoint_setup(cache.url, msr_url),
         })
     return render(request, "caches/console.html", {"rows": rows, "form": form},

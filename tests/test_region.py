@@ -365,3 +365,32 @@ def test_podman_pulls_through_the_region(region, upstream, msr, personas, seeded
                           {"reference": f"{registry}/{image['name']}:{image['tag']}"}, mode)
     assert pulled["Digest"] == image["digest"]
     _assert_filled_once_through_the_region(region, upstream, since, logged, image)
+
+
+def test_msr_shows_the_regions_nodes_and_a_stopped_one_as_down_while_the_region_stays_in_use(region):
+    """MSR's health check through the region's one address records the store and every
+    node's heartbeat (caches/tasks.py region_of); a node that stops shows as down once its
+    heartbeat is 15 s old, and the cache stays in use while its address answers."""
+    from caches.models import ContentCache
+    from caches.tasks import check_cache
+
+    cache = ContentCache.objects.get(name=NAME)
+
+    def checked():
+        assert check_cache(cache), ContentCache.objects.get(name=NAME).last_error
+        cache.refresh_from_db()
+        return cache
+
+    assert wait_for(lambda: checked().nodes_healthy == 3, 20, 1), cache.nodes
+    assert cache.store == region.store
+    assert sorted(node["url"] for node in cache.nodes) == sorted(node.url for node in region.nodes)
+    stopped = region.nodes[-1]
+    region.kill(stopped)
+    try:
+        assert wait_for(lambda: checked().nodes_healthy == 2, 40, 1), cache.nodes
+        down = [node for node in cache.nodes if not node["healthy"]]
+        assert [node["url"] for node in down] == [stopped.url] and down[0]["age"] >= 15, down
+        assert cache.healthy and len(cache.nodes) == 3
+    finally:
+        region.start(stopped)  # back on its data dir and port
+    assert wait_for(lambda: checked().nodes_healthy == 3, 30, 1), cache.nodes

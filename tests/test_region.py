@@ -9,7 +9,8 @@ fetches a layer from upstream once; a node that dies in the middle of a fill lea
 object in the bucket and its clients a short body, and another node takes over; the
 region's size budget and a purge hold for the bucket, whichever node acts; skopeo and
 podman pull through the region in both ways a region is used (MSR's redirect with a grant,
-and the region's address as the registry).
+and the region's address as the registry); a node with --s3-redirect answers hits with
+the bucket's presigned URL, which skopeo follows.
 """
 
 import base64
@@ -394,3 +395,51 @@ def test_msr_shows_the_regions_nodes_and_a_stopped_one_as_down_while_the_region_
     finally:
         region.start(stopped)  # back on its data dir and port
     assert wait_for(lambda: checked().nodes_healthy == 3, 30, 1), cache.nodes
+
+
+def test_a_node_with_s3_redirect_answers_hits_with_the_buckets_presigned_url(region, upstream, msr, personas,
+                                                                             unique, tmp_path, artifacts_dir):
+    """`--s3-redirect`: a hit is a 307 to a presigned GET on the bucket, which skopeo follows
+    (the region's address as its registry) and a grant's GET too; misses are still filled
+    once for the region and streamed."""
+    from tests.processes import start_cache
+    from tests.s3 import CREDENTIALS
+
+    need("skopeo")
+    env = {"MSR_CACHE_S3_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+           "MSR_CACHE_S3_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"]}
+    process, node = start_cache(NAME, msr, tmp_path / "redirecting", artifacts_dir / "logs", upstream=upstream.url,
+                                workers=1, extra_env=env, extra_args=[
+                                    "--store", region.store, "--s3-endpoint", region.s3.url,
+                                    "--s3-public-endpoint", region.s3.url, "--s3-addressing-style", "path",
+                                    "--s3-region", CREDENTIALS["region_name"], "--s3-redirect", "--node-url",
+                                    "http://127.0.0.1:1", "--lease-ttl", "3s", "--max-size", "12M"])
+    try:
+        image = _image(msr, personas, unique, tmp_path, "endpoint")
+        reference = f"docker://{_host(node)}/{image['name']}:{image['tag']}"
+        since = len(upstream.seen)
+        own = {}
+        for attempt in ("cold", "warm"):
+            target = tmp_path / attempt
+            run(["skopeo", "copy", "--src-tls-verify=false", "--src-creds", f"alice:{personas['alice'].token}",
+                 reference, f"oci:{target}:v1"])
+            assert json.loads((target / "index.json").read_text())["manifests"][0]["digest"] == image["digest"]
+            for digest in image["blobs"]:
+                assert region.wait_stored(digest) == digest
+            own[attempt] = requests.get(f"{node}/stats", timeout=10).json()["self"]
+        # The warm pull's layers were hits the node answered with redirects, not bytes.
+        assert own["warm"]["hits"] - own["cold"]["hits"] >= len(image["blobs"]), own
+        assert own["warm"]["bytes_from_disk"] == own["cold"]["bytes_from_disk"], own
+        for digest in image["blobs"]:
+            assert len(fetched(upstream, since, digest)) == 1, crossed(upstream, since)
+        layer = image["blobs"][-1]
+        grant = {"grant": blob_grant(cache=NAME, repo=REPO, digest=layer)}
+        answer = requests.get(blob_url(node, layer), params=grant, allow_redirects=False, timeout=30)
+        assert answer.status_code == 307 and answer.headers["Location"].startswith(region.s3.url), answer.headers
+        assert "X-Amz-Signature=" in answer.headers["Location"]
+        assert sha256(requests.get(answer.headers["Location"], timeout=30).content) == layer
+        refused = requests.get(blob_url(node, layer), params={"grant": "not-a-grant"}, allow_redirects=False,
+                               timeout=30)
+        assert refused.status_code == 401  # no presigned URL without a valid grant
+    finally:
+        process.stop()

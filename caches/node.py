@@ -63,6 +63,9 @@ COUNTERS = ("hits", "misses", "bytes_from_disk", "bytes_from_upstream", "upstrea
 # A request from another node of the region for a fill in progress here: answered from
 # the partial file (or the store), never the start of a fill.
 FOLLOW_HEADER = "HTTP_X_MSR_REGION_FOLLOW"
+# How long a region's node keeps a fill's verified copy after its fill (its requests
+# finish from it; the region's store has the blob by then).
+VERIFIED_COPY_SECONDS = 60
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -936,7 +939,9 @@ class CacheNode:
         except Exception as e:
             log.warning("cannot write to the region's store: %s", e)
         for path in self.tmp.glob("*.verified"):
-            if _older_than(path, 300):
+            # A reader of the fill marks it published at its next chunk (and keeps it so):
+            # a minute covers any reader that still moves.
+            if _older_than(path, VERIFIED_COPY_SECONDS):
                 path.unlink(missing_ok=True)
         return time.monotonic()
 

@@ -68,15 +68,18 @@ class Deployment:
         assert result.returncode == 0, f"{self.name}: msr manage {args}:\n{result.stdout}\n{result.stderr}"
         return result
 
-    def with_admin(self, organization: str) -> str:
-        """Migrate, create `admin` (password admin-password) owning `organization`; return
-        a personal access token of admin's."""
-        self.manage("migrate", "--no-input", "-v", "0")
+    def with_admin(self, organization: str, setup: str = "") -> str:
+        """Migrate, create `admin` (password admin-password) owning `organization`, run the
+        Python `setup`; return a personal access token of admin's. One process for all:
+        each `msr manage` starts Django anew (seconds on a busy machine)."""
         return self.shell(
+            "from django.core.management import call_command\n"
+            "call_command('migrate', interactive=False, verbosity=0)\n"
             "from accounts.models import AccessToken\n"
             "from accounts.services import create_organization, create_user\n"
             "admin = create_user('admin', 'admin-password', is_admin=True)\n"
             f"create_organization({organization!r}, owner=admin)\n"
+            f"{setup}\n"
             "print(AccessToken.issue(admin, name='ci')[1])").strip()
 
     def migrate_async(self) -> subprocess.Popen:

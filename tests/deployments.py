@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from tests.processes import MSR, Process, free_port
+from tests.processes import MSR, Process, free_port, stop_all
 
 FAST_ENV = {
     # Mirroring's clocks, short enough for a test and otherwise the production code path.
@@ -122,9 +122,7 @@ class Deployment:
                                 **kwargs)
 
     def stop(self) -> None:
-        for process in (self.worker, self.web):
-            if process is not None:
-                process.stop()
+        stop_all(self.worker, self.web)
         if self.pg_name:
             try:
                 self._pg("DROP DATABASE IF EXISTS {0} WITH (FORCE)")

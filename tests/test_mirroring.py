@@ -21,7 +21,7 @@ import requests
 
 from tests.deployments import Deployment, wait_for
 from tests.images import make_image_layout
-from tests.processes import need, run
+from tests.processes import need, run, side_by_side
 
 REDIS = os.environ.get("MSR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
@@ -86,9 +86,7 @@ def deployments(db_url, tmp_path_factory, s3_emulator):
         made["s3"], made["bucket"] = emulator, bucket
         yield made
     finally:
-        for d in made.values():
-            if isinstance(d, Deployment):
-                d.stop()
+        side_by_side(*(d.stop for d in made.values() if isinstance(d, Deployment)))
 
 
 def host(url: str) -> str:

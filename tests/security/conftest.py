@@ -14,7 +14,7 @@ import requests
 from django.conf import settings
 
 from tests.deployments import FAST_ENV
-from tests.processes import MSR, Process, start_msr
+from tests.processes import MSR, Process, start_msr, stop_all
 from tests.security.fakes import FakeRegistry, Listener
 
 REDIS_URL = os.environ.get("MSR_SECURITY_REDIS_URL", "redis://127.0.0.1:6379/10")
@@ -68,8 +68,7 @@ def guarded(db_url, artifacts_dir, personas):
         assert time.monotonic() < deadline and worker.popen.poll() is None, worker.log()
         time.sleep(0.2)
     yield Guarded(url, registry, receiver, logs)
-    worker.stop()
-    web.stop()
+    stop_all(worker, web)
     registry.server.shutdown()
     receiver.stop()
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from tests.processes import MSR, Process, free_port, stop_all
+from tests.processes import MSR, Process, free_port, side_by_side, stop_all
 
 FAST_ENV = {
     # Mirroring's clocks, short enough for a test and otherwise the production code path.
@@ -109,6 +109,10 @@ class Deployment:
             time.sleep(0.2)
         redis.Redis.from_url(self.redis_url).ping()
         return self.worker
+
+    def start(self, beat=True) -> str:
+        """start_web and start_worker side by side."""
+        return side_by_side(self.start_web, lambda: self.start_worker(beat=beat))[0]
 
     def kill_worker(self) -> None:
         """SIGKILL the worker's whole process group: no chance to finish or ack."""

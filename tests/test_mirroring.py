@@ -15,6 +15,7 @@ import json
 import os
 import re
 import time
+from functools import partial
 
 import pytest
 import requests
@@ -74,14 +75,11 @@ def deployments(db_url, tmp_path_factory, s3_emulator):
         for process in migrations:
             out, _ = process.communicate(timeout=300)
             assert process.returncode == 0, out
-        made["dev"].shell(SETUP.format(extra=DEV))
-        secrets = dict(line.split(" ", 1) for line in made["qa"].shell(SETUP.format(extra=QA)).split("\n")
-                       if line.startswith(("MIRROR ", "READER ")))
-        made["prod"].shell(SETUP.format(extra=""))
-        for d in made.values():
-            d.start_web()
-        made["dev"].start_worker()
-        made["prod"].start_worker()
+        extras = {"dev": DEV, "qa": QA, "prod": ""}
+        _, qa_out, _ = side_by_side(*(partial(made[name].shell, SETUP.format(extra=extra))
+                                      for name, extra in extras.items()))
+        secrets = dict(line.split(" ", 1) for line in qa_out.split("\n") if line.startswith(("MIRROR ", "READER ")))
+        side_by_side(made["dev"].start, made["qa"].start_web, made["prod"].start)
         made["secrets"] = secrets
         made["s3"], made["bucket"] = emulator, bucket
         yield made

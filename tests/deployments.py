@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from tests.processes import MSR, Process, free_port
+from tests.processes import MSR, Process, free_port, side_by_side, stop_all
 
 FAST_ENV = {
     # Mirroring's clocks, short enough for a test and otherwise the production code path.
@@ -68,15 +68,18 @@ class Deployment:
         assert result.returncode == 0, f"{self.name}: msr manage {args}:\n{result.stdout}\n{result.stderr}"
         return result
 
-    def with_admin(self, organization: str) -> str:
-        """Migrate, create `admin` (password admin-password) owning `organization`; return
-        a personal access token of admin's."""
-        self.manage("migrate", "--no-input", "-v", "0")
+    def with_admin(self, organization: str, setup: str = "") -> str:
+        """Migrate, create `admin` (password admin-password) owning `organization`, run the
+        Python `setup`; return a personal access token of admin's. One process for all:
+        each `msr manage` starts Django anew (seconds on a busy machine)."""
         return self.shell(
+            "from django.core.management import call_command\n"
+            "call_command('migrate', interactive=False, verbosity=0)\n"
             "from accounts.models import AccessToken\n"
             "from accounts.services import create_organization, create_user\n"
             "admin = create_user('admin', 'admin-password', is_admin=True)\n"
             f"create_organization({organization!r}, owner=admin)\n"
+            f"{setup}\n"
             "print(AccessToken.issue(admin, name='ci')[1])").strip()
 
     def migrate_async(self) -> subprocess.Popen:
@@ -107,6 +110,10 @@ class Deployment:
         redis.Redis.from_url(self.redis_url).ping()
         return self.worker
 
+    def start(self, beat=True) -> str:
+        """start_web and start_worker side by side."""
+        return side_by_side(self.start_web, lambda: self.start_worker(beat=beat))[0]
+
     def kill_worker(self) -> None:
         """SIGKILL the worker's whole process group: no chance to finish or ack."""
         import signal
@@ -119,9 +126,7 @@ class Deployment:
                                 **kwargs)
 
     def stop(self) -> None:
-        for process in (self.worker, self.web):
-            if process is not None:
-                process.stop()
+        stop_all(self.worker, self.web)
         if self.pg_name:
             try:
                 self._pg("DROP DATABASE IF EXISTS {0} WITH (FORCE)")

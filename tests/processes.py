@@ -67,6 +67,22 @@ class Process:
         self._log.close()
 
 
+def side_by_side(*calls) -> list:
+    """Run the calls (starts or stops of independent processes, each mostly waiting) in
+    threads at once; their results in order, or the first one's exception."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+        running = [pool.submit(call) for call in calls]
+    return [done.result() for done in running]
+
+
+def stop_all(*processes) -> None:
+    """Stop the processes (None: not started) side by side: a graceful exit takes seconds
+    (a Celery worker's), and one need not wait for another's."""
+    side_by_side(*(p.stop for p in processes if p is not None))
+
+
 def database_url(settings_dict) -> str:
     if settings_dict["ENGINE"] == "django.db.backends.sqlite3":
         return f"sqlite:///{settings_dict['NAME']}"

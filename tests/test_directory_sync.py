@@ -31,8 +31,7 @@ def deployment(slapd, db_url, tmp_path_factory):
                       extra_env=slapd.env(MSR_LDAP_SYNC_INTERVAL="3"))
     try:
         token = made.with_admin("platform")
-        made.start_web()
-        made.start_worker(beat=True)
+        made.start(beat=True)
         made.admin_token = token
         digest, response = Registry(made.url, "admin", token).push_image(PRIVATE, "v1")
         assert response.status_code == 201, response.text

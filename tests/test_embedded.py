@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 
 from tests.images import make_image_layout
-from tests.processes import MSR, free_port, need, run, start_msr
+from tests.processes import MSR, free_port, need, run, start_msr, stop_all
 from tests.fixtures.webhooks import Receiver
 
 
@@ -101,8 +101,7 @@ def test_two_msr_up_side_by_side_do_not_collide(tmp_path):
             assert requests.get(f"{cache}/healthz").status_code == 200
         assert first.popen.poll() is None and second.popen.poll() is None
     finally:
-        second.stop()
-        first.stop()
+        stop_all(second, first)
 
 
 def _up_env(data_dir: Path) -> dict:

@@ -15,13 +15,14 @@ import json
 import os
 import re
 import time
+from functools import partial
 
 import pytest
 import requests
 
 from tests.deployments import Deployment, wait_for
 from tests.images import make_image_layout
-from tests.processes import need, run
+from tests.processes import need, run, side_by_side
 
 REDIS = os.environ.get("MSR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
@@ -74,21 +75,16 @@ def deployments(db_url, tmp_path_factory, s3_emulator):
         for process in migrations:
             out, _ = process.communicate(timeout=300)
             assert process.returncode == 0, out
-        made["dev"].shell(SETUP.format(extra=DEV))
-        secrets = dict(line.split(" ", 1) for line in made["qa"].shell(SETUP.format(extra=QA)).split("\n")
-                       if line.startswith(("MIRROR ", "READER ")))
-        made["prod"].shell(SETUP.format(extra=""))
-        for d in made.values():
-            d.start_web()
-        made["dev"].start_worker()
-        made["prod"].start_worker()
+        extras = {"dev": DEV, "qa": QA, "prod": ""}
+        _, qa_out, _ = side_by_side(*(partial(made[name].shell, SETUP.format(extra=extra))
+                                      for name, extra in extras.items()))
+        secrets = dict(line.split(" ", 1) for line in qa_out.split("\n") if line.startswith(("MIRROR ", "READER ")))
+        side_by_side(made["dev"].start, made["qa"].start_web, made["prod"].start)
         made["secrets"] = secrets
         made["s3"], made["bucket"] = emulator, bucket
         yield made
     finally:
-        for d in made.values():
-            if isinstance(d, Deployment):
-                d.stop()
+        side_by_side(*(d.stop for d in made.values() if isinstance(d, Deployment)))
 
 
 def host(url: str) -> str:

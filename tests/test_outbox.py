@@ -25,8 +25,7 @@ def outbox(db_url, tmp_path_factory):
     deployment = Deployment("outbox", root, db_url, broker.url, extra_env={
         "MSR_OUTBOX_SWEEP_SECONDS": "1", "MSR_OUTBOX_GRACE_SECONDS": "1"})
     token = deployment.with_admin("team")
-    deployment.start_web()
-    deployment.start_worker(beat=True)
+    deployment.start(beat=True)
     yield deployment, broker, token
     deployment.stop()
     broker.stop()

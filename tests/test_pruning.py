@@ -34,8 +34,7 @@ def deployment(db_url, tmp_path_factory):
                                  "MSR_READ_ONLY_JOB_WAIT_SECONDS": "1"})
     try:
         made.with_admin("team")
-        made.start_web()
-        made.start_worker()
+        made.start()
         yield made
     finally:
         made.stop()

@@ -46,10 +46,8 @@ def deployment(db_url, tmp_path_factory):
                       extra_env={"MSR_READ_ONLY_CACHE_SECONDS": str(CACHE_SECONDS),
                                  "MSR_READ_ONLY_JOB_WAIT_SECONDS": "1"})
     try:
-        made.with_admin("team")
-        made.shell(SETUP)
-        made.start_web()
-        made.start_worker()
+        made.with_admin("team", setup=SETUP)
+        made.start()
         yield made
     finally:
         made.stop()

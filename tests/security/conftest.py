@@ -14,7 +14,7 @@ import requests
 from django.conf import settings
 
 from tests.deployments import FAST_ENV
-from tests.processes import MSR, Process, start_msr
+from tests.processes import MSR, Process, start_msr, stop_all
 from tests.security.fakes import FakeRegistry, Listener
 
 REDIS_URL = os.environ.get("MSR_SECURITY_REDIS_URL", "redis://127.0.0.1:6379/10")
@@ -59,17 +59,18 @@ def guarded(db_url, artifacts_dir, personas):
            "MSR_WEBHOOK_RETRY_BASE_SECONDS": "0.2", "MSR_WEBHOOK_MAX_ATTEMPTS": "2",
            "MSR_OUTBOUND_ALLOW": f"127.0.0.1:{registry.port},127.0.0.1:{receiver.port}"}
     logs = artifacts_dir / "logs" / "security"
-    web, url = start_msr("serve", settings.DATA_DIR, db_url, logs, extra_env=env)
     worker_env = {**os.environ, **env, "MSR_DATA_DIR": str(settings.DATA_DIR), "DATABASE_URL": db_url}
     worker_env = {k: v for k, v in worker_env.items() if not k.startswith("DJANGO_")}
+    logs.mkdir(parents=True, exist_ok=True)
+    # The worker starts while the web process does.
     worker = Process([MSR, "worker", "--concurrency", "2", "--pool", "threads"], worker_env, logs / "worker.log")
+    web, url = start_msr("serve", settings.DATA_DIR, db_url, logs, extra_env=env)
     deadline = time.monotonic() + 60
     while " ready." not in worker.log():
         assert time.monotonic() < deadline and worker.popen.poll() is None, worker.log()
         time.sleep(0.2)
     yield Guarded(url, registry, receiver, logs)
-    worker.stop()
-    web.stop()
+    stop_all(worker, web)
     registry.server.shutdown()
     receiver.stop()
 

@@ -141,7 +141,6 @@ bench_mktemp
 trap geo_cleanup EXIT
 trap 'exit 130' INT TERM
 
-rnd() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(12))'; }
 fmt2() { awk -v v="$1" 'BEGIN{ if (v=="" || v=="n/a" || v=="nan") print "n/a"; else printf "%.2f\n", v }'; }
 mib() { awk -v v="$1" 'BEGIN{ if (v=="" || v=="n/a") print "n/a"; else printf "%.1f\n", v / 1048576 }'; }
 wan() { awk -v v="$1" 'BEGIN{ if (v=="" || v=="n/a") print "n/a"; else if (v < 1048576) printf "%.1f KiB\n", v / 1024; else printf "%.1f MiB\n", v / 1048576 }'; }
@@ -279,15 +278,6 @@ pull() {
 }
 
 # -- MSR, its worker, the cache node --------------------------------------------------
-api() {  # api METHOD PATH [JSON] -> body of /api/v0/PATH as admin (fails on HTTP >= 400)
-  local data=() out code
-  [ $# -lt 3 ] || data=(--data "$3")
-  out=$(curl -sS -u "$MSR_CREDS" -X "$1" -H 'Content-Type: application/json' "${data[@]}" \
-        -w '\n%{http_code}' "$MSR_URL/api/v0/$2") || die "API $1 /api/v0/$2: curl failed"
-  code=${out##*$'\n'}; out=${out%$'\n'*}
-  [ "$code" -lt 400 ] || die "API $1 /api/v0/$2 ${3:-} -> HTTP $code: $out"
-  printf '%s\n' "$out"
-}
 msr_env() {  # MSR_ENV: env arguments for msr commands (scratch data dir, nothing inherited)
   msr_env_unset; MSR_ENV=("${MSR_ENV_UNSET[@]}")
 }

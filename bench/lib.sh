@@ -243,6 +243,20 @@ EOF
   wait_http "http://127.0.0.1:$port/" 20 "$NGINX_PID" "$pfx/logs/error.log"
 }
 
+# rnd -> 24 random hex characters (passwords, names)
+rnd() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(12))'; }
+
+# api METHOD PATH [JSON] -> body of /api/v0/PATH as $MSR_CREDS (fails on HTTP >= 400)
+api() {
+  local data=() out code
+  [ $# -lt 3 ] || data=(--data "$3")
+  out=$(curl -sS -u "$MSR_CREDS" -X "$1" -H 'Content-Type: application/json' "${data[@]}" \
+        -w '\n%{http_code}' "$MSR_URL/api/v0/$2") || die "API $1 /api/v0/$2: curl failed"
+  code=${out##*$'\n'}; out=${out%$'\n'*}
+  [ "$code" -lt 400 ] || die "API $1 /api/v0/$2 ${3:-} -> HTTP $code: $out"
+  printf '%s\n' "$out"
+}
+
 # setup_msr: start a fresh MSR (or adopt --msr-url). Sets MSR_URL (http://h:p),
 # MSR_HOSTPORT, MSR_CREDS (user:pass), MSR_USER (push namespace), MSR_PID (may be empty
 # for --msr-url without --msr-pid), MSR_LABEL (for tables).
@@ -279,15 +293,20 @@ setup_msr() {
   fi
   # cache nodes (load.sh) run on loopback, which the egress policy opens only when told to
   envargs+=("MSR_DATA_DIR=$data" "MSR_ADMIN_PASSWORD=$pw" "MSR_OUTBOUND_ALLOW=127.0.0.1/32")
+  # a script's own settings for this MSR (MSR_SETUP_ENV=(NAME=VALUE ...), e.g. region.sh's grant TTL)
+  envargs+=(${MSR_SETUP_ENV[@]+"${MSR_SETUP_ENV[@]}"})
   [ -n "$MSR_WORKERS" ] && opts+=(--workers "$MSR_WORKERS")
   [ -n "$MSR_THREADS" ] && opts+=(--threads "$MSR_THREADS")
   # The web process alone (`msr serve`), as in production: `msr up` would add a worker
   # and a supervisor to the process tree whose memory is measured.
-  env "${envargs[@]}" "$MSR_BIN" manage migrate -v 0 >"$BENCH_TMP/msr.log" 2>&1 \
+  # In the scratch dir: with the filesystem broker, Kombu writes a control/ folder into the
+  # working directory of whoever publishes tasks.
+  (cd "$BENCH_TMP" && env "${envargs[@]}" "$MSR_BIN" manage migrate -v 0) >"$BENCH_TMP/msr.log" 2>&1 \
     || die "msr manage migrate failed (see $BENCH_TMP/msr.log)"
-  env "${envargs[@]}" "$MSR_BIN" manage adduser admin --admin --password "$pw" >>"$BENCH_TMP/msr.log" 2>&1 \
-    || die "msr manage adduser failed (see $BENCH_TMP/msr.log)"
-  env "${envargs[@]}" "$MSR_BIN" serve --bind "127.0.0.1:$port" "${opts[@]}" >>"$BENCH_TMP/msr.log" 2>&1 &
+  (cd "$BENCH_TMP" && env "${envargs[@]}" "$MSR_BIN" manage adduser admin --admin --password "$pw") \
+    >>"$BENCH_TMP/msr.log" 2>&1 || die "msr manage adduser failed (see $BENCH_TMP/msr.log)"
+  (cd "$BENCH_TMP" && exec env "${envargs[@]}" "$MSR_BIN" serve --bind "127.0.0.1:$port" "${opts[@]}") \
+    >>"$BENCH_TMP/msr.log" 2>&1 &
   MSR_PID=$!; MSR_OWNED=1
   MSR_URL="http://127.0.0.1:$port"; MSR_HOSTPORT="127.0.0.1:$port"
   MSR_CREDS="admin:$pw"; MSR_USER=admin

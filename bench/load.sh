@@ -96,16 +96,6 @@ trap load_cleanup EXIT
 trap 'exit 130' INT TERM
 cd "$BENCH_TMP"   # every process started here runs in the scratch dir
 
-rnd() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(12))'; }
-api() {  # api METHOD PATH [JSON] -> body of /api/v0/PATH as admin (fails on HTTP >= 400)
-  local data=() out code
-  [ $# -lt 3 ] || data=(--data "$3")
-  out=$(curl -sS -u "$MSR_CREDS" -X "$1" -H 'Content-Type: application/json' "${data[@]}" \
-        -w '\n%{http_code}' "$MSR_URL/api/v0/$2") || die "API $1 /api/v0/$2: curl failed"
-  code=${out##*$'\n'}; out=${out%$'\n'*}
-  [ "$code" -lt 400 ] || die "API $1 /api/v0/$2 ${3:-} -> HTTP $code: $out"
-  printf '%s\n' "$out"
-}
 jfield() { "$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1]))
 for k in sys.argv[2].split("."): d = d[k]
 print(d)' "$1" "$2"; }

@@ -134,7 +134,6 @@ bench_mktemp
 trap mirror_cleanup EXIT
 trap 'exit 130' INT TERM
 
-rnd() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(12))'; }
 fmt2() { awk -v v="$1" 'BEGIN{ if (v=="" || v=="n/a" || v=="nan") print "n/a"; else printf "%.2f\n", v }'; }
 fmt0() { awk -v v="$1" 'BEGIN{ if (v=="" || v=="n/a" || v=="nan") print "n/a"; else printf "%.0f\n", v }'; }
 ms() { awk -v v="$1" 'BEGIN{ if (v=="" || v=="n/a" || v=="nan") print "n/a"; else printf "%.0f\n", v * 1000 }'; }

@@ -123,7 +123,6 @@ bench_mktemp
 trap region_cleanup EXIT
 trap 'exit 130' INT TERM
 
-rnd() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(12))'; }
 jget() { "$PYTHON" -c 'import json,sys; d=json.load(sys.stdin)
 for k in sys.argv[1:]: d=d[int(k)] if isinstance(d, list) else d[k]
 print(d)' "$@"; }
@@ -132,34 +131,6 @@ fmt() { awk -v v="$1" -v d="${2:-2}" 'BEGIN{ if (v=="" || v=="n/a" || v=="nan") 
 minmax() { sort -g | awk 'NR==1{mn=$1} {mx=$1} END{ printf "%s %s\n", mn, mx }'; }
 
 # -- MSR ---------------------------------------------------------------------------------
-api() {  # api METHOD PATH [JSON] -> body of /api/v0/PATH as admin (fails on HTTP >= 400)
-  local data=() out code
-  [ $# -lt 3 ] || data=(--data "$3")
-  out=$(curl -sS -u "$MSR_CREDS" -X "$1" -H 'Content-Type: application/json' "${data[@]}" \
-        -w '\n%{http_code}' "$MSR_URL/api/v0/$2") || die "API $1 /api/v0/$2: curl failed"
-  code=${out##*$'\n'}; out=${out%$'\n'*}
-  [ "$code" -lt 400 ] || die "API $1 /api/v0/$2 ${3:-} -> HTTP $code: $out"
-  printf '%s\n' "$out"
-}
-start_msr() {  # msr serve on a scratch data dir; grants valid an hour (the run re-uses them)
-  local port pw opts=()
-  port=$(free_port); pw="bench-$(rnd)"
-  msr_env_unset
-  MSR_ENV=("${MSR_ENV_UNSET[@]}" "MSR_DATA_DIR=$BENCH_TMP/msr-data" "MSR_ADMIN_PASSWORD=$pw"
-           "MSR_CACHE_GRANT_TTL=3600" "MSR_OUTBOUND_ALLOW=127.0.0.1/32")
-  [ -z "$MSR_WORKERS" ] || opts+=(--workers "$MSR_WORKERS")
-  [ -z "$MSR_THREADS" ] || opts+=(--threads "$MSR_THREADS")
-  (cd "$BENCH_TMP" && env "${MSR_ENV[@]}" "$MSR_BIN" manage migrate -v 0) >"$BENCH_TMP/msr.log" 2>&1 \
-    || die "msr manage migrate failed (see $BENCH_TMP/msr.log)"
-  (cd "$BENCH_TMP" && env "${MSR_ENV[@]}" "$MSR_BIN" manage adduser admin --admin --password "$pw") \
-    >>"$BENCH_TMP/msr.log" 2>&1 || die "msr manage adduser failed"
-  (cd "$BENCH_TMP" && exec env "${MSR_ENV[@]}" "$MSR_BIN" serve --bind "127.0.0.1:$port" "${opts[@]}") \
-    >>"$BENCH_TMP/msr.log" 2>&1 &
-  MSR_PID=$!; MSR_OWNED=1
-  MSR_URL="http://127.0.0.1:$port"; MSR_HOSTPORT="127.0.0.1:$port"; MSR_CREDS="admin:$pw"; MSR_USER=admin
-  wait_http "$MSR_URL/v2/" 120 "$MSR_PID" "$BENCH_TMP/msr.log"
-  log "MSR up at $MSR_URL (pid $MSR_PID)"
-}
 
 # -- the counting proxy in front of MSR (the nodes' --upstream) ----------------------------
 start_counter() {
@@ -357,7 +328,9 @@ DIGESTS=(); SIZES=()
 for l in "${LAYER_LINES[@]}"; do DIGESTS+=("${l% *}"); SIZES+=("${l#* }"); done
 WARM=0; HERD_L=$((NL - 1))   # layer 0: the warm layer; 1..COLD: cold only; last: the herd's
 
-start_msr
+# Grants valid an hour: the run re-uses them. SQLite: MSR's database is not on the measured path.
+MSR_DB=sqlite; MSR_SETUP_ENV=("MSR_CACHE_GRANT_TTL=3600")
+setup_msr
 skopeo copy --quiet --dest-tls-verify=false --dest-creds "$MSR_CREDS" "oci:$BENCH_TMP/img:v1" \
   "docker://$MSR_HOSTPORT/admin/region:v1" >"$BENCH_TMP/push.out" 2>&1 || { cat "$BENCH_TMP/push.out" >&2; die "push to MSR failed"; }
 rm -rf "$BENCH_TMP/img"

@@ -673,9 +673,13 @@ class CacheNode:
         params, headers = credentials  # the client's grant, or its access token
         headers = {"X-Request-ID": request_id, **headers}
         url = f"{self.config.upstream}/v2/{name}/blobs/{fill.digest}"
-        if self.region is None:
+
+        def from_upstream():
             return self.session.get(url, params=params, stream=True, timeout=(5, 60), headers=headers,
-                                    allow_redirects=True), None
+                                    allow_redirects=True)
+
+        if self.region is None:
+            return from_upstream(), None
         deadline = time.monotonic() + 2 * self.region.lease_ttl + 10
         while True:
             if self.region.head(fill.digest) is not None:
@@ -683,8 +687,7 @@ class CacheNode:
             lease, holder = self.region.acquire(lease_name(fill.digest), stale_if_mine=True)
             if lease is not None:
                 try:
-                    return self.session.get(url, params=params, stream=True, timeout=(5, 60), headers=headers,
-                                            allow_redirects=True), lease
+                    return from_upstream(), lease
                 except BaseException:
                     lease.release()
                     raise

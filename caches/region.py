@@ -134,10 +134,6 @@ class RegionStore:
         self._view: tuple[float, list] = (0.0, [])
         self._usage: tuple[float, int] = (0.0, -1)
 
-    @property
-    def url_of_store(self) -> str:
-        return self.bucket.url
-
     # -- blobs ---------------------------------------------------------------------------
 
     def head(self, digest: str) -> dict | None:

@@ -686,6 +686,11 @@ class CacheNode:
                 return None, None
             lease, holder = self.region.acquire(lease_name(fill.digest), stale_if_mine=True)
             if lease is not None:
+                if self.region.head(fill.digest) is not None:
+                    # Stored between the look above and the lease: its holder wrote it
+                    # and let go of the lease meanwhile. Nothing to fetch.
+                    lease.release()
+                    return None, None
                 try:
                     return from_upstream(), lease
                 except BaseException:

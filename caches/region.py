@@ -131,6 +131,7 @@ class RegionStore:
         self._used_at: dict[str, float] = {}
         self._used_dirty = False
         self._used_lock = threading.Lock()
+        self._save_lock = threading.Lock()
         self._view: tuple[float, list] = (0.0, [])
         self._usage: tuple[float, int] = (0.0, -1)
 
@@ -143,12 +144,19 @@ class RegionStore:
         return self.bucket.open_blob(digest, offset, length)
 
     def publish(self, digest: str, path) -> None:
+        # The use is recorded in the bucket before the blob appears: a node evicting in
+        # between must not take a blob written this second (S3's Last-Modified is whole
+        # seconds) for older than one merely used this second.
+        self.touch(digest)
+        try:
+            self.save_use()
+        except Exception as e:  # the keep-warm loop saves it again within seconds
+            log.warning("cannot record the use of %s in the region's store: %s", digest, e)
         self.bucket.put_blob_file(digest, path)
         size = os.stat(path).st_size
         moment, used = self._usage
         if used >= 0:
             self._usage = (moment, used + size)
-        self.touch(digest)
 
     def purge(self, digest: str | None) -> int:
         """Remove one blob, or every blob, from the region: whichever node is asked."""
@@ -205,13 +213,19 @@ class RegionStore:
 
     def save_use(self) -> None:
         """This process's last-use times, for whichever node evicts next."""
-        with self._used_lock:
-            if not self._used_dirty:
-                return
-            horizon = time.time() - self.ttl
-            self._used_at = {d: t for d, t in self._used_at.items() if t > horizon}
-            document, self._used_dirty = dict(self._used_at), False
-        self.bucket.write_json(self.bucket.key(f"access/{self.node}-{os.getpid()}.json"), document)
+        with self._save_lock:  # one writer at a time: an older snapshot never lands last
+            with self._used_lock:
+                if not self._used_dirty:
+                    return
+                horizon = time.time() - self.ttl
+                self._used_at = {d: t for d, t in self._used_at.items() if t > horizon}
+                document, self._used_dirty = dict(self._used_at), False
+            try:
+                self.bucket.write_json(self.bucket.key(f"access/{self.node}-{os.getpid()}.json"), document)
+            except Exception:
+                with self._used_lock:
+                    self._used_dirty = True  # the next save tries again
+                raise
 
     def nodes(self) -> list[dict]:
         """Every node's last heartbeat, with its age and whether it counts as healthy."""

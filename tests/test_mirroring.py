@@ -269,6 +269,9 @@ def test_a_worker_killed_mid_copy_is_replaced_and_the_remote_never_shows_a_broke
         proxy.upload_bytes_per_second = 0
         dev.start_worker()
         job = finished(dev, job)
+        if job["status"] == "done":
+            # the tag appears as the job ends: let the watcher look at least once more
+            wait_for(lambda: seen, what="the watcher to see the mirrored tag")
     finally:
         stop.set()
         watcher.join()

@@ -93,9 +93,11 @@ def test_eviction_keeps_the_region_under_its_budget_least_recently_used_first(s3
     old = _put(one, tmp_path, b"o" * 100_000)
     used = _put(one, tmp_path, b"u" * 100_000)
     new = _put(two, tmp_path, b"n" * 100_000)
-    one._used_at[old] = time.time() - 600  # used long ago by node one
+    with one._used_lock:  # node one's record says `old` was last used ten minutes ago
+        one._used_at[old] = time.time() - 600
+        one._used_dirty = True
+    one.save_use()
     two.touch(used)  # node two served `used` just now
-    two._used_dirty = True
     two.save_use()
     assert one.evict() == 100_000
     assert one.head(old) is None and one.head(used) is not None and one.head(new) is not None
@@ -103,6 +105,21 @@ def test_eviction_keeps_the_region_under_its_budget_least_recently_used_first(s3
     # A fill of 100 kB more: room is made first.
     one.make_room(100_000)
     assert one.used() <= 150_000
+
+
+def test_a_blob_written_this_second_is_newer_than_one_merely_used_this_second(s3_emulator, bucket, tmp_path):
+    """S3 dates objects in whole seconds: the filler's own use must reach the bucket with
+    the blob, or another node evicting would take the new blob for the oldest."""
+    one = _store(s3_emulator, bucket, "one", max_size=150_000)
+    two = _store(s3_emulator, bucket, "two", max_size=150_000)
+    used = _put(two, tmp_path, b"u" * 100_000)
+    time.sleep(1.05 - time.time() % 1)  # just past the start of a second
+    two.touch(used)  # node two serves `used`...
+    two.save_use()
+    time.sleep(0.2)
+    new = _put(one, tmp_path, b"n" * 100_000)  # ...and node one fills `new`, in the same second
+    assert two.evict() == 100_000  # node two evicts, over the budget by one blob
+    assert two.head(new) is not None and two.head(used) is None
 
 
 def test_eviction_by_ttl_uses_the_last_use_any_node_recorded(s3_emulator, bucket, tmp_path):

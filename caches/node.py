@@ -463,9 +463,16 @@ class CacheNode:
         whole = bool(environ.get("HTTP_RANGE")) or environ["REQUEST_METHOD"] == "HEAD"
         for _ in range(3):
             if self.region is not None:
-                stored = self.region.head(digest)
-                if stored is not None:
-                    return self._serve_stored(environ, start_response, digest, stored)
+                if environ["REQUEST_METHOD"] == "GET" and not whole and not self.config.s3_redirect:
+                    # the common hit, a whole GET streamed: one request to the store, not HEAD + GET
+                    opened = self.region.bucket.get_blob(digest)
+                    if opened is not None:
+                        return self._serve_stored(environ, start_response, digest, {"size": opened[1]},
+                                                  body=opened[0])
+                else:
+                    stored = self.region.head(digest)
+                    if stored is not None:
+                        return self._serve_stored(environ, start_response, digest, stored)
             elif target.exists() and not self._expired(target):
                 return self._serve(environ, start_response, target, digest)
             lock_fd = self._try_lock(digest)
@@ -728,9 +735,10 @@ class CacheNode:
                 return self._stream_partial(environ, start_response, digest, *partial, "HIT")
         return _error(start_response, "404 Not Found", "BLOB_UNKNOWN", "this node is not filling the blob")
 
-    def _serve_stored(self, environ, start_response, digest, stored, redirect=None):
+    def _serve_stored(self, environ, start_response, digest, stored, redirect=None, body=None):
         """A hit from the region's store: a redirect to a presigned GET (--s3-redirect), or
-        the object streamed through the node, with Range."""
+        the object streamed through the node, with Range. `body`: the whole object, already
+        opened (a plain GET)."""
         size = stored["size"]
         self.region.touch(digest)
         self.metrics.add("hits")
@@ -746,13 +754,16 @@ class CacheNode:
             return _range_refused(start_response, size)
         length = end - start + 1
         if environ["REQUEST_METHOD"] == "HEAD" or length <= 0:
+            if body is not None:
+                body.close()
             start_response(status, [*headers, ("Content-Length", str(max(length, 0)))])
             self.metrics.save()
             return []
-        try:
-            body = self.region.open(digest, start, length)
-        except FileNotFoundError:  # evicted a moment ago
-            return _error(start_response, "503 Service Unavailable", "UNAVAILABLE", "retry")
+        if body is None:
+            try:
+                body = self.region.open(digest, start, length)
+            except FileNotFoundError:  # evicted a moment ago
+                return _error(start_response, "503 Service Unavailable", "UNAVAILABLE", "retry")
         start_response(status, [*headers, ("Content-Length", str(length))])
         self.metrics.add("bytes_from_disk", length)
         self.metrics.save()

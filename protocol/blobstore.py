@@ -140,6 +140,16 @@ class S3Bucket:
                 raise FileNotFoundError(digest) from None
             raise
 
+    def get_blob(self, digest: str):
+        """(stream, size) of the whole blob in one request, None when absent."""
+        try:
+            answer = self.s3.get_object(Bucket=self.bucket, Key=self.blob_key(digest))
+        except self.client_error() as e:
+            if missing(e):
+                return None
+            raise
+        return answer["Body"], answer["ContentLength"]
+
     def presigned_blob_url(self, digest: str, ttl: int) -> str:
         """A presigned GET for the blob (computed locally, no request to S3)."""
         return self._client(public=True).generate_presigned_url(

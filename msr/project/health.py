@@ -13,8 +13,6 @@ import logging
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -75,45 +73,57 @@ def _error(e: Exception) -> str:
     return message.replace(password, "***") if password else message
 
 
-# Checks run in these threads so that one that hangs (a database or bucket that stopped
-# answering without closing the connection) costs the probe CHECK_DEADLINE_SECONDS, not
-# the client libraries' own timeouts (minutes). A hung check keeps its thread until its
-# call returns; with every thread hung, new checks wait and time out too: still "not
-# ready", which is the truth.
+# Each check runs in a daemon thread of its own so that one that hangs (a database or
+# bucket that stopped answering without closing the connection) costs the probe
+# CHECK_DEADLINE_SECONDS, not the client libraries' own timeouts (minutes). A hung check
+# keeps its thread until its call returns; at most CHECK_THREADS such threads exist, and
+# with every slot taken new checks read as "no answer" too: still "not ready", which is
+# the truth. Daemon threads, not a pool: Python joins a pool's threads at exit, so a hung
+# check would hold a web process's graceful stop until it is killed.
 CHECK_DEADLINE_SECONDS = 3
-_pool = None
-_pool_lock = threading.Lock()
+CHECK_THREADS = 6
+_slots = threading.BoundedSemaphore(CHECK_THREADS)
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz")
-        return _pool
+class _Pending:
+    def __init__(self, check):
+        self.done, self.error = threading.Event(), None
+        threading.Thread(target=self._run, args=(check,), name="readyz", daemon=True).start()
+
+    def _run(self, check) -> None:
+        try:
+            check()
+        except Exception as e:
+            self.error = e
+        finally:
+            connection.close()  # this thread's own connection (Django's are per thread)
+            _slots.release()
+            self.done.set()
 
 
-def _run(check) -> None:
+def _start(check, deadline: float) -> _Pending | None:
+    """The check under way, or None when no slot freed up before the deadline."""
+    if not _slots.acquire(timeout=max(0.0, deadline - time.perf_counter())):
+        return None
     try:
-        check()
-    finally:
-        connection.close()  # this thread's own connection (Django's are per thread)
+        return _Pending(check)
+    except BaseException:  # no thread could be started
+        _slots.release()
+        raise
 
 
 def readyz(request):
     results, failing = {}, []
     started = time.perf_counter()
-    futures = {name: _executor().submit(_run, check) for name, check in CHECKS.items()}
     deadline = started + CHECK_DEADLINE_SECONDS
-    for name, future in futures.items():
-        try:
-            future.result(timeout=max(0.0, deadline - time.perf_counter()))
-        except FutureTimeout:
+    pending = {name: _start(check, deadline) for name, check in CHECKS.items()}
+    for name, check in pending.items():
+        if check is None or not check.done.wait(max(0.0, deadline - time.perf_counter())):
             failing.append(name)
             results[name] = {"ok": False, "error": f"no answer within {CHECK_DEADLINE_SECONDS} s"}
-        except Exception as e:
+        elif check.error is not None:
             failing.append(name)
-            results[name] = {"ok": False, "error": _error(e)}
+            results[name] = {"ok": False, "error": _error(check.error)}
         else:
             results[name] = {"ok": True}
         results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)

@@ -287,8 +287,7 @@ class RegionalEndpoint:
         self._last_msr = time.monotonic()
 
     def _keep_warm_forever(self) -> None:
-        while True:
-            time.sleep(0.5)
+        while not self.node.stopped.wait(0.5):
             try:
                 self.keep_warm()
             except Exception:

@@ -261,8 +261,13 @@ class CacheNode:
         self.session = kept_alive_session()  # fills: GETs, sent again once on a connection MSR just closed
         self._fills: dict[str, _Fill] = {}
         self._fills_lock = threading.Lock()
+        self.stopped = threading.Event()  # set: the background threads end (tests' in-process nodes)
         self.endpoint = RegionalEndpoint(self)
         threading.Thread(target=self._housekeeping, name="cache-housekeeping", daemon=True).start()
+
+    def stop(self) -> None:
+        """End the background threads (housekeeping, keeping MSR's connection warm)."""
+        self.stopped.set()
 
     # -- WSGI ---------------------------------------------------------------------------
 
@@ -973,8 +978,7 @@ class CacheNode:
     def _housekeeping(self) -> None:
         last_eviction = last_report = time.monotonic()
         last_beat = 0.0
-        while True:
-            time.sleep(0.5)
+        while not self.stopped.wait(0.5):
             try:
                 self.metrics.save()
                 if time.monotonic() - last_report >= 2:

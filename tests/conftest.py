@@ -257,3 +257,20 @@ def containerd(tmp_path_factory):
     daemon = start_containerd(tmp_path_factory.mktemp("containerd"))
     yield daemon
     daemon.stop()
+
+
+@pytest.fixture
+def new_node():
+    """Make in-process cache nodes (caches.node.CacheNode) from a Config; their background
+    threads end with the test, instead of calling a stopped upstream for the rest of the run."""
+    from caches.node import CacheNode
+
+    made = []
+
+    def make(config):
+        made.append(CacheNode(config))
+        return made[-1]
+
+    yield make
+    for node in made:
+        node.stop()

@@ -3,7 +3,7 @@
 import os
 import time
 
-from caches.node import CacheNode, Config, parse_duration, parse_size
+from caches.node import Config, parse_duration, parse_size
 
 
 def test_sizes_and_durations_parse_like_the_command_line_says():
@@ -11,8 +11,8 @@ def test_sizes_and_durations_parse_like_the_command_line_says():
     assert parse_duration("24h") == 86400 and parse_duration("30m") == 1800 and parse_duration("45") == 45
 
 
-def test_eviction_drops_expired_then_least_recently_used_blobs(tmp_path):
-    node = CacheNode(Config({"MSR_CACHE_NAME": "t", "MSR_CACHE_MSR_URL": "http://127.0.0.1:9",
+def test_eviction_drops_expired_then_least_recently_used_blobs(tmp_path, new_node):
+    node = new_node(Config({"MSR_CACHE_NAME": "t", "MSR_CACHE_MSR_URL": "http://127.0.0.1:9",
                              "MSR_CACHE_DATA_DIR": str(tmp_path), "MSR_CACHE_MAX_SIZE": "3000",
                              "MSR_CACHE_TTL": "1h", "MSR_CACHE_EVICT_INTERVAL": "3600"}))
     now = time.time()

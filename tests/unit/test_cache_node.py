@@ -16,7 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from caches.node import CacheNode, Config
+from caches.node import Config
 from msr.tokens import jwks, sign
 
 REPO = "acme/private-app"
@@ -96,8 +96,8 @@ def upstream():
 
 
 @pytest.fixture
-def node(upstream, tmp_path):
-    return CacheNode(Config({"MSR_CACHE_NAME": "asia", "MSR_CACHE_MSR_URL": upstream.url,
+def node(upstream, tmp_path, new_node):
+    return new_node(Config({"MSR_CACHE_NAME": "asia", "MSR_CACHE_MSR_URL": upstream.url,
                              "MSR_CACHE_DATA_DIR": str(tmp_path / "asia"), "MSR_CACHE_TOKEN_SERVICE": "msr"}))
 
 
@@ -267,24 +267,24 @@ def test_it_refuses_bad_grants(node, upstream, case, status):
     assert node.metrics.values["refused"] == 1
 
 
-def test_a_grant_for_a_chain_is_valid_at_every_cache_of_it(upstream, tmp_path):
+def test_a_grant_for_a_chain_is_valid_at_every_cache_of_it(upstream, tmp_path, new_node):
     """A grant names the user's cache and its ancestors (china -> asia): each accepts it."""
     data = b"chained"
     digest = upstream.add(data)
     token = grant(digest, aud=("china", "asia"))
     for name in ("china", "asia"):
-        node = CacheNode(Config({"MSR_CACHE_NAME": name, "MSR_CACHE_MSR_URL": upstream.url,
+        node = new_node(Config({"MSR_CACHE_NAME": name, "MSR_CACHE_MSR_URL": upstream.url,
                                  "MSR_CACHE_DATA_DIR": str(tmp_path / name)}))
         assert call(node, digest, token)[:3:2] == (200, data)
-    other = CacheNode(Config({"MSR_CACHE_NAME": "europe", "MSR_CACHE_MSR_URL": upstream.url,
+    other = new_node(Config({"MSR_CACHE_NAME": "europe", "MSR_CACHE_MSR_URL": upstream.url,
                               "MSR_CACHE_DATA_DIR": str(tmp_path / "europe")}))
     assert call(other, digest, token)[0] == 403
 
 
-def test_the_size_budget_holds_at_every_fill_not_only_at_the_sweep(upstream, tmp_path):
+def test_the_size_budget_holds_at_every_fill_not_only_at_the_sweep(upstream, tmp_path, new_node):
     """A node of 100 KiB filled with 40 KiB blobs one after the other: before each fill
     it evicts the least recently used, so the store never exceeds the budget."""
-    small = CacheNode(Config({"MSR_CACHE_NAME": "asia", "MSR_CACHE_MSR_URL": upstream.url,
+    small = new_node(Config({"MSR_CACHE_NAME": "asia", "MSR_CACHE_MSR_URL": upstream.url,
                               "MSR_CACHE_DATA_DIR": str(tmp_path / "small"), "MSR_CACHE_MAX_SIZE": "100K",
                               "MSR_CACHE_EVICT_INTERVAL": "3600", "MSR_CACHE_TOKEN_SERVICE": "msr"}))
     digests = [upstream.add(bytes([i]) * 40 * 1024) for i in range(6)]
@@ -294,8 +294,8 @@ def test_the_size_budget_holds_at_every_fill_not_only_at_the_sweep(upstream, tmp
     assert published(small, digests[-1]) and not published(small, digests[0])
 
 
-def test_a_blob_past_its_ttl_is_a_miss_at_once(upstream, tmp_path):
-    node = CacheNode(Config({"MSR_CACHE_NAME": "asia", "MSR_CACHE_MSR_URL": upstream.url,
+def test_a_blob_past_its_ttl_is_a_miss_at_once(upstream, tmp_path, new_node):
+    node = new_node(Config({"MSR_CACHE_NAME": "asia", "MSR_CACHE_MSR_URL": upstream.url,
                              "MSR_CACHE_DATA_DIR": str(tmp_path / "ttl"), "MSR_CACHE_TTL": "1h",
                              "MSR_CACHE_EVICT_INTERVAL": "3600", "MSR_CACHE_TOKEN_SERVICE": "msr"}))
     digest = upstream.add(b"short-lived " * 1000)

@@ -332,6 +332,75 @@ def test_a_bad_rule_in_the_form_answers_400_with_the_reason(repository, personas
     assert "does not apply to last_pushed" in response.content.decode()
 
 
+def test_a_repository_admin_edits_enables_and_disables_a_policy_on_the_page(repository, personas):
+    from msr.models import Event, PruningPolicy
+
+    policy = PruningPolicy.objects.create(repository=repository, enabled=False,
+                                          rules=[{"field": "tag", "operator": "sw", "values": ["dev-"]}])
+    web = _page_client(personas["alice"])
+    page = f"/repositories/{repository.full_name}/"
+    shown = web.get(page).content.decode()
+    assert f"Edit policy {policy.pk}" in shown and 'value="dev-"' in shown  # the form holds the rules
+    prefix = f"policy-{policy.pk}-"
+    response = web.post(f"{page}pruning/{policy.pk}/edit/", {
+        f"{prefix}field_0": "tag", f"{prefix}operator_0": "sw", f"{prefix}values_0": "dev-, tmp-",
+        f"{prefix}field_1": "last_pushed", f"{prefix}operator_1": "lte", f"{prefix}values_1": "30d",
+        f"{prefix}enabled": "on"})
+    assert response.status_code == 302, response.content.decode()
+    policy.refresh_from_db()
+    assert policy.enabled and policy.rules == [{"field": "tag", "operator": "sw", "values": ["dev-", "tmp-"]},
+                                               {"field": "last_pushed", "operator": "lte", "values": ["30d"]}]
+    audit = Event.objects.filter(detail__action="pruning policy updated", detail__policy=policy.pk).latest("pk")
+    assert audit.actor == "alice" and audit.detail["rules"] == policy.rules
+
+    # A bad edit: 400 with the reason in the policy's own form, nothing saved.
+    response = web.post(f"{page}pruning/{policy.pk}/edit/", {
+        f"{prefix}field_0": "last_pushed", f"{prefix}operator_0": "sw", f"{prefix}values_0": "x"})
+    assert response.status_code == 400 and "does not apply to last_pushed" in response.content.decode()
+    before = policy.rules
+    policy.refresh_from_db()
+    assert policy.rules == before and policy.enabled
+
+    assert web.post(f"{page}pruning/{policy.pk}/disable/").status_code == 302
+    policy.refresh_from_db()
+    assert not policy.enabled and "on demand only" in web.get(page).content.decode()
+    assert web.post(f"{page}pruning/{policy.pk}/enable/").status_code == 302
+    policy.refresh_from_db()
+    assert policy.enabled
+
+
+def test_only_repository_admins_edit_or_enable_a_policy_on_the_page(repository, personas):
+    from msr.models import PruningPolicy
+
+    rules = [{"field": "tag", "operator": "sw", "values": ["dev-"]}]
+    policy = PruningPolicy.objects.create(repository=repository, enabled=False, rules=rules)
+    page = f"/repositories/{repository.full_name}/pruning/{policy.pk}"
+    for who in ("bob", "wanda"):  # may read the repository, not administer it
+        web = _page_client(personas[who])
+        edit = web.post(f"{page}/edit/", {f"policy-{policy.pk}-field_0": "tag", f"policy-{policy.pk}-operator_0": "eq",
+                                          f"policy-{policy.pk}-values_0": "v1", f"policy-{policy.pk}-enabled": "on"})
+        assert edit.status_code in (403, 404), (who, edit.status_code)
+        assert web.post(f"{page}/enable/").status_code in (403, 404)
+    policy.refresh_from_db()
+    assert policy.rules == rules and not policy.enabled
+
+
+def test_a_policy_whose_values_hold_commas_is_edited_through_the_api_not_the_page(repository, personas):
+    from msr.models import PruningPolicy
+
+    rules = [{"field": "tag", "operator": "matches", "values": ["v[0-9]{1,3}"]}]
+    policy = PruningPolicy.objects.create(repository=repository, enabled=False, rules=rules)
+    web = _page_client(personas["alice"])
+    page = f"/repositories/{repository.full_name}/"
+    assert "has values with commas: edit it through the API" in web.get(page).content.decode()
+    response = web.post(f"{page}pruning/{policy.pk}/edit/", {f"policy-{policy.pk}-field_0": "tag",
+                                                             f"policy-{policy.pk}-operator_0": "matches",
+                                                             f"policy-{policy.pk}-values_0": "v[0-9]{1,3}"})
+    assert response.status_code == 302
+    policy.refresh_from_db()
+    assert policy.rules == rules  # not split into "v[0-9]{1" and "3}"
+
+
 @pytest.mark.parametrize("who, status", [("bob", 403), ("wanda", 403), ("adam", 200), ("alice", 200)])
 def test_only_repository_admins_manage_pruning(personas, who, status):
     from rest_framework.test import APIClient

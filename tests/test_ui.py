@@ -275,3 +275,19 @@ def test_a_repository_admin_adds_a_pruning_policy_and_sees_its_dry_run(sign_in, 
     check_accessibility_basics(page)
     shot(page, "pruning-dry-run")
     assert set(repository.tags.values_list("name", flat=True)) == {"dev-1", "dev-2", "release-1"}
+
+    # Edit the policy in its own form, then put it on the schedule.
+    policy = repository.pruning_policies.get()
+    page.get_by_text(f"Edit policy {policy.pk}").click()
+    edit = page.get_by_role("form", name=f"Edit policy {policy.pk}")
+    assert edit.get_by_label("Rule 1: values").input_value() == "dev-"
+    edit.get_by_label("Rule 1: values").fill("release-")
+    shot(page, "pruning-edit")
+    edit.get_by_role("button", name=f"Save policy {policy.pk}").click()
+    policies.get_by_text("tag sw release-").wait_for()
+    policies.get_by_role("button", name="Enable").click()
+    policies.get_by_role("button", name="Disable").wait_for()
+    assert "enabled" in policies.inner_text()
+    policy.refresh_from_db()
+    assert policy.enabled and policy.rules == [{"field": "tag", "operator": "sw", "values": ["release-"]}]
+    check_accessibility_basics(page)

@@ -20,6 +20,7 @@ finds them, so that a team never holds someone who could not sign in.
 """
 
 import logging
+import re
 from datetime import timedelta
 from dataclasses import dataclass, field
 
@@ -41,6 +42,12 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 500
 NAMES_PER_SEARCH = 100
 MEMBER_ATTRIBUTES = ["member", "uniqueMember", "memberUid"]
+# Active Directory returns at most MaxValRange (1500 by default) values of a multi-valued
+# attribute per search, named with the range it holds: `member;range=0-1499`; the next
+# range is asked for as `member;range=1500-*`, until one ends in `*` (AD's "ranged
+# retrieval"; other directories return every value as `member`).
+RANGED_ATTRIBUTE = re.compile(r"^(?P<attribute>[^;]+);range=(?P<low>\d+)-(?P<high>\d+|\*)$", re.IGNORECASE)
+MAX_RANGES = 1000  # 1.5 million members at AD's default range: a directory that never ends is refused
 # A run that has not finished after this long lost its worker; another may start.
 STALE_AFTER_SECONDS = 3600
 
@@ -138,9 +145,35 @@ class _Directory:
         if not entries:
             raise ldap.NO_SUCH_OBJECT({"desc": "No such object"})
         attrs = entries[0][1]
-        dns = {_normal_dn(v.decode()) for a in ("member", "uniqueMember") for v in attrs.get(a, [])}
-        names = {v.decode().strip().lower() for v in attrs.get("memberUid", [])}
+        dns = {_normal_dn(v.decode()) for a in ("member", "uniqueMember") for v in self._all_values(group_dn, attrs, a)}
+        names = {v.decode().strip().lower() for v in self._all_values(group_dn, attrs, "memberUid")}
         return dns - {""}, names
+
+    def _all_values(self, dn: str, attrs: cidict, attribute: str) -> list[bytes]:
+        """Every value of an attribute of an entry, asking for the rest range by range when
+        the directory sent a ranged part (RANGED_ATTRIBUTE). A range that does not follow
+        the one before is an error, not a silently shorter group."""
+        values = list(attrs.get(attribute, []))
+        expected = 0
+        for _ in range(MAX_RANGES):
+            ranged = [(match, key) for key in attrs.keys()
+                      if (match := RANGED_ATTRIBUTE.match(key)) and match["attribute"].lower() == attribute.lower()]
+            if not ranged:
+                if expected:  # asked for the next range, answered without one
+                    raise ldap.PROTOCOL_ERROR({"desc": f"{attribute} of {dn}: no range from {expected} on"})
+                return values
+            match, key = ranged[0]
+            if int(match["low"]) != expected:
+                raise ldap.PROTOCOL_ERROR({"desc": f"{attribute} of {dn}: range {match['low']}- where {expected}- was due"})
+            values += attrs[key]
+            if match["high"] == "*":
+                return values
+            expected = int(match["high"]) + 1
+            entries = self.search(dn, ldap.SCOPE_BASE, "(objectClass=*)", [f"{attribute};range={expected}-*"])
+            if not entries:
+                raise ldap.NO_SUCH_OBJECT({"desc": f"{dn} went away while its members were read"})
+            attrs = entries[0][1]
+        raise ldap.SIZELIMIT_EXCEEDED({"desc": f"{attribute} of {dn}: more than {MAX_RANGES} ranges"})
 
     def members(self, group_dn: str) -> set[str]:
         """Names of the group's members that the user search finds."""

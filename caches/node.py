@@ -656,7 +656,10 @@ class CacheNode:
                 length_path.unlink(missing_ok=True)
             if lease is not None and not fill.failed:
                 try:  # the requests of this fill finish meanwhile, from the verified copy
-                    self.region.publish(fill.digest, target)
+                    if self.region.purges(fill.digest) != lease.purges:
+                        log.info("not writing %s to the region's store: purged while it was filled", fill.digest)
+                    else:
+                        self.region.publish(fill.digest, target)
                 except Exception as e:  # the next miss fetches it again
                     log.warning("cannot write %s to the region's store: %s", fill.digest, e)
         except Exception as e:  # a bug or a full disk: nobody may wait forever
@@ -704,6 +707,7 @@ class CacheNode:
                     lease.release()
                     return None, None
                 try:
+                    lease.purges = self.region.purges(fill.digest)  # compared before the blob is written
                     return from_upstream(), lease
                 except BaseException:
                     lease.release()

@@ -9,6 +9,8 @@ Keys under the store's prefix (`msr cache --store s3://bucket/prefix`):
     leases/evict.json                the eviction lease: one node at a time evicts
     nodes/<node id>.json             each node's heartbeat (address, counters)
     access/<node id>-<pid>.json      when each process last served each blob (for TTL/LRU)
+    purged/<algorithm>-<hex>.json    a purge of one digest, purged/all.json of every blob:
+                                     a fill that began before it does not write its blob
 
 A lease is an object created with a conditional write (PUT If-None-Match: *): of nodes
 racing for a digest, one creates it and the others read who holds it. The holder rewrites
@@ -37,6 +39,7 @@ HEARTBEAT_SECONDS = 5
 NODE_HEALTHY_SECONDS = 15
 VIEW_SECONDS = 2  # how long /stats reuses one read of the nodes' heartbeats
 USAGE_SECONDS = 30  # how long a listing of the bucket's blobs counts as its usage
+PURGE_MARK_SECONDS = 86400  # a purge's mark is kept this long (a fill older than that is not stopped)
 
 
 # Where a node may stream a fill from (it sends the client's grant or token along): the
@@ -89,6 +92,7 @@ class Lease:
 
     def __init__(self, store: "RegionStore", key: str, document: dict, etag: str):
         self.store, self.key, self.document, self.etag = store, key, document, etag
+        self.purges: tuple | None = None  # a fill lease: RegionStore.purges when its fetch began
         self.lost = threading.Event()
         self._released = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"lease-{key[-20:]}", daemon=True)
@@ -158,8 +162,21 @@ class RegionStore:
         if used >= 0:
             self._usage = (moment, used + size)
 
+    def _purge_mark(self, digest: str | None) -> str:
+        return self.bucket.key(f"purged/{digest.replace(':', '-')}.json" if digest else "purged/all.json")
+
+    def purges(self, digest: str) -> tuple:
+        """Where the purges of this digest and of every blob stand (their marks' ETags): a
+        fill reads it before it fetches and again before it writes the blob; if it moved,
+        a purge landed in between. No clocks are compared."""
+        return tuple(self.bucket.read_json(key)[1] for key in (self._purge_mark(digest), self._purge_mark(None)))
+
     def purge(self, digest: str | None) -> int:
-        """Remove one blob, or every blob, from the region: whichever node is asked."""
+        """Remove one blob, or every blob, from the region: whichever node is asked. The
+        mark is written first: a fill under way anywhere in the region then keeps its
+        blob out of the bucket (its own clients still get it whole)."""
+        self.bucket.write_json(self._purge_mark(digest), {"node": self.node, "at": time.time(),
+                                                          "mark": secrets.token_hex(8)})  # a new ETag each time
         if digest:
             existed = self.head(digest) is not None
             self.bucket.delete_blob(digest)
@@ -306,6 +323,9 @@ class RegionStore:
                     freed += size
                 else:
                     entries.append((used, size, digest))
+            for item in self.bucket.list(self.bucket.key("purged/")):
+                if now - item["LastModified"].timestamp() > PURGE_MARK_SECONDS:
+                    self.bucket.delete_json(item["Key"])
             total = sum(size for _, size, _ in entries)
             self._usage = (time.monotonic(), total)
             total += incoming + self._filling()

@@ -285,6 +285,53 @@ def test_a_purge_through_the_regions_address_removes_the_blob_for_every_node(reg
     assert region.wait_stored(digest) == digest
 
 
+def test_a_purge_while_a_node_fills_keeps_the_blob_out_of_the_bucket(region, upstream, msr, personas):
+    """The purge lands (through the region's address, on any node) while the filler is still
+    fetching: its client still gets the whole layer, but the fill does not bring the blob
+    back into the bucket after the purge; the next request is a miss again."""
+    from caches.models import ContentCache
+
+    data = os.urandom(3 << 20)
+    digest = push(msr, personas, data)
+    grant = {"grant": blob_grant(cache=NAME, repo=REPO, digest=digest)}
+    filler = region.nodes[0]
+    body, progress = {}, Counter()
+
+    def read():
+        received = bytearray()
+        with requests.get(blob_url(filler.url, digest), params=grant, stream=True, timeout=60) as response:
+            body["status"] = response.status_code
+            for chunk in response.iter_content(65536):
+                received += chunk
+                progress["bytes"] = len(received)
+        body["data"] = bytes(received)
+
+    upstream.download_bytes_per_second = 1 << 20  # three seconds for the layer
+    reader = threading.Thread(target=read)
+    try:
+        reader.start()
+        region.wait_lease(digest)
+        assert wait_for(lambda: progress["bytes"] >= 256 << 10, 10, 0.02), progress
+        admin = requests.Session()
+        admin.auth = ("admin", personas["admin"].token)
+        cache_id = ContentCache.objects.get(name=NAME).pk
+        purged = admin.post(f"{msr}/api/v0/content_caches/{cache_id}/purge", json={"digest": digest}, timeout=30)
+        assert purged.status_code == 200, purged.text
+        assert progress["bytes"] < len(data), "the fill ended before the purge: nothing tested"
+        upstream.download_bytes_per_second = 0
+        reader.join(60)
+    finally:
+        upstream.download_bytes_per_second = 0
+    assert body["status"] == 200 and body["data"] == data  # the filler's client: whole and right
+    assert wait_for(lambda: region.lease(digest) is None, 15), "the fill never ended"
+    assert region.blob_keys(digest) == [], "the fill wrote a purged blob back"
+    since = len(upstream.seen)
+    again = requests.get(blob_url(region.url, digest), params=grant, timeout=60)
+    assert (again.status_code, sha256(again.content), again.headers.get("X-Cache")) == (200, digest, "MISS")
+    assert len(fetched(upstream, since, digest)) == 1
+    assert region.wait_stored(digest) == digest  # a fill begun after the purge is kept
+
+
 # -- registry clients, both ways ---------------------------------------------------------------
 
 

@@ -650,6 +650,9 @@ class CacheNode:
                 self.metrics.add("upstream_failures")
                 log.warning("not publishing %s: %s", fill.digest, e)
                 fill.failed = str(e)
+                # The length first: readers end when the partial file goes, and nothing of
+                # the fill may be left by then.
+                length_path.unlink(missing_ok=True)
                 partial_path.unlink(missing_ok=True)
             finally:
                 os.close(out_fd)
@@ -665,8 +668,8 @@ class CacheNode:
         except Exception as e:  # a bug or a full disk: nobody may wait forever
             log.exception("fill of %s failed", fill.digest)
             fill.failed = f"fill failed: {type(e).__name__}"
-            partial_path.unlink(missing_ok=True)
             length_path.unlink(missing_ok=True)
+            partial_path.unlink(missing_ok=True)
             fill.refuse("502 Bad Gateway", error_body("UNAVAILABLE", fill.failed))
         finally:
             if upstream is not None:

@@ -659,7 +659,7 @@ class CacheNode:
                 length_path.unlink(missing_ok=True)
             if lease is not None and not fill.failed:
                 try:  # the requests of this fill finish meanwhile, from the verified copy
-                    if self.region.purges(fill.digest) != lease.purges:
+                    if self.region.purges(fill.digest)() != lease.purges:
                         log.info("not writing %s to the region's store: purged while it was filled", fill.digest)
                     else:
                         self.region.publish(fill.digest, target)
@@ -704,13 +704,14 @@ class CacheNode:
                 return None, None
             lease, holder = self.region.acquire(lease_name(fill.digest), stale_if_mine=True)
             if lease is not None:
+                purges = self.region.purges(fill.digest)  # read while the store is looked at again
                 if self.region.head(fill.digest) is not None:
                     # Stored between the look above and the lease: its holder wrote it
                     # and let go of the lease meanwhile. Nothing to fetch.
                     lease.release()
                     return None, None
                 try:
-                    lease.purges = self.region.purges(fill.digest)  # compared before the blob is written
+                    lease.purges = purges()  # before the fetch; compared before the blob is written
                     return from_upstream(), lease
                 except BaseException:
                     lease.release()

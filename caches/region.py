@@ -165,11 +165,34 @@ class RegionStore:
     def _purge_mark(self, digest: str | None) -> str:
         return self.bucket.key(f"purged/{digest.replace(':', '-')}.json" if digest else "purged/all.json")
 
-    def purges(self, digest: str) -> tuple:
+    def purges(self, digest: str):
         """Where the purges of this digest and of every blob stand (their marks' ETags): a
         fill reads it before it fetches and again before it writes the blob; if it moved,
-        a purge landed in between. No clocks are compared."""
-        return tuple(self.bucket.read_json(key)[1] for key in (self._purge_mark(digest), self._purge_mark(None)))
+        a purge landed in between. No clocks are compared. Returns a function that waits
+        for the answer: both marks are read at once, in the background, so a caller can do
+        its own request meanwhile."""
+        keys = (self._purge_mark(digest), self._purge_mark(None))
+        etags: list = [None, None]
+
+        def read(i: int) -> None:
+            try:
+                etags[i] = self.bucket.read_json(keys[i])[1]
+            except Exception as e:  # raised by the waiter, not lost in the thread
+                etags[i] = e
+
+        readers = [threading.Thread(target=read, args=(i,), name="purge-marks", daemon=True) for i in (0, 1)]
+        for reader in readers:
+            reader.start()
+
+        def wait() -> tuple:
+            for reader in readers:
+                reader.join()
+            for etag in etags:
+                if isinstance(etag, Exception):
+                    raise etag
+            return tuple(etags)
+
+        return wait
 
     def purge(self, digest: str | None) -> int:
         """Remove one blob, or every blob, from the region: whichever node is asked. The

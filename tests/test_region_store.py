@@ -147,16 +147,16 @@ def test_a_purge_leaves_a_mark_that_fills_under_way_see(s3_emulator, bucket, tmp
     one, two = _store(s3_emulator, bucket, "one"), _store(s3_emulator, bucket, "two")
     purged = _put(one, tmp_path, b"p" * 1000)
     other = "sha256:" + "0" * 64
-    before, other_before = one.purges(purged), one.purges(other)
+    before, other_before = one.purges(purged)(), one.purges(other)()
     assert before == (None, None)
     assert two.purge(purged) == 1
-    after = one.purges(purged)
-    assert after != before and one.purges(other) == other_before  # a fill of `purged` under way sees it
-    assert one.purges(purged) == after  # unchanged until the next purge
+    after = one.purges(purged)()
+    assert after != before and one.purges(other)() == other_before  # a fill of `purged` under way sees it
+    assert one.purges(purged)() == after  # unchanged until the next purge
     two.purge(purged)
-    assert one.purges(purged) != after  # a purge of the same digest again moves it too
+    assert one.purges(purged)() != after  # a purge of the same digest again moves it too
     two.purge(None)
-    assert one.purges(other) != other_before  # every blob
+    assert one.purges(other)() != other_before  # every blob
 
 
 def test_purge_removes_a_blob_or_all_of_them_for_the_whole_region(s3_emulator, bucket, tmp_path):

@@ -133,22 +133,23 @@ class S3Bucket:
         extra = {}
         if offset or length is not None:
             extra["Range"] = f"bytes={offset}-{'' if length is None else offset + length - 1}"
-        try:
-            return self.s3.get_object(Bucket=self.bucket, Key=self.blob_key(digest), **extra)["Body"]
-        except self.client_error() as e:
-            if missing(e):
-                raise FileNotFoundError(digest) from None
-            raise
+        return self._get_blob(digest, **extra)["Body"]
 
     def get_blob(self, digest: str):
         """(stream, size) of the whole blob in one request, None when absent."""
         try:
-            answer = self.s3.get_object(Bucket=self.bucket, Key=self.blob_key(digest))
+            answer = self._get_blob(digest)
+        except FileNotFoundError:
+            return None
+        return answer["Body"], answer["ContentLength"]
+
+    def _get_blob(self, digest: str, **extra) -> dict:
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=self.blob_key(digest), **extra)
         except self.client_error() as e:
             if missing(e):
-                return None
+                raise FileNotFoundError(digest) from None
             raise
-        return answer["Body"], answer["ContentLength"]
 
     def presigned_blob_url(self, digest: str, ttl: int) -> str:
         """A presigned GET for the blob (computed locally, no request to S3)."""

@@ -56,16 +56,26 @@ def image(site, tmp_path_factory):
     return {"digest": digest, "layers": layers, "config": manifest["config"]["digest"]}
 
 
-@contextmanager
-def another_web(deployment, env: dict):
-    """One more `msr serve` (one worker) of the deployment, its environment changed by `env`;
-    stopped after."""
+def start_web(deployment, env: dict) -> tuple[Process, str]:
+    """One more `msr serve` (one worker) of the deployment, its environment changed by `env`,
+    answering: (the process, its URL)."""
     port = free_port()
     web = Process([MSR, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"], {**deployment.env, **env},
                   deployment.logs / f"web-{port}.log")
+    url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
         web.wait_http(f"{url}/v2/")
+    except BaseException:
+        web.stop()
+        raise
+    return web, url
+
+
+@contextmanager
+def another_web(deployment, env: dict):
+    """start_web's URL, the process stopped after."""
+    web, url = start_web(deployment, env)
+    try:
         yield url
     finally:
         web.stop()
@@ -240,27 +250,22 @@ def test_readyz_answers_in_seconds_when_the_bucket_hangs(site):
     import socket
     import time
 
-    blackhole = socket.socket()
-    blackhole.bind(("127.0.0.1", 0))
-    blackhole.listen(64)  # the kernel completes connections; nobody ever reads or answers
-    endpoint = f"http://127.0.0.1:{blackhole.getsockname()[1]}"
-    deployment, port = site["deployment"], free_port()
-    url = f"http://127.0.0.1:{port}"
-    web = Process([MSR, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-                  {**deployment.env, "MSR_S3_ENDPOINT_URL": endpoint}, deployment.logs / f"web-{port}.log")
-    try:
-        web.wait_http(f"{url}/v2/")
-        for _ in range(2):  # the second probe finds the first one's check still hung
-            started = time.monotonic()
-            response = requests.get(f"{url}/readyz", timeout=60)
-            assert time.monotonic() - started < 15
-            body = response.json()
-            assert response.status_code == 503 and body["failing"] == ["storage"], body
-            assert body["checks"]["storage"]["error"] == "no answer within 3 s"
-            assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
-    finally:
-        web.stop()  # SIGTERM; killed only if it has not exited 15 s later
-        blackhole.close()
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(64)  # the kernel completes connections; nobody ever reads or answers
+        endpoint = f"http://127.0.0.1:{blackhole.getsockname()[1]}"
+        web, url = start_web(site["deployment"], {"MSR_S3_ENDPOINT_URL": endpoint})
+        try:
+            for _ in range(2):  # the second probe finds the first one's check still hung
+                started = time.monotonic()
+                response = requests.get(f"{url}/readyz", timeout=60)
+                assert time.monotonic() - started < 15
+                body = response.json()
+                assert response.status_code == 503 and body["failing"] == ["storage"], body
+                assert body["checks"]["storage"]["error"] == "no answer within 3 s"
+                assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
+        finally:
+            web.stop()  # SIGTERM; killed only if it has not exited 15 s later
     # A graceful stop: the checks' hung threads (daemons) do not hold the worker's exit
     # until gunicorn's graceful timeout kills it.
     assert web.popen.returncode == 0, web.popen.returncode
